@@ -1,0 +1,6 @@
+"""polyclap data preparation library: readers, normalization, filters, features, shards.
+
+Library code only: nothing here starts Ray except ``dataprep.distributed``.
+"""
+
+__version__ = "0.1.0"

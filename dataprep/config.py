@@ -1,0 +1,213 @@
+"""Typed, validated configuration: YAML file + ``section.key=value`` overrides.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo fails before any
+work with a message naming the key. One YAML file (e.g. ``configs/demo.yaml``) holds all
+sections; each entry point validates the whole file and uses the sections it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model.config import ModelConfig, TrainConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message a user can act on."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(Section):
+    """Log-mel parameters. The single source of truth: fingerprinted, never restated."""
+
+    sample_rate_hz: int = 16000
+    n_fft: int = 400  # 25 ms at 16 kHz
+    win_length: int = 400
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 64
+    f_min_hz: float = 0.0
+    f_max_hz: float = 8000.0
+    mel_scale: Literal["htk", "slaney"] = "htk"
+    log_offset: float = 1e-6
+    dtype: Literal["float16", "float32"] = "float16"
+    multirate_hops: tuple[int, ...] = ()  # extra hop lengths for CALM multirate views
+
+    @field_validator("f_max_hz")
+    @classmethod
+    def _nyquist(cls, v: float, info: Any) -> float:
+        sr = info.data.get("sample_rate_hz", 16000)
+        if v > sr / 2:
+            raise ValueError(f"f_max_hz={v} is above Nyquist ({sr / 2}) for sample_rate_hz={sr}")
+        return v
+
+
+class CorpusConfig(Section):
+    """One input corpus: which reader parses it, where it lives (any fsspec URI)."""
+
+    name: str
+    reader: str
+    root: str
+    splits: tuple[str, ...] | None = None  # reader-specific subsets (e.g. CV tsv names)
+    options: dict[str, Any] = Field(default_factory=dict)  # reader-specific settings
+    max_items: int | None = None
+    role: Literal["train", "eval"] = "train"  # eval corpora are decontamination sources
+
+
+class AudioConfig(Section):
+    target_lufs: float | None = -23.0  # loudness normalization target (None: peak only)
+    peak_limit: float = 0.99
+    trim_silence_db: float | None = 40.0  # trim leading/trailing below peak-X dB (None: off)
+    max_segment_s: float = 10.0  # longer recordings are cut into segments
+    segment_overlap_s: float = 0.0
+    max_segments_per_source: int = 32  # bound per-input memory and output for huge files
+    keep_audio: bool = False  # also store normalized audio as flac in the shard
+
+
+class FilterConfig(Section):
+    min_duration_s: float = 0.3
+    max_source_duration_s: float = 3600.0
+    silence_dbfs: float = -60.0
+    max_clip_ratio: float = 0.01  # above: rejected; some clipping below is kept with a flag
+    clip_flag_ratio: float = 0.001
+    min_chars_per_s: float = 1.0  # speech transcripts only
+    max_chars_per_s: float = 40.0
+    min_text_chars: int = 1
+    require_text: bool = True
+    lang_mismatch: Literal["reject", "flag", "ignore"] = "flag"
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: bool = True
+    text_near: bool = False
+    near_threshold: float = 0.85  # fingerprint similarity for a near-duplicate
+    decontaminate: bool = True
+
+
+class AugmentConfig(Section):
+    templates: bool = True
+    template_langs: tuple[str, ...] = ("en",)
+    nlpaug: tuple[str, ...] = ()  # names of nlpaug augmenters to apply
+    nlpaug_per_sample: int = 0
+    audio_views: int = 0
+    llm: dict[str, Any] = Field(default_factory=dict)  # validated by dataprep.augment.llm
+    seed: int = 0
+
+
+class SplitConfig(Section):
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    salt: str = "polyclap"
+
+
+class ShardConfig(Section):
+    target_mb: float = 64.0
+    max_samples_per_shard: int = 10000
+    num_cpus_per_task: float = 1.0
+    max_parallel_tasks: int | None = None
+
+
+class BuildConfig(Section):
+    corpora: tuple[CorpusConfig, ...] = ()
+    eval_corpora: tuple[CorpusConfig, ...] = ()  # decontamination sources (never sharded)
+    out: str = "outputs/shards"
+    audio: AudioConfig = AudioConfig()
+    filters: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
+    augment: AugmentConfig = AugmentConfig()
+    splits: SplitConfig = SplitConfig()
+    shards: ShardConfig = ShardConfig()
+    seed: int = 0
+
+    @field_validator("corpora")
+    @classmethod
+    def _unique_names(cls, v: tuple[CorpusConfig, ...]) -> tuple[CorpusConfig, ...]:
+        names = [c.name for c in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"corpus names must be unique, repeated: {sorted(dup)}")
+        return v
+
+
+class ExperimentConfig(Section):
+    """The whole YAML file."""
+
+    name: str = "polyclap"
+    features: FeatureConfig = FeatureConfig()
+    build: BuildConfig = BuildConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: dict[str, Any] = Field(default_factory=dict)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars (``3``, ``true``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return tree
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key {loc!r}")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type[BaseModel] = ExperimentConfig,
+) -> Any:
+    """Load a YAML file into ``cls``; relative ``root``/``out`` paths stay as written.
+
+    Raises :class:`ConfigError` naming the file and the offending key.
+    """
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        source = str(p)
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    tree = apply_overrides(tree, overrides)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,94 @@
+"""Log-mel features and the feature fingerprint.
+
+The fingerprint is a sha256 over the feature config and the versions of the libraries that
+change the numbers. Trainer and evaluator refuse shards whose fingerprint differs from the
+model's feature config, naming the differing fields (:func:`fingerprint_diff`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio
+
+from dataprep.config import FeatureConfig
+
+
+def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
+    """Everything that changes the feature numbers: config + torch/torchaudio versions."""
+    fields = cfg.model_dump(mode="json")
+    fields["torch"] = torch.__version__.split("+")[0]
+    fields["torchaudio"] = torchaudio.__version__.split("+")[0]
+    fields["algorithm"] = "torchaudio.MelSpectrogram/power2/log(x+offset)/v1"
+    return fields
+
+
+def feature_fingerprint(cfg: FeatureConfig) -> str:
+    blob = json.dumps(fingerprint_fields(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Human-readable list of fields that differ between two fingerprint field dicts."""
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+class LogMel:
+    """Mono waveform at ``cfg.sample_rate_hz`` -> log-mel ``[n_mels, frames]``.
+
+    Frames: ``1 + len // hop`` (centered STFT, reflect padding), so any clip at least one
+    sample long works; inputs shorter than ``n_fft // 2 + 1`` are zero-padded first because
+    reflect padding needs that many samples.
+    """
+
+    def __init__(self, cfg: FeatureConfig, hop_length: int | None = None) -> None:
+        self.cfg = cfg
+        self.hop_length = hop_length or cfg.hop_length
+        self._mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=cfg.sample_rate_hz,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=self.hop_length,
+            f_min=cfg.f_min_hz,
+            f_max=cfg.f_max_hz,
+            n_mels=cfg.n_mels,
+            power=2.0,
+            center=True,
+            pad_mode="reflect",
+            norm="slaney" if cfg.mel_scale == "slaney" else None,
+            mel_scale=cfg.mel_scale,
+        )
+        self._dtype = np.float16 if cfg.dtype == "float16" else np.float32
+
+    def n_frames(self, n_samples: int) -> int:
+        return 1 + n_samples // self.hop_length
+
+    def __call__(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+        if x.ndim != 1:
+            raise ValueError(f"LogMel expects a mono 1-D waveform, got shape {tuple(x.shape)}")
+        n = x.shape[0]
+        min_len = self.cfg.n_fft // 2 + 1
+        if n < min_len:
+            x = torch.nn.functional.pad(x, (0, min_len - n))
+        with torch.no_grad():
+            mel = self._mel(x)
+        mel = torch.log(mel + self.cfg.log_offset)
+        mel = mel[:, : self.n_frames(n)]
+        return mel.numpy().astype(self._dtype)
+
+
+@lru_cache(maxsize=8)
+def _cached(cfg_json: str, hop: int | None) -> LogMel:
+    return LogMel(FeatureConfig.model_validate_json(cfg_json), hop)
+
+
+def log_mel(wave: np.ndarray, cfg: FeatureConfig, hop_length: int | None = None) -> np.ndarray:
+    """Convenience wrapper reusing one transform per config (the filterbank is not free)."""
+    return _cached(cfg.model_dump_json(), hop_length)(wave)

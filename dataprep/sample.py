@@ -1,0 +1,121 @@
+"""The sample contract, declared once.
+
+A reader yields :class:`SampleRef` records (metadata only, audio never decoded). The shard
+builder turns each into one or more samples (plain dicts keyed by WebDataset extension plus
+``__key__``) or exactly one :class:`Reject` row. See DESIGN.md "Sample contract".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+# Members of one sample inside a tar shard.
+MEL = "mel.npy"
+META = "json"
+TEXT = "txt"
+AUDIO = "flac"
+SAMPLE_MEMBERS = (MEL, META, TEXT)
+
+# Text kinds stored in ``texts[*].kind``.
+KIND_ORIGINAL = "original"
+KIND_TEMPLATE = "template"
+KIND_NLPAUG_PREFIX = "nlpaug:"
+KIND_LLM_PREFIX = "llm:"
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One input item as a reader found it. Small, frozen, picklable; never holds audio.
+
+    ``source_id`` is stable across reruns (a path relative to the corpus root, or the corpus's
+    own id). ``audio`` is an fsspec URI (a plain local path is fine). ``start_s``/``end_s``
+    select a region of a longer recording (the corpus's own timestamps). ``split`` is the
+    corpus's own split when it has one (None: decided by a hash of speaker/source).
+    ``labels`` are class names (ESC-50 category, emotion, keyword...). ``extra`` carries
+    reader-specific metadata as sorted ``(key, value)`` pairs so the record stays hashable.
+    """
+
+    corpus: str
+    source_id: str
+    audio: str
+    text: str | None = None
+    lang: str | None = None
+    labels: tuple[str, ...] = ()
+    speaker: str | None = None
+    license: str | None = None
+    split: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    duration_s: float | None = None  # declared by metadata or header; never trusted blindly
+    captions: tuple[str, ...] = ()  # additional reference texts (multi-caption corpora)
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def extra_dict(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why one input did not become a sample. Every input ends as samples or one Reject."""
+
+    source: str  # "<corpus>:<source_id>" or a URI when no id exists yet
+    stage: str  # reader | decode | normalize | filter | dedup | augment | features
+    reason: str  # short machine-readable reason, e.g. "missing_file", "too_short"
+    detail: str = ""  # one human sentence with the numbers
+    corpus: str = ""
+    flags: tuple[str, ...] = field(default=())
+
+    def as_row(self) -> dict[str, str]:
+        return {
+            "source": self.source,
+            "corpus": self.corpus,
+            "stage": self.stage,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+class TextEntry(TypedDict):
+    text: str
+    lang: str | None
+    kind: str  # original | template | nlpaug:<name> | llm:<model>
+    provenance: dict[str, Any]
+
+
+class SampleMeta(TypedDict, total=False):
+    """The ``json`` member of a sample."""
+
+    id: str
+    corpus: str
+    source_id: str
+    source_uri: str
+    segment: list[float]  # [start_s, end_s] within the source recording
+    lang: str | None
+    duration: float
+    sample_rate: int
+    labels: list[str]
+    speaker: str | None
+    license: str | None
+    split: str
+    group: str  # samples sharing a group are never each other's negatives
+    audio_sha1: str  # sha1 of the normalized float32 PCM bytes
+    feature_fingerprint: str
+    texts: list[TextEntry]
+    flags: list[str]  # kept-but-flagged conditions, e.g. "clipping"
+    stats: dict[str, float]  # loudness, dbfs, clip ratio... for the quality report
+    augment: list[dict[str, Any]]  # audio transform chain for augmented views
+
+
+def sample_key(corpus: str, source_id: str, segment: tuple[float, float] | None = None) -> str:
+    """``<corpus>-<16 hex of sha1(corpus + source_id + segment)>``: stable across reruns."""
+    seg = "" if segment is None else f"{segment[0]:.3f}-{segment[1]:.3f}"
+    digest = hashlib.sha1(f"{corpus}\x00{source_id}\x00{seg}".encode()).hexdigest()[:16]
+    return f"{corpus}-{digest}"
+
+
+def ref_source(ref: SampleRef) -> str:
+    return f"{ref.corpus}:{ref.source_id}"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Create/refresh the project virtualenv: Debian packages (when missing), pinned Python deps,
+# the CPU fix-up for torchaudio, and WordNet for nlpaug. Idempotent; called by `make`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# Debian packages: FFmpeg 5 libs (torchcodec fallback decoder), WordNet (nlpaug synonyms),
+# sox + mp3 (fixtures), iproute2 (network-namespace tests), build tools (DeepSpeed JIT ops).
+APT_PKGS="libavcodec59 libavformat59 libavutil57 libswresample4 libswscale6 libavfilter8 \
+libavdevice59 wordnet-base wordnet-sense-index sox libsox-fmt-mp3 build-essential iproute2 ninja-build"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian packages:$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "[setup] WARNING: missing Debian packages (need root to install):$missing" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# torch first and exactly: a bare `torch` requirement would pull a multi-GB CUDA build.
+"$VENV/bin/pip" install -q --upgrade "pip==25.3" >/dev/null 2>&1 || true
+"$VENV/bin/pip" install -q "torch==2.13.0"
+"$VENV/bin/pip" install -q -e ".[test]"
+if [ "${POLYCLAP_LLM:-0}" = 1 ]; then "$VENV/bin/pip" install -q -e ".[test,llm]"; fi
+
+# torchaudio 2.11.0 on PyPI is a CUDA build: its native extension cannot load next to the CPU
+# torch. The pure-torch transforms we use work without it, so remove it on CPU machines.
+"$VENV/bin/python" - <<'PY'
+import glob, os, importlib.util
+import torch
+spec = importlib.util.find_spec("torchaudio")
+libdir = os.path.join(os.path.dirname(spec.origin), "lib")
+if torch.version.cuda is None:
+    for so in glob.glob(os.path.join(libdir, "*.so")):
+        os.remove(so)
+        print(f"[setup] removed CUDA-only {os.path.basename(so)} (CPU torch)")
+PY
+
+# WordNet for nlpaug's synonym augmenter: copied (not symlinked: NLTK refuses paths that
+# escape its root) into <venv>/nltk_data, plus the lexnames file NLTK expects.
+"$VENV/bin/python" infra/install/install_wordnet.py "$VENV/nltk_data" || \
+  echo "[setup] WARNING: WordNet not installed; nlpaug synonym augmentation will be skipped" >&2
+
+"$VENV/bin/pip" check
+"$VENV/bin/python" -c "import torchaudio, deepspeed, ray, webdataset; print('[setup] ok: torch', __import__('torch').__version__)"

@@ -1,0 +1,1 @@
+"""polyclap model library: audio/text encoders, contrastive losses, gradient cache."""
