@@ -1,0 +1,48 @@
+"""Shared fixtures: the bundled real-audio sample corpora and helpers for subprocess tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_CORPORA = REPO / "tests" / "fixtures" / "corpora"
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def corpora_root() -> Path:
+    """The real-audio corpora bundled with the repository (subset of shared/corpora)."""
+    assert BUNDLED_CORPORA.is_dir(), f"bundled corpora missing at {BUNDLED_CORPORA}"
+    return BUNDLED_CORPORA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: the repo importable, quiet Ray, loopback only."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
