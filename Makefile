@@ -1,0 +1,37 @@
+# polyclap — the two commands: `make demo` and `make test`. Both install what they need first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py | sha1sum | cut -c1-12)
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)
+DEMO_OUT ?= outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py
+	@rm -f $(VENV)/.installed-*
+	VENV=$(VENV) bash infra/install/setup.sh
+	@touch $@
+
+demo: $(STAMP)
+	$(PY) pipelines/demo.py --config configs/demo.yaml --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	bash bench/run_all.sh
+
+clean:
+	rm -rf outputs .pytest_cache

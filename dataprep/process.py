@@ -1,0 +1,270 @@
+"""Per-input processing: SampleRef -> samples (+ rejects). The body of one shard task.
+
+decode -> normalize -> filter -> dedup/decontaminate -> augment -> log-mel -> sample dicts.
+Used by the Ray shard builder (dataprep.distributed) and by the evaluation harness, so that
+training and evaluation audio go through the same code and the same feature fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dataprep import audio as audio_mod
+from dataprep import dedup, features, filters, text as text_mod
+from dataprep.config import ExperimentConfig
+from dataprep.sample import (
+    KIND_ORIGINAL,
+    MEL,
+    META,
+    TEXT,
+    AUDIO,
+    Reject,
+    SampleMeta,
+    SampleRef,
+    TextEntry,
+    ref_source,
+    sample_key,
+)
+
+log = logging.getLogger(__name__)
+
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "dev": "val",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "test",
+    "test": "test",
+}
+
+
+def assign_split(ref: SampleRef, val_fraction: float, test_fraction: float, salt: str) -> str:
+    """The corpus's own split when it has one; otherwise a hash of the speaker (or source), so
+    one speaker never lands in two splits."""
+    if ref.split:
+        mapped = _SPLIT_ALIASES.get(ref.split.lower())
+        if mapped:
+            return mapped
+    unit = ref.speaker or ref.source_id
+    h = hashlib.sha1(f"{salt}\x00{ref.corpus}\x00{unit}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+@dataclass
+class ProcessResult:
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class SampleProcessor:
+    """Turns one SampleRef into sample dicts or reject rows. Set up once per task.
+
+    ``eval_index``: a :class:`dedup.DedupIndex` of evaluation clips; training inputs matching
+    it are rejected with reason ``eval_overlap``. ``local_index``: dedup within this task
+    (cross-task duplicates are resolved when the build is finalized).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        augment: bool = True,
+        eval_index: Any | None = None,
+        split_of: Any | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.fcfg = cfg.features
+        self.bcfg = cfg.build
+        self.fingerprint = features.feature_fingerprint(self.fcfg)
+        self.logmel = features.LogMel(self.fcfg)
+        self.multirate = [features.LogMel(self.fcfg, hop) for hop in self.fcfg.multirate_hops]
+        self.eval_index = eval_index
+        self.local_index = dedup.DedupIndex() if self.bcfg.dedup.exact or self.bcfg.dedup.near else None
+        self.text_aug = None
+        self.audio_aug = None
+        acfg = self.bcfg.augment
+        if augment and (acfg.templates or acfg.nlpaug or acfg.llm):
+            from dataprep.augment import TextAugmenter
+
+            self.text_aug = TextAugmenter(acfg)
+        if augment and acfg.audio_views > 0:
+            from dataprep.augment import AudioAugmenter
+
+            self.audio_aug = AudioAugmenter(acfg, self.fcfg.sample_rate_hz)
+
+    def close(self) -> None:
+        if self.text_aug is not None:
+            self.text_aug.close()
+
+    # -- text -------------------------------------------------------------------------------
+    def _text_and_lang(self, ref: SampleRef) -> tuple[str | None, str | None, list[str]]:
+        flags: list[str] = []
+        text = text_mod.normalize_text(ref.text, ref.lang) if ref.text else None
+        lang = ref.lang
+        if text:
+            detected, conf = text_mod.detect_language(text)
+            if lang is None:
+                lang = detected
+            elif detected is not None and conf >= 0.5 and detected != lang.split("-")[0].lower():
+                flags.append(f"lang_mismatch:{lang}->{detected}")
+        return text, lang, flags
+
+    # -- one input --------------------------------------------------------------------------
+    def __call__(self, ref: SampleRef, split: str) -> ProcessResult:
+        res = ProcessResult()
+        src = ref_source(ref)
+        try:
+            segments = audio_mod.load_segments(ref, self.bcfg.audio, self.fcfg.sample_rate_hz)
+        except audio_mod.AudioError as e:
+            res.rejects.append(Reject(src, "decode", e.reason, e.detail, ref.corpus))
+            return res
+        except Exception as e:  # one policy at the boundary: a bad input never kills the task
+            res.rejects.append(Reject(src, "decode", "decode_error", f"{type(e).__name__}: {e}", ref.corpus))
+            return res
+        text, lang, text_flags = self._text_and_lang(ref)
+        if text_flags and self.bcfg.filters.lang_mismatch == "reject":
+            res.rejects.append(Reject(src, "filter", "lang_mismatch", text_flags[0], ref.corpus))
+            return res
+        group = sample_key(ref.corpus, ref.source_id)
+        for seg in segments:
+            seg_src = src if len(segments) == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
+            rej = filters.check_audio(ref, seg, self.bcfg.filters)
+            if rej is None:
+                rej = filters.check_text(ref, text, lang, seg.end_s - seg.start_s, self.bcfg.filters)
+            if rej is not None:
+                res.rejects.append(Reject(seg_src, rej.stage, rej.reason, rej.detail, ref.corpus))
+                continue
+            sample, rej = self._make_sample(ref, seg, text, lang, split, group, text_flags)
+            if rej is not None:
+                res.rejects.append(Reject(seg_src, rej.stage, rej.reason, rej.detail, ref.corpus))
+                continue
+            res.samples.append(sample)
+            if self.audio_aug is not None:
+                res.samples.extend(self._views(sample, seg))
+        if self.text_aug is not None:
+            for r in getattr(self.text_aug, "drain_rejects", lambda: [])():
+                res.rejects.append(r)
+        return res
+
+    def _make_sample(
+        self,
+        ref: SampleRef,
+        seg: Any,
+        text: str | None,
+        lang: str | None,
+        split: str,
+        group: str,
+        flags: list[str],
+    ) -> tuple[dict[str, Any], Reject | None]:
+        key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
+        pcm = dedup.pcm_sha1(seg.wave)
+        fp = dedup.audio_fingerprint(seg.wave, self.fcfg.sample_rate_hz)
+        dcfg = self.bcfg.dedup
+        if self.eval_index is not None and dcfg.decontaminate:
+            hit = self.eval_index.query(pcm, fp)
+            if hit is not None:
+                return {}, Reject(ref_source(ref), "dedup", "eval_overlap", f"matches eval clip {hit}", ref.corpus)
+        if self.local_index is not None:
+            dup = self.local_index.add(key, pcm, fp if dcfg.near else None)
+            if dup is not None:
+                return {}, Reject(ref_source(ref), "dedup", "duplicate", f"same audio as {dup}", ref.corpus)
+        texts: list[TextEntry] = []
+        if text:
+            texts.append({"text": text, "lang": lang, "kind": KIND_ORIGINAL, "provenance": {"source": "corpus"}})
+        for cap in ref.captions:
+            cap_n = text_mod.normalize_text(cap, lang)
+            if cap_n and cap_n != text:
+                texts.append({"text": cap_n, "lang": lang, "kind": KIND_ORIGINAL, "provenance": {"source": "corpus"}})
+        meta: SampleMeta = {
+            "id": key,
+            "corpus": ref.corpus,
+            "source_id": ref.source_id,
+            "source_uri": ref.audio,
+            "segment": [round(seg.start_s, 3), round(seg.end_s, 3)],
+            "lang": lang,
+            "duration": round(len(seg.wave) / self.fcfg.sample_rate_hz, 4),
+            "sample_rate": self.fcfg.sample_rate_hz,
+            "labels": list(ref.labels),
+            "speaker": ref.speaker,
+            "license": ref.license,
+            "split": split,
+            "group": group,
+            "audio_sha1": pcm,
+            "audio_fp": _fp_hex(fp),
+            "feature_fingerprint": self.fingerprint,
+            "texts": texts,
+            "flags": sorted(set(flags) | set(seg.flags)),
+            "stats": {k: _round(v) for k, v in sorted(seg.stats.items())},
+        }
+        attributes = ref.extra_dict()
+        if attributes:
+            meta["attributes"] = {k: v for k, v in attributes.items() if _jsonable(v)}
+        if self.text_aug is not None:
+            meta["texts"] = texts + self.text_aug(dict(meta))
+        if not meta["texts"] and self.bcfg.filters.require_text:
+            return {}, Reject(ref_source(ref), "filter", "no_text", "no caption, transcript or label text", ref.corpus)
+        sample = self._pack(key, meta, seg.wave)
+        return sample, None
+
+    def _pack(self, key: str, meta: SampleMeta, wave: np.ndarray) -> dict[str, Any]:
+        sample: dict[str, Any] = {"__key__": key, MEL: self.logmel(wave), META: meta}
+        for hop, lm in zip(self.fcfg.multirate_hops, self.multirate):
+            sample[f"mel_h{hop}.npy"] = lm(wave)
+        texts = meta["texts"]
+        sample[TEXT] = texts[0]["text"] if texts else ""
+        if self.bcfg.audio.keep_audio:
+            sample[AUDIO] = _flac_bytes(wave, self.fcfg.sample_rate_hz)
+        return sample
+
+    def _views(self, sample: dict[str, Any], seg: Any) -> list[dict[str, Any]]:
+        out = []
+        base = sample[META]
+        for i, (wave, chain) in enumerate(self.audio_aug.views(seg.wave, base["id"])):
+            meta = dict(base)
+            key = f"{base['id']}v{i + 1}"
+            meta.update(id=key, augment=chain, audio_sha1=dedup.pcm_sha1(wave), audio_fp="")
+            out.append(self._pack(key, meta, wave))
+        return out
+
+
+def _fp_hex(fp: Any) -> str:
+    arr = np.asarray(fp)
+    return arr.tobytes().hex() + f":{arr.dtype.str}"
+
+
+def fp_from_hex(s: str) -> np.ndarray | None:
+    if not s:
+        return None
+    hexpart, _, dtype = s.partition(":")
+    return np.frombuffer(bytes.fromhex(hexpart), dtype=np.dtype(dtype))
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 5) if np.isfinite(v) else None
+    return v
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool)) or v is None
+
+
+def _flac_bytes(wave: np.ndarray, sr: int) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
