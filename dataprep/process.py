@@ -136,7 +136,8 @@ class SampleProcessor:
         if text_flags and self.bcfg.filters.lang_mismatch == "reject":
             res.rejects.append(Reject(src, "filter", "lang_mismatch", text_flags[0], ref.corpus))
             return res
-        group = sample_key(ref.corpus, ref.source_id)
+        # Clips of one source recording (or one declared group) are never each other's negatives.
+        group = sample_key(ref.corpus, str(ref.extra_dict().get("group") or ref.source_id))
         for seg in segments:
             seg_src = src if len(segments) == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
             rej = filters.check_audio(ref, seg, self.bcfg.filters)
