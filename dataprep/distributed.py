@@ -298,6 +298,13 @@ def finalize_split(out: Path, split: str, names: list[str], scan_rejects: list[d
         "samples": sum(p["entry"]["samples"] for p in parts),
         "exclude": split_excluded,
     }
+    # wids (indexed random access) reads this index; urls are relative to the index file.
+    shards.atomic_write_json(out / split / "wids-index.json", {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": f"polyclap-{split}",
+        "shardlist": [{"url": e["name"], "nsamples": e["samples"]} for e in meta["shards"]],
+    })
     shards.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
     return {"samples": meta["samples"] - len(split_excluded), "rejects": len(reject_rows),
             "reject_reasons": dict(Counter(r["reason"] for r in reject_rows))}
@@ -455,7 +462,10 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
         "inputs": len(rows),
         "timings": timings,
         "shards_built_this_run": len(todo),
-        "tasks": sorted(({k: s[k] for k in ("split", "name", "samples", "rejects", "audio_s", "wall_s", "cpu_s", "node_id", "host")} for s in summaries), key=lambda s: (s["split"], s["name"])),
+        "tasks": [
+            {"split": split, "name": name, "samples": part["entry"]["samples"], "rejects": len(part["rejects"]), **part["stats"]}
+            for (split, name, _), part in zip(jobs, parts_all)
+        ],
     }
     shards.atomic_write_json(out / shards.BUILD_JSON, record)
     return record

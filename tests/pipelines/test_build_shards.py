@@ -1,0 +1,189 @@
+"""The Ray shard builder end to end, through its real entry point (embedded local Ray).
+
+Builds a small slice of the bundled corpora once per module and checks the artifacts; the
+slow tests add determinism, kill -9 resume, corruption + repair and bad inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dataprep import shards
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "test_small.yaml"
+
+
+def build(out: Path, env: dict, *overrides: str, config: Path = CONFIG, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "pipelines/build_shards.py", "--config", str(config), "--out", str(out),
+           "--num-cpus", "2", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, f"build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def sha_list(out: Path) -> dict[str, list[tuple[str, str]]]:
+    res = {}
+    for split in ("train", "val", "test"):
+        p = out / split / shards.SHARDS_JSON
+        if p.exists():
+            res[split] = [(s["name"], s["sha256"]) for s in json.loads(p.read_text())["shards"]]
+    return res
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, subprocess_env) -> Path:
+    out = tmp_path_factory.mktemp("build") / "shards"
+    proc = build(out, subprocess_env)
+    assert "shards[train]" in proc.stdout and "build.json" in proc.stdout
+    return out
+
+
+def test_artifacts_match_contract(built: Path):
+    record = json.loads((built / shards.BUILD_JSON).read_text())
+    assert record["feature_fingerprint"] and record["versions"]["torch"].startswith("2.13")
+    total = 0
+    for split in ("train", "val", "test"):
+        d = built / split
+        if not d.exists():
+            continue
+        meta = json.loads((d / shards.SHARDS_JSON).read_text())
+        keys = []
+        for entry in meta["shards"]:
+            tar = d / entry["name"]
+            assert shards.sha256_file(tar) == entry["sha256"]
+            assert tar.stat().st_size == entry["bytes"]
+            samples = list(shards.iter_shard(tar))
+            assert len(samples) == entry["samples"]
+            for s in samples:
+                m = s["json"]
+                assert s["__key__"] == m["id"] and m["split"] == split
+                assert m["feature_fingerprint"] == record["feature_fingerprint"]
+                assert s["mel.npy"].dtype.name == "float16" and s["mel.npy"].shape[0] == 64
+                assert m["texts"] and s["txt"] == m["texts"][0]["text"]
+                assert {"id", "corpus", "source_id", "source_uri", "segment", "lang", "duration", "sample_rate",
+                        "labels", "speaker", "license", "audio_sha1", "texts"} <= set(m)
+                keys.append(s["__key__"])
+        index = pq.read_table(d / shards.INDEX).to_pylist()
+        assert sorted(r["key"] for r in index) == sorted(set(keys) - set(meta["exclude"]))
+        rejects = pq.read_table(d / shards.REJECTS)
+        assert rejects.column_names == ["source", "corpus", "stage", "reason", "detail"]
+        total += len(index)
+    assert total == sum(c["samples"] for c in record["counts"].values()) > 0
+    # esc50 fold 5 is the held-out eval fold: it must land in test, never train
+    train_idx = pq.read_table(built / "train" / shards.INDEX).to_pylist()
+    assert not any(r["corpus"] == "esc50" and "/5-" in r["key"] for r in train_idx)
+
+
+def test_stock_webdataset_reads_shards(built: Path):
+    import webdataset as wds
+
+    urls = [str(p) for p in shards.shard_paths(built / "train")]
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False).decode()
+    n = 0
+    for s in ds:
+        assert s["mel.npy"].ndim == 2 and isinstance(s["json"], dict) and isinstance(s["txt"], str)
+        n += 1
+    assert n == json.loads((built / "train" / shards.SHARDS_JSON).read_text())["samples"]
+
+
+def test_wids_reads_shards_with_generated_index(built: Path):
+    import wids
+
+    index = built / "train" / "wids-index.json"
+    assert index.exists(), "the builder writes a wids index next to shards.json"
+    ds = wids.ShardListDataset(str(index), transformations=[])
+    meta = json.loads((built / "train" / shards.SHARDS_JSON).read_text())
+    assert len(ds) == meta["samples"]
+    s = ds[len(ds) - 1]
+    assert ".mel.npy" in s and ".json" in s
+
+
+def test_rerun_is_a_no_op_and_feature_change_refuses_to_mix(built: Path, subprocess_env):
+    before = sha_list(built)
+    mtimes = {p: p.stat().st_mtime_ns for p in built.rglob("shard-*.tar")}
+    proc = build(built, subprocess_env)
+    assert "0 to build" in proc.stderr
+    assert sha_list(built) == before
+    assert {p: p.stat().st_mtime_ns for p in built.rglob("shard-*.tar")} == mtimes
+    proc = build(built, subprocess_env, "features.n_mels=80", check=False)
+    assert proc.returncode == 1 and "refusing to mix" in proc.stderr and "feature_fingerprint" in proc.stderr
+
+
+def test_bad_config_fails_before_work_naming_the_key(tmp_path, subprocess_env):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CONFIG.read_text() + "\nbogus_section: {x: 1}\n")
+    proc = build(tmp_path / "o", subprocess_env, config=cfg, check=False)
+    assert proc.returncode == 2 and "unknown key 'bogus_section'" in proc.stderr
+    proc = build(tmp_path / "o", subprocess_env, "build.shards.target_mb=lots", check=False)
+    assert proc.returncode == 2 and "build.shards.target_mb" in proc.stderr
+    cfg.write_text(CONFIG.read_text().replace("tests/fixtures/corpora/esc50_mini", "no/such/esc50"))
+    proc = build(tmp_path / "o", subprocess_env, config=cfg, check=False)
+    assert proc.returncode == 2 and "no/such/esc50" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_builds_are_byte_identical(built: Path, tmp_path, subprocess_env):
+    other = tmp_path / "again"
+    build(other, subprocess_env)
+    assert sha_list(other) == sha_list(built)
+    for split in sha_list(built):
+        a = json.loads((built / split / shards.SHARDS_JSON).read_text())
+        b = json.loads((other / split / shards.SHARDS_JSON).read_text())
+        assert a == b
+
+
+@pytest.mark.slow
+def test_kill_9_mid_build_then_resume_equals_uninterrupted(built: Path, tmp_path, subprocess_env):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "pipelines/build_shards.py", "--config", str(CONFIG), "--out", str(out), "--num-cpus", "1",
+           "build.shards.max_parallel_tasks=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(out.glob("*/.parts/*.json")):
+            # a tar under its final name is always complete
+            for tar in out.glob("*/shard-*.tar"):
+                with tarfile.open(tar) as t:
+                    t.getmembers()
+            time.sleep(0.05)
+        assert list(out.glob("*/.parts/*.json")), "no shard finished before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "train" / shards.SHARDS_JSON).exists() or sha_list(out) != sha_list(built)
+    build(out, subprocess_env)
+    assert sha_list(out) == sha_list(built)
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_verify_finds_corruption_and_repair_fixes_it(built: Path, tmp_path, subprocess_env):
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    victim = shards.shard_paths(out / "train")[0]
+    data = bytearray(victim.read_bytes())
+    data[700] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    verify = [sys.executable, "pipelines/verify_shards.py", str(out)]
+    proc = subprocess.run(verify, cwd=REPO, env=subprocess_env, capture_output=True, text=True)
+    assert proc.returncode == 1 and victim.name in proc.stdout and "sha256" in proc.stdout
+    proc = subprocess.run([*verify, "--repair", "--config", str(CONFIG)], cwd=REPO, env=subprocess_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "repaired" in proc.stdout
+    assert sha_list(out) == sha_list(built)
