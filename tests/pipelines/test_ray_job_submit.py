@@ -37,8 +37,7 @@ def test_ray_job_submit_builds_shards_on_a_loopback_head(tmp_path, subprocess_en
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
          f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--min-worker-port={free_port()}", "--max-worker-port=0"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
     )
     address = f"http://127.0.0.1:{dash}"
