@@ -97,3 +97,9 @@ class TrainConfig(_Section):
     eval_every: int = 0  # 0: validation only at the end
     max_text_len: int = 64
     ds_config: dict[str, Any] = Field(default_factory=dict)  # raw DeepSpeed overrides
+    # --- loader / trainer additions (issue 8); defaults keep earlier configs valid ---
+    shuffle_buffer: int = 256  # per-worker shuffle buffer (samples)
+    bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)
+    no_decay: tuple[str, ...] = ("logit_scale", "pos", "cls", "norm", "bias")  # + all 1-D params
+    tensorboard: bool = True
+    val_batches: int = 0  # per rank for the periodic validation (0: the whole val split)

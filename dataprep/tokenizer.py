@@ -1,0 +1,148 @@
+"""The project's text tokenizer: a sentencepiece unigram model with byte fallback.
+
+Trained on every text of the training shards (``txt`` and all ``texts`` entries: originals,
+templates, nlpaug and LLM captions) by ``pipelines/train_tokenizer.py``. Byte fallback means no
+text is ever mapped to ``<unk>``, whatever its script.
+
+Special ids are fixed at training time so the model can rely on them:
+``pad=0, unk=1, bos=2, eos=3``. A sequence is ``[bos] pieces... [eos]`` then padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Wraps a sentencepiece model file; picklable (dataloader workers reload it lazily)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer model not found: {self.path} "
+                f"(train one with `python pipelines/train_tokenizer.py --shards DIR --out FILE`)"
+            )
+        self._sp: Any = None
+        self._load()
+
+    def _load(self) -> None:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        if not sp.Load(str(self.path)):
+            raise ValueError(f"{self.path} is not a sentencepiece model")
+        if sp.pad_id() != PAD_ID or sp.bos_id() != BOS_ID or sp.eos_id() != EOS_ID:
+            raise ValueError(
+                f"{self.path}: special ids pad/bos/eos = {sp.pad_id()}/{sp.bos_id()}/{sp.eos_id()}, "
+                f"expected {PAD_ID}/{BOS_ID}/{EOS_ID} (train it with pipelines/train_tokenizer.py)"
+            )
+        self._sp = sp
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._load()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.GetPieceSize())
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.EncodeAsIds(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._sp.DecodeIds([int(i) for i in ids if int(i) > EOS_ID]))
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids LongTensor[B, max_len], mask BoolTensor[B, max_len])``; mask True on tokens.
+
+        Every row is ``bos + pieces + eos`` truncated to ``max_len`` (the eos is kept so the
+        model always sees where the text ends) and right-padded with ``pad_id``. A fixed width
+        keeps tensor shapes static across steps.
+        """
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (bos + eos), got {max_len}")
+        ids = torch.full((len(texts), max_len), PAD_ID, dtype=torch.long)
+        pieces = self._sp.EncodeAsIds(list(texts))
+        for row, p in enumerate(pieces):
+            seq = [BOS_ID, *p[: max_len - 2], EOS_ID]
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return ids, ids != PAD_ID
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    out: str | os.PathLike[str],
+    vocab_size: int = 4000,
+    *,
+    character_coverage: float = 0.9995,
+    seed_sentencepiece_size: int = 100000,
+) -> dict[str, Any]:
+    """Train a unigram model on ``texts`` and write ``out`` (.model) atomically.
+
+    ``vocab_size`` is an upper bound: on a small corpus sentencepiece cannot fill a large vocab,
+    so ``hard_vocab_limit`` is off and the actual size is returned. Returns a summary dict.
+    """
+    import sentencepiece as spm
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n_texts = 0
+    n_chars = 0
+    with tempfile.TemporaryDirectory(prefix=".tok-", dir=out.parent) as tmp:
+        corpus = Path(tmp) / "texts.txt"
+        with corpus.open("w", encoding="utf-8") as f:
+            for t in texts:
+                # sentencepiece reads one sentence per line: newlines inside a text would split it
+                t = " ".join(t.split())
+                if not t:
+                    continue
+                f.write(t + "\n")
+                n_texts += 1
+                n_chars += len(t)
+        if n_texts == 0:
+            raise ValueError("no texts to train a tokenizer on")
+        prefix = Path(tmp) / "sp"
+        spm.SentencePieceTrainer.Train(
+            input=str(corpus),
+            model_prefix=str(prefix),
+            model_type="unigram",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            byte_fallback=True,
+            character_coverage=character_coverage,
+            seed_sentencepiece_size=seed_sentencepiece_size,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            normalization_rule_name="nmt_nfkc",
+            num_threads=1,  # deterministic output; training is fast at our sizes
+            minloglevel=2,
+        )
+        staged = Path(tmp) / "final.model"
+        shutil.copyfile(f"{prefix}.model", staged)
+        os.replace(staged, out)  # same directory: atomic
+    tok = Tokenizer(out)
+    summary = {"out": str(out), "texts": n_texts, "chars": n_chars, "vocab_size": tok.vocab_size}
+    log.info("tokenizer: %s", summary)
+    return summary
