@@ -183,6 +183,10 @@ class SampleProcessor:
         texts: list[TextEntry] = []
         if text:
             texts.append({"text": text, "lang": lang, "kind": KIND_ORIGINAL, "provenance": {"source": "corpus"}})
+        if not texts and ref.labels:
+            # A labeled clip without caption: its class names are the corpus's own text.
+            label_text = ", ".join(label.replace("_", " ") for label in ref.labels)
+            texts.append({"text": label_text, "lang": "en", "kind": KIND_ORIGINAL, "provenance": {"source": "labels"}})
         for cap in ref.captions:
             cap_n = text_mod.normalize_text(cap, lang)
             if cap_n and cap_n != text:
