@@ -111,6 +111,19 @@ def test_wids_reads_shards_with_generated_index(built: Path):
     assert ".mel.npy" in s and ".json" in s
 
 
+def test_ray_data_read_webdataset_reads_shards(built: Path):
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        rows = ray.data.read_webdataset([str(p) for p in shards.shard_paths(built / "train")]).take_all()
+    finally:
+        ray.shutdown()
+    meta = json.loads((built / "train" / shards.SHARDS_JSON).read_text())
+    assert len(rows) == meta["samples"]
+    assert all(r["mel.npy"].shape[0] == 64 and r["json"]["id"] == r["__key__"] for r in rows)
+
+
 def test_rerun_is_a_no_op_and_feature_change_refuses_to_mix(built: Path, subprocess_env):
     before = sha_list(built)
     mtimes = {p: p.stat().st_mtime_ns for p in built.rglob("shard-*.tar")}
