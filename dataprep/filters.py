@@ -1,0 +1,140 @@
+"""Quality filters: each check returns ``None`` (pass) or one ``Reject`` with a reason and numbers.
+
+Reasons (stage ``filter``): ``too_short``, ``too_long``, ``silent``, ``clipping``,
+``empty_text``, ``short_text``, ``garbage_text``, ``chars_per_s_low``, ``chars_per_s_high``,
+``lang_mismatch``. Decode-time reasons (``missing_file``, ``not_audio`` ...) come from
+:class:`dataprep.audio.AudioError` and are turned into rows by :func:`audio_error_reject`.
+Conditions that keep a sample but mark it (clipping below the reject ratio, a language the
+detector disagrees with under ``lang_mismatch: flag``) are returned by the ``*_flags`` helpers.
+"""
+
+from __future__ import annotations
+
+from dataprep.audio import AudioError, Segment
+from dataprep.config import FilterConfig
+from dataprep.sample import Reject, SampleRef, ref_source
+from dataprep.text import detect_language, letter_ratio, same_language
+
+# Tasks whose text is a transcript of the audio, so characters per second are meaningful.
+SPEECH_TASKS = {"asr", "speech", "transcript"}
+LANG_MIN_CONFIDENCE = 0.8  # below this the detector is not trusted to contradict the corpus
+LANG_MIN_CHARS = 12  # shorter texts are too ambiguous for a mismatch verdict
+GARBAGE_LETTER_RATIO = 0.5
+
+
+def _reject(ref: SampleRef, reason: str, detail: str) -> Reject:
+    return Reject(
+        source=ref_source(ref), stage="filter", reason=reason, detail=detail, corpus=ref.corpus
+    )
+
+
+def audio_error_reject(ref: SampleRef, err: AudioError) -> Reject:
+    return Reject(
+        source=ref_source(ref),
+        stage="decode",
+        reason=err.reason,
+        detail=err.detail,
+        corpus=ref.corpus,
+    )
+
+
+def check_audio(ref: SampleRef, seg: Segment, cfg: FilterConfig) -> Reject | None:
+    """too_short / too_long / silent / clipping, from the segment and its source's stats."""
+    duration = float(seg.stats.get("duration_s", seg.end_s - seg.start_s))
+    if duration < cfg.min_duration_s:
+        return _reject(ref, "too_short", f"{duration:.3f} s < min_duration_s {cfg.min_duration_s}")
+    source_s = seg.stats.get("source_duration_s", 0.0)
+    if source_s > cfg.max_source_duration_s:
+        return _reject(
+            ref,
+            "too_long",
+            f"source is {source_s:.1f} s > max_source_duration_s {cfg.max_source_duration_s}",
+        )
+    dbfs = seg.stats.get("dbfs")
+    if dbfs is not None and dbfs < cfg.silence_dbfs:
+        return _reject(
+            ref, "silent", f"segment RMS {dbfs:.1f} dBFS < silence_dbfs {cfg.silence_dbfs}"
+        )
+    clip = seg.stats.get("clip_ratio", 0.0)
+    if clip > cfg.max_clip_ratio:
+        return _reject(
+            ref,
+            "clipping",
+            f"{clip:.2%} of samples at full scale > max_clip_ratio {cfg.max_clip_ratio:.2%}",
+        )
+    return None
+
+
+def audio_flags(seg: Segment, cfg: FilterConfig) -> tuple[str, ...]:
+    """Kept-but-flagged audio conditions under ``cfg`` (adds to ``seg.flags``)."""
+    flags = [f for f in seg.flags if f != "clipping"]
+    if seg.stats.get("clip_ratio", 0.0) >= cfg.clip_flag_ratio:
+        flags.append("clipping")
+    return tuple(sorted(set(flags)))
+
+
+def is_speech(ref: SampleRef) -> bool:
+    return ref.extra_dict().get("task") in SPEECH_TASKS
+
+
+def check_text(
+    ref: SampleRef, text: str | None, lang: str | None, duration_s: float, cfg: FilterConfig
+) -> Reject | None:
+    """Text checks on the *normalized* text. ``lang`` is the detected language (or None).
+
+    A corpus whose items carry labels but no text (ESC-50) passes when ``require_text`` is
+    false or labels exist: the text comes later from templates.
+    """
+    body = (text or "").strip()
+    if not body:
+        if cfg.require_text and not ref.labels:
+            return _reject(
+                ref, "empty_text", "no transcript/caption and no labels to build one from"
+            )
+        return None
+    n = len(body)
+    if n < cfg.min_text_chars:
+        return _reject(ref, "short_text", f"{n} characters < min_text_chars {cfg.min_text_chars}")
+    ratio = letter_ratio(body)
+    if ratio < GARBAGE_LETTER_RATIO:
+        return _reject(ref, "garbage_text", f"only {ratio:.0%} of characters are letters or digits")
+    if is_speech(ref) and duration_s > 0:
+        cps = n / duration_s
+        if cps < cfg.min_chars_per_s:
+            return _reject(
+                ref,
+                "chars_per_s_low",
+                f"{cps:.1f} chars/s < {cfg.min_chars_per_s} ({n} chars in {duration_s:.2f} s)",
+            )
+        if cps > cfg.max_chars_per_s:
+            return _reject(
+                ref,
+                "chars_per_s_high",
+                f"{cps:.1f} chars/s > {cfg.max_chars_per_s} ({n} chars in {duration_s:.2f} s)",
+            )
+    if cfg.lang_mismatch == "reject" and lang and ref.lang and not same_language(lang, ref.lang):
+        return _reject(ref, "lang_mismatch", f"corpus says {ref.lang!r}, text detected as {lang!r}")
+    return None
+
+
+def resolve_language(ref: SampleRef, text: str | None) -> tuple[str | None, str | None]:
+    """``(language for the sample, detected language worth comparing or None)``.
+
+    The corpus's language wins; the detector fills it in when missing and is passed on as the
+    second value only when confident enough to contradict the corpus (long text, high score).
+    """
+    body = (text or "").strip()
+    if not body:
+        return ref.lang, None
+    detected, conf = detect_language(body)
+    if ref.lang is None:
+        return (detected if conf >= 0.5 else None), detected
+    if len(body) >= LANG_MIN_CHARS and conf >= LANG_MIN_CONFIDENCE:
+        return ref.lang, detected
+    return ref.lang, None
+
+
+def text_flags(ref: SampleRef, lang: str | None, cfg: FilterConfig) -> tuple[str, ...]:
+    if cfg.lang_mismatch == "flag" and lang and ref.lang and not same_language(lang, ref.lang):
+        return ("lang_mismatch",)
+    return ()
