@@ -540,6 +540,9 @@ class ShardLoader:
                 ds, batch_size=None, num_workers=self.spec.num_workers,
                 worker_init_fn=_worker_init, prefetch_factor=self.prefetch_factor,
                 pin_memory=self.pin_memory,
+                # its own generator: the DataLoader draws a base seed per iterator, which would
+                # otherwise advance the global torch RNG (dropout) and break exact resume
+                generator=torch.Generator().manual_seed(stable_hash(self.spec.seed, self.epoch, self.spec.rank)),
             )
         for item in items:
             if "_end" in item:

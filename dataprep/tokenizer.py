@@ -146,3 +146,41 @@ def train_tokenizer(
     summary = {"out": str(out), "texts": n_texts, "chars": n_chars, "vocab_size": tok.vocab_size}
     log.info("tokenizer: %s", summary)
     return summary
+
+
+class MiniLMTokenizer:
+    """The packaged MiniLM WordPiece tokenizer behind :class:`Tokenizer`'s interface
+    (``text.kind: minilm`` towers have their own vocabulary). Loaded lazily; picklable."""
+
+    def __init__(self) -> None:
+        self._tok: Any = None
+
+    def _get(self) -> Any:
+        if self._tok is None:
+            from model.text_encoder import minilm_tokenizer
+
+            self._tok = minilm_tokenizer()
+        return self._tok
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._tok = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._get().vocab_size)
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self._get()(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].bool()
+
+
+def load_tokenizer(cfg: Any, path: str | os.PathLike[str] | None) -> Tokenizer | MiniLMTokenizer:
+    """The tokenizer an ExperimentConfig's text tower needs (``path``: our sentencepiece model)."""
+    if cfg.model.text.kind == "minilm":
+        return MiniLMTokenizer()
+    if path is None:
+        raise FileNotFoundError("no tokenizer model given")
+    return Tokenizer(path)

@@ -1,0 +1,268 @@
+"""Contrastive audio-text pretraining on a shard set, with DeepSpeed (ZeRO 0-3).
+
+Launch (the same script on CPU, one GPU, several GPUs, several nodes)::
+
+    # CPU, 2 processes (gloo)
+    deepspeed --num_gpus 2 --master_port 29511 jobs/pretrain.py --config configs/demo.yaml \\
+        --shards outputs/shards --out outputs/run
+    # all GPUs of this machine (NCCL); overrides are trailing section.key=value
+    deepspeed jobs/pretrain.py --config configs/demo.yaml train.zero_stage=3 train.precision=bf16
+    # several nodes: a hostfile with "host slots=N" lines (see infra/deepspeed/)
+    deepspeed --hostfile infra/deepspeed/hostfile jobs/pretrain.py --config configs/demo.yaml
+    # one process without the launcher
+    RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 \\
+        python jobs/pretrain.py --config configs/demo.yaml
+
+Outputs under ``train.out``: ``metrics.jsonl`` + ``tb/`` (TensorBoard), ``checkpoints/`` (every
+``train.save_every`` steps, on SIGTERM/SIGINT, at the end; the last ``train.keep_last`` kept) and
+``final/`` (fp32 weights, config, tokenizer; read it with ``model.checkpoint.load_for_eval``).
+A rerun with the same ``--out`` resumes from the latest complete checkpoint: same loss sequence as
+an uninterrupted run (model/optimizer/scheduler, RNG streams and the loader position restored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the launcher runs this file directly
+    sys.path.insert(0, str(REPO))
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from deepspeed.accelerator import get_accelerator  # noqa: E402
+
+from dataprep.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
+from dataprep.tokenizer import MiniLMTokenizer, Tokenizer, train_tokenizer  # noqa: E402
+from model import training as tr  # noqa: E402
+from model.checkpoint import export_final, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from model.clap import build_model  # noqa: E402
+from model.losses import ContrastiveLoss  # noqa: E402
+
+log = logging.getLogger("pretrain")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="experiment YAML (sections features/model/train...)")
+    ap.add_argument("--shards", help="shard set root (holds train/ [val/]); overrides train.shards")
+    ap.add_argument("--out", help="run directory; overrides train.out")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return ap.parse_args(argv)
+
+
+def fail(msg: str) -> None:
+    print(f"pretrain: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def split_dirs(shards: Path) -> tuple[Path, Path | None]:
+    """``(train dir, val dir or None)``; ``shards`` may be the set root or its train/ split."""
+    if (shards / "train" / "shards.json").is_file():
+        val = shards / "val"
+        return shards / "train", val if (val / "shards.json").is_file() else None
+    if (shards / "shards.json").is_file():
+        val = shards.parent / "val"
+        return shards, val if (val / "shards.json").is_file() and shards.name != "val" else None
+    fail(
+        f"{shards} is not a shard set: neither {shards}/train/shards.json nor {shards}/shards.json "
+        f"exists (build one with `python pipelines/build_shards.py --config ...`, or pass --shards)"
+    )
+    raise AssertionError
+
+
+def resolve_tokenizer(cfg: ExperimentConfig, train_dir: Path, out: Path, rank: int) -> tuple[Tokenizer | MiniLMTokenizer, Path | None]:
+    """The text tower's tokenizer: train.tokenizer, else <shards>/tokenizer.model, else one
+    trained now on the training texts (rank 0) into <out>/tokenizer.model."""
+    t = cfg.train
+    if cfg.model.text.kind == "minilm":
+        return MiniLMTokenizer(), None
+    path = Path(t.tokenizer) if t.tokenizer else train_dir.parent / "tokenizer.model"
+    if t.tokenizer and not path.is_file():
+        fail(f"train.tokenizer={path} does not exist")
+    if not path.is_file():
+        path = out / "tokenizer.model"
+        if rank == 0 and not path.is_file():
+            log.info("no tokenizer in the shard set: training one into %s", path)
+            train_tokenizer(iter_shard_texts(train_dir), path, vocab_size=cfg.model.text.vocab_size)
+        dist.barrier()
+    tok = Tokenizer(path)
+    if tok.vocab_size > cfg.model.text.vocab_size:
+        fail(f"tokenizer {path} has {tok.vocab_size} pieces > model.text.vocab_size={cfg.model.text.vocab_size}")
+    return tok, path
+
+
+def main() -> None:
+    # ---------------------------------------------------------------- config
+    args = parse_args()
+    overrides = list(args.overrides)
+    overrides += [f"train.shards={args.shards}"] if args.shards else []
+    overrides += [f"train.out={args.out}"] if args.out else []
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        fail(str(err))
+    t = cfg.train
+    out = Path(t.out)
+    train_dir, val_dir = split_dirs(Path(t.shards))
+
+    # ---------------------------------------------------------------- distributed init
+    deepspeed.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    accel = get_accelerator()
+    if accel.device_name() != "cpu":
+        accel.set_device(local_rank)
+    device = torch.device(accel.device_name(local_rank) if accel.device_name() != "cpu" else "cpu")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", force=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("world size %d, device %s, config %s -> %s", world, device, args.config, out)
+
+    # ---------------------------------------------------------------- data
+    tokenizer, tokenizer_path = resolve_tokenizer(cfg, train_dir, out, rank)
+    try:
+        loader = ShardLoader.from_config(cfg, train_dir, tokenizer, rank=rank, world_size=world)
+        val_loader = (
+            ShardLoader.from_config(cfg, val_dir, tokenizer, rank=rank, world_size=world, train=False)
+            if val_dir is not None else None
+        )
+    except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    log.info("train: %d samples in %s; val: %s", loader.num_samples, train_dir, val_dir or "none")
+
+    # ---------------------------------------------------------------- model + engine
+    tr.seed_everything(t.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, cfg.features.n_mels)
+    n_params = sum(p.numel() for p in model.parameters())
+    tr.patch_scalar_param_broadcast()  # DeepSpeed bug with the 0-dim temperature parameter
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=tr.param_groups(model, t), config=tr.make_ds_config(t, world)
+    )
+    loss_fn = ContrastiveLoss(cfg.model.loss, rank, world)
+    dtype = tr.autocast_dtype(t)
+    log.info("model: %.2fM parameters, ZeRO-%d, %s", n_params / 1e6, t.zero_stage, t.precision)
+
+    # ---------------------------------------------------------------- resume
+    step = 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        state = load_checkpoint(engine, ckpt)
+        step = int(state["step"])
+        loader.load_state_dict(state["loader"])
+        tr.set_rng_state(state["rng"])
+        log.info("resumed from %s (step %d, epoch %d)", ckpt, step, loader.epoch)
+    else:
+        tr.seed_everything(t.seed + 1000 * rank)  # ranks draw different dropout/augment masks
+    metrics = tr.MetricsLog(out, enabled=rank == 0, tensorboard=t.tensorboard, resume_step=step if ckpt else None)
+
+    def checkpoint() -> Path:
+        state = {"step": step, "loader": loader.state_dict(), "rng": tr.rng_state()}
+        return save_checkpoint(engine, out, step, trainer_state=state, cfg=cfg,
+                               tokenizer_path=tokenizer_path, keep_last=t.keep_last)
+
+    def validation() -> dict[str, float]:
+        if val_loader is None:
+            return {}
+        batches = []
+        for b in val_loader.iter_epoch():
+            batches.append(b)
+            if t.val_batches and len(batches) >= t.val_batches:
+                break
+        val_loader.epoch = 0  # the same val samples every time
+        return tr.validate(engine, batches, device, dtype)
+
+    # ---------------------------------------------------------------- train loop
+    stop = tr.StopFlag()
+    batches = iter(loader)
+    t_start = time.perf_counter()
+    last_saved = step
+    engine.train()
+    while step < t.max_steps:
+        t0 = time.perf_counter()
+        wait = 0.0
+        audio_s = 0.0
+        for _ in range(t.grad_accum_steps):
+            tw = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - tw
+            audio_s += float(batch["duration_s"].sum())
+            mel = batch["mel"].to(device, dtype)
+            fwd = engine(mel=mel, mel_lengths=batch["mel_lengths"].to(device),
+                         ids=batch["ids"].to(device), mask=batch["mask"].to(device))
+            extra = {k: v for k, v in fwd.items() if k.endswith("_codes")}
+            terms = loss_fn(fwd["audio_emb"], fwd["text_emb"], fwd["logit_scale"],
+                            batch["groups"].to(device), **extra)
+            engine.backward(terms["loss"])
+            engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        step += 1
+        elapsed = time.perf_counter() - t_start
+        over_budget = t.time_budget_s is not None and elapsed >= t.time_budget_s
+        # one collective per step: stop requests (any rank), audio seconds, loss (mean over ranks)
+        n_signal, n_budget, audio_total, loss_sum = tr.agree(
+            [float(stop.signal is not None), float(over_budget), audio_s, float(terms["loss"].detach())], device
+        )
+        dt = time.perf_counter() - t0
+        if rank == 0 and (step % t.log_every == 0 or step == 1 or step == t.max_steps):
+            gn = engine.get_global_grad_norm()
+            row = {
+                "loss": loss_sum / world,
+                **{f"loss_{k}": float(v) for k, v in terms.items() if k != "loss"},
+                "temperature": 1.0 / float(fwd["logit_scale"]),
+                "lr": float(engine.get_lr()[0]),
+                "grad_norm": float(gn) if gn is not None else None,
+                "samples_per_s": t.micro_batch * t.grad_accum_steps * world / dt,
+                "audio_hours_per_s": audio_total / 3600 / dt,
+                "data_wait_s": wait,
+                "data_wait_frac": wait / dt,
+                "epoch": loader.epoch,
+                **tr.memory_stats(),
+            }
+            metrics.write(step, row)
+            log.info(tr.progress_line(step, t.max_steps, row))
+        if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+            val = validation()
+            if val:
+                metrics.write(step, val)
+                log.info("validation at step %d: %s", step, val)
+        if n_signal > 0:  # preemption (any rank): checkpoint and leave; a rerun resumes
+            checkpoint()
+            metrics.close()
+            log.info("preempted (%s) at step %d: checkpoint saved, exiting cleanly", stop.signal or "signal on another rank", step)
+            return
+        if n_budget > 0:
+            log.info("time budget of %.0f s reached at step %d", t.time_budget_s, step)
+            break
+        if step % t.save_every == 0:
+            checkpoint()
+            last_saved = step
+
+    # ---------------------------------------------------------------- finish
+    if last_saved != step or latest_checkpoint(out) is None:
+        checkpoint()
+    val = validation()
+    if val:
+        metrics.write(step, val)
+        log.info("final validation: %s", val)
+    if rank == 0:
+        export_final(out, latest_checkpoint(out), {
+            "step": step, "world_size": world, "zero_stage": t.zero_stage, "precision": t.precision,
+            "samples_seen": step * t.micro_batch * t.grad_accum_steps * world,
+        })
+    dist.barrier()
+    metrics.close()
+    log.info("done: %d steps, outputs in %s", step, out)
+
+
+if __name__ == "__main__":
+    main()

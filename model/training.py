@@ -1,0 +1,308 @@
+"""Helpers for jobs/pretrain.py: DeepSpeed config, parameter groups, RNG state, preemption,
+metrics, validation. Kept here so the training script reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from model.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# DeepSpeed configuration
+# --------------------------------------------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested dicts are merged key by key (a raw ds_config edits one leaf)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def make_ds_config(t: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for a :class:`TrainConfig`; ``t.ds_config`` is merged last."""
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    adam: dict[str, Any] = {
+        "lr": t.lr, "betas": list(t.betas), "eps": t.eps, "weight_decay": t.weight_decay,
+        # torch's AdamW: no JIT build of DeepSpeed's fused_adam op (80 s on CPU, needs nvcc on GPU)
+        "torch_adam": True,
+    }
+    if t.offload:
+        if t.zero_stage == 0:
+            raise ValueError("train.offload needs zero_stage >= 1")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if t.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        # offloaded states are stepped on the CPU by DeepSpeedCPUAdam (compiled once)
+        adam.pop("torch_adam")
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "train_batch_size": t.micro_batch * t.grad_accum_steps * world_size,
+        "gradient_clipping": t.grad_clip,
+        "steps_per_print": 10**9,  # our own progress line instead
+        "wall_clock_breakdown": False,
+        "optimizer": {"type": "AdamW", "params": adam},
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(t.max_steps, 1),
+                "warmup_num_steps": t.warmup_steps,
+                "warmup_min_ratio": 0.0,
+                "warmup_type": "linear",
+                "cos_min_ratio": t.min_lr_ratio,
+            },
+        },
+        "zero_optimization": zero,
+    }
+    if t.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif t.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 12}
+    return deep_merge(cfg, t.ds_config)
+
+
+def patch_scalar_param_broadcast() -> None:
+    """DeepSpeed 0.19.8 broadcasts each parameter as ``p.data.view(torch.uint8)``, which fails
+    for 0-dim parameters (a learnable temperature): "self.dim() cannot be 0 to view Float as
+    Byte". Give such parameters a 1-element shape for the broadcast only."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    orig = DeepSpeedEngine._broadcast_model
+    if getattr(orig, "_polyclap_scalar_safe", False):
+        return
+
+    def _broadcast_model(self: Any) -> None:
+        scalars = [p for p in self.module.parameters() if p.dim() == 0]
+        for p in scalars:
+            p.data = p.data.reshape(1)
+        try:
+            orig(self)
+        finally:
+            for p in scalars:
+                p.data = p.data.reshape(())
+
+    _broadcast_model._polyclap_scalar_safe = True  # type: ignore[attr-defined]
+    DeepSpeedEngine._broadcast_model = _broadcast_model  # type: ignore[method-assign]
+
+
+def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
+    """Decay the weight matrices only: 1-D params (biases, norms, scales) and names matching
+    ``t.no_decay`` (temperature, position tables, CLS tokens) are not decayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.lower().split(".")
+        excluded = p.ndim < 2 or any(s in part for s in t.no_decay for part in parts)
+        (no_decay if excluded else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def autocast_dtype(t: TrainConfig) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state (exact resume)
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption and stopping
+# --------------------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (preemption, Ctrl-C); the loop checkpoints at the next step end.
+
+    The handler only records the signal: saving inside a handler could interrupt a collective.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+def agree(local: list[float], device: torch.device | str) -> list[float]:
+    """Sum small per-rank numbers over ranks (one collective per step: stop flag, stats)."""
+    x = torch.tensor(local, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x)
+    return x.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def memory_stats() -> dict[str, float]:
+    out = {"rss_max_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_available():
+        out["gpu_max_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+class MetricsLog:
+    """JSONL (one line per logged step) + TensorBoard scalars; rank 0 only."""
+
+    def __init__(self, out: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            # Steps after the checkpoint are redone after a resume: drop their old lines so the
+            # file reads as one uninterrupted run.
+            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._f = self.path.open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(out / "tb"))
+
+    def write(self, step: int, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": time.time(), **row}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._f.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def progress_line(step: int, max_steps: int, row: dict[str, Any]) -> str:
+    gn = row.get("grad_norm")
+    return (
+        f"step {step}/{max_steps} loss {row['loss']:.4f} T {row['temperature']:.4f} lr {row['lr']:.2e}"
+        + (f" gnorm {gn:.3f}" if gn is not None else "")
+        + f" | {row['samples_per_s']:.1f} samples/s {row['audio_hours_per_s'] * 3600:.1f} audio-s/s"
+        f" data-wait {100 * row['data_wait_frac']:.0f}% | rss {row['rss_max_gb']:.2f} GB"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: retrieval on a val split
+# --------------------------------------------------------------------------------------------
+
+
+def recall_at(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Row i's positive is column i; recall@k for rows (a->t) and columns (t->a)."""
+    n = sim.shape[0]
+    target = torch.arange(n)
+    out = {}
+    for name, s in (("a2t", sim), ("t2a", sim.t())):
+        rank = (s > s[target, target].unsqueeze(1)).sum(1)  # how many beat the positive
+        for k in ks:
+            out[f"val_{name}_r{k}"] = float((rank < k).float().mean())
+    return out
+
+
+@torch.no_grad()
+def validate(engine: Any, batches: list[dict[str, Any]], device: torch.device | str, dtype: torch.dtype) -> dict[str, float]:
+    """Embed the rank's val batches, gather on every rank, retrieval recall over the union.
+
+    Every rank runs the same number of forward calls (ZeRO-3 gathers parameters collectively),
+    padding with repeats of its last batch whose outputs are discarded.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    n_max = n_min = len(batches)
+    if world > 1:
+        x = torch.tensor([len(batches), -len(batches)], device=device)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        n_max, n_min = int(x[0]), -int(x[1])
+    if n_min == 0:
+        return {}  # some rank has no val sample: nothing to pad its forward calls with
+    was_training = engine.module.training
+    engine.module.eval()
+    audio, text = [], []
+    for i in range(n_max):
+        b = batches[min(i, len(batches) - 1)]
+        out = engine(
+            mel=b["mel"].to(device, dtype), mel_lengths=b["mel_lengths"].to(device),
+            ids=b["ids"].to(device), mask=b["mask"].to(device),
+        )
+        if i < len(batches):
+            audio.append(out["audio_emb"].float().cpu())
+            text.append(out["text_emb"].float().cpu())
+    engine.module.train(was_training)
+    local = (torch.cat(audio), torch.cat(text))
+    gathered: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered = [local]
+    a = torch.cat([g[0] for g in gathered])
+    t = torch.cat([g[1] for g in gathered])
+    return {**recall_at(a @ t.t()), "val_samples": float(a.shape[0])}
