@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from dataprep.config import CorpusConfig, ConfigError
+from dataprep.config import ConfigError, CorpusConfig
 from dataprep.sample import Reject, SampleRef
 
 Reader = Callable[[CorpusConfig], Iterator[SampleRef | Reject]]
@@ -30,8 +30,17 @@ def _load_all() -> None:
     # Importing the modules fills READERS; listed explicitly, no import magic.
     from dataprep.corpora import (  # noqa: F401
         audiocaps,
+        clotho,
         commonvoice,
+        cremad,
         esc50,
+        generic,
+        librispeech,
+        mls,
+        nemo,
+        ravdess,
+        speechcommands,
+        urbansound8k,
     )
 
 

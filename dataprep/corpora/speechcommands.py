@@ -1,0 +1,88 @@
+"""Speech Commands keyword-spotting layout (Warden 2018), mono- or multilingual.
+
+Source: https://arxiv.org/abs/1804.03209 — 1-s utterances of short words. License: CC BY 4.0.
+Layout (one language) — ``root`` is that folder, or a folder of language folders::
+
+    <label>/<speaker-hash>_nohash_<n>.wav
+    validation_list.txt, testing_list.txt     "<label>/<file>" per line; the rest is train
+    _background_noise_/*.wav                  long noise recordings (skipped unless asked)
+    keywords.csv (optional, at the top)       lang,label,word: the word actually spoken
+
+``labels`` = the label; ``text`` = the spoken word (from keywords.csv, else the label);
+``speaker`` = the hash before ``_nohash_``. ``options.include_background`` yields the noise
+files with label ``_background_noise_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from dataprep.config import CorpusConfig
+from dataprep.corpora import register
+from dataprep.corpora._common import (
+    AUDIO_EXTENSIONS,
+    CorpusRoot,
+    check_options,
+    option,
+    read_table,
+    resolve_audio,
+)
+from dataprep.sample import Reject, SampleRef
+
+OPTIONS = {"include_background", "license", "lang", "languages"}
+BACKGROUND = "_background_noise_"
+
+
+@register("speechcommands")
+def read_speechcommands(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
+    check_options(cfg, OPTIONS)
+    root = CorpusRoot(cfg.root)
+    license_ = option(cfg, "license", "CC-BY-4.0")
+    background = bool(option(cfg, "include_background", False))
+    words: dict[tuple[str, str], str] = {}
+    if root.isfile("keywords.csv"):
+        for row in read_table(root.read_text("keywords.csv"), ","):
+            words[(row.get("lang", "").strip(), row.get("label", "").strip())] = row.get(
+                "word", ""
+            ).strip()
+    if root.isfile("validation_list.txt") or root.isfile("testing_list.txt"):
+        langs = [""]
+    else:
+        langs = [d for d in root.subdirs() if d != BACKGROUND]
+    wanted = option(cfg, "languages", None)
+    if wanted is not None:
+        langs = [d for d in langs if d in set(wanted)]
+    for lang_dir in langs:
+        lang = option(cfg, "lang", None) if not lang_dir else lang_dir
+        pre = f"{lang_dir}/" if lang_dir else ""
+        lists = {}
+        for fname, split in (("validation_list.txt", "val"), ("testing_list.txt", "test")):
+            if root.isfile(f"{pre}{fname}"):
+                for line in root.read_text(f"{pre}{fname}").splitlines():
+                    if line.strip():
+                        lists[line.strip()] = split
+        for label in root.subdirs(lang_dir):
+            if label == BACKGROUND and not background:
+                continue
+            for name in root.list_dir(f"{pre}{label}"):
+                if not name.lower().endswith(AUDIO_EXTENSIONS):
+                    continue
+                resolved = resolve_audio(cfg, root, f"{pre}{label}/{name}", check_exists=False)
+                if isinstance(resolved, Reject):
+                    yield resolved
+                    continue
+                source_id, uri = resolved
+                is_bg = label == BACKGROUND
+                speaker = None if is_bg or "_nohash_" not in name else name.split("_nohash_")[0]
+                yield SampleRef(
+                    corpus=cfg.name,
+                    source_id=source_id,
+                    audio=uri,
+                    text=None if is_bg else (words.get((lang or "", label)) or label),
+                    lang=None if is_bg else lang,
+                    labels=(label,),
+                    speaker=speaker,
+                    license=license_,
+                    split=lists.get(f"{label}/{name}", "train"),
+                    extra=(("task", "noise" if is_bg else "kws"),),
+                )
