@@ -254,11 +254,11 @@ def fingerprint_eval_corpus(cfg_json: str, corpus: CorpusConfig) -> list[tuple[s
 
 
 # ------------------------------------------------------------------------------ finalize ---
-def resolve_cross_shard_duplicates(parts: list[dict[str, Any]], near: bool) -> dict[str, str]:
-    """Keys to exclude -> the key they duplicate; first in (split, shard, key) order wins."""
+def resolve_cross_shard_duplicates(parts: list[dict[str, Any]], near: bool, threshold: float) -> dict[str, str]:
+    """Keys to exclude -> the key they duplicate; the first in the given part order wins."""
     from dataprep.process import fp_from_hex
 
-    index = dedup.DedupIndex()
+    index = dedup.DedupIndex(near_threshold=threshold, near=near)
     excluded: dict[str, str] = {}
     for part in parts:
         for row in part["fingerprints"]:
@@ -411,7 +411,7 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
     t = time.perf_counter()
     eval_index = None
     if b.eval_corpora and b.dedup.decontaminate:
-        eval_index = dedup.DedupIndex()
+        eval_index = dedup.DedupIndex(near_threshold=b.dedup.near_threshold)
         cfg_json = cfg.model_dump_json()
         results = ray.get([fingerprint_eval_corpus.remote(cfg_json, c) for c in b.eval_corpora])
         n = 0
@@ -445,7 +445,11 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
     parts_all = []
     for split, name, _ in jobs:
         parts_all.append(json.loads(_part_path(out, split, name).read_text()))
-    excluded = resolve_cross_shard_duplicates(parts_all, near=b.dedup.near) if (b.dedup.exact or b.dedup.near) else {}
+    # Held-out splits first: a clip in both test and train is contamination, so the TRAIN copy
+    # is the one excluded and the evaluation split stays intact.
+    rank = {"test": 0, "val": 1, "train": 2}
+    ordered = [p for (split, _, _), p in sorted(zip(jobs, parts_all), key=lambda jp: (rank[jp[0][0]], jp[0][1]))]
+    excluded = resolve_cross_shard_duplicates(ordered, near=b.dedup.near, threshold=b.dedup.near_threshold) if (b.dedup.exact or b.dedup.near) else {}
     counts: dict[str, Any] = {}
     first_split = next(iter(plan))
     for split in plan:

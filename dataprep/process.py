@@ -90,7 +90,12 @@ class SampleProcessor:
         self.logmel = features.LogMel(self.fcfg)
         self.multirate = [features.LogMel(self.fcfg, hop) for hop in self.fcfg.multirate_hops]
         self.eval_index = eval_index
-        self.local_index = dedup.DedupIndex() if self.bcfg.dedup.exact or self.bcfg.dedup.near else None
+        dc = self.bcfg.dedup
+        self.local_index = (
+            dedup.DedupIndex(near_threshold=dc.near_threshold, exact=dc.exact, near=dc.near)
+            if dc.exact or dc.near
+            else None
+        )
         self.text_aug = None
         self.audio_aug = None
         acfg = self.bcfg.augment
