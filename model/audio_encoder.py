@@ -160,6 +160,10 @@ class AudioEncoder(nn.Module):
         mel = mel.to(self.patch.weight.dtype)
         if self.training and self.cfg.specaugment is not None:
             mel = spec_augment(mel, lengths, self.cfg.specaugment)
+        # Zero the padding so a patch straddling a clip's end sees no padding content: the
+        # output must not depend on how far (or with what) a batch was padded.
+        frame_ok = torch.arange(t, device=mel.device)[None, :] < lengths[:, None]
+        mel = mel * frame_ok[:, None, :].to(mel.dtype)
         pt, pf = self.cfg.patch_time, self.cfg.patch_freq
         mel = F.pad(mel, (0, (-t) % pt, 0, (-self.n_mels) % pf))
         tp = mel.shape[-1] // pt

@@ -49,7 +49,9 @@ class CLAP(nn.Module):
         self.text = TextEncoder(cfg.text)
         self.audio_proj = nn.Linear(cfg.audio.dim, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text.out_dim, cfg.embed_dim, bias=False)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # Shape [1], not 0-d: DeepSpeed's parameter broadcast views params as bytes, which a
+        # 0-d tensor cannot do.
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
         self.codebook = (
             SharedCodebook(cfg.loss.codebook_size, cfg.embed_dim)
             if cfg.loss.codebook_size > 0 else None
@@ -62,7 +64,8 @@ class CLAP(nn.Module):
 
     def logit_scale(self) -> Tensor:
         # Clamp as open_clip: the temperature may not fall below 1 / max_logit_scale.
-        return self.log_scale.float().clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        scale = self.log_scale.float().clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        return scale.squeeze(0)
 
     def _finish(self, emb: Tensor, key: str, out: dict[str, Tensor]) -> None:
         emb = F.normalize(emb.float(), dim=-1)
