@@ -44,6 +44,7 @@ from dataprep.tokenizer import MiniLMTokenizer, Tokenizer, train_tokenizer  # no
 from model import training as tr  # noqa: E402
 from model.checkpoint import export_final, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from model.clap import build_model  # noqa: E402
+from model.gradcache import cached_step  # noqa: E402
 from model.losses import ContrastiveLoss  # noqa: E402
 
 log = logging.getLogger("pretrain")
@@ -197,14 +198,25 @@ def main() -> None:
             batch = next(batches)
             wait += time.perf_counter() - tw
             audio_s += float(batch["duration_s"].sum())
-            mel = batch["mel"].to(device, dtype)
-            fwd = engine(mel=mel, mel_lengths=batch["mel_lengths"].to(device),
-                         ids=batch["ids"].to(device), mask=batch["mask"].to(device))
-            extra = {k: v for k, v in fwd.items() if k.endswith("_codes")}
-            terms = loss_fn(fwd["audio_emb"], fwd["text_emb"], fwd["logit_scale"],
-                            batch["groups"].to(device), **extra)
-            engine.backward(terms["loss"])
-            engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+            inputs = {"mel": batch["mel"].to(device, dtype), "mel_lengths": batch["mel_lengths"].to(device),
+                      "ids": batch["ids"].to(device), "mask": batch["mask"].to(device)}
+            groups = batch["groups"].to(device)
+            if t.chunk_size:  # gradient cache: exact global-batch gradients in chunks
+                seen: dict[str, torch.Tensor] = {}
+
+                def global_loss(**feats: torch.Tensor) -> dict[str, torch.Tensor]:
+                    seen["scale"] = feats["logit_scale"].detach()  # for the temperature log
+                    return loss_fn.loss_from_features(**feats)
+
+                terms = cached_step(engine, {**inputs, "groups": groups}, global_loss, t.chunk_size)
+                scale = seen["scale"]
+            else:
+                fwd = engine(**inputs)
+                extra = {k: v for k, v in fwd.items() if k.endswith("_codes")}
+                terms = loss_fn(fwd["audio_emb"], fwd["text_emb"], fwd["logit_scale"], groups, **extra)
+                engine.backward(terms["loss"])
+                engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+                scale = fwd["logit_scale"]
         step += 1
         elapsed = time.perf_counter() - t_start
         over_budget = t.time_budget_s is not None and elapsed >= t.time_budget_s
@@ -218,7 +230,7 @@ def main() -> None:
             row = {
                 "loss": loss_sum / world,
                 **{f"loss_{k}": float(v) for k, v in terms.items() if k != "loss"},
-                "temperature": 1.0 / float(fwd["logit_scale"]),
+                "temperature": 1.0 / float(scale),
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(gn) if gn is not None else None,
                 "samples_per_s": t.micro_batch * t.grad_accum_steps * world / dt,

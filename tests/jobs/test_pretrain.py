@@ -1,0 +1,210 @@
+"""jobs/pretrain.py through the real launcher: `deepspeed --num_gpus 2` on CPU (gloo).
+
+Shards are made from real bundled audio (see tests/dataprep/test_loader.py::make_shards). Tiny
+models and few steps; every run uses a free --master_port. No GPU here: CPU accelerator only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataprep"))
+from test_loader import make_shards  # noqa: E402
+
+import dataprep  # noqa: E402
+
+REPO = Path(dataprep.__file__).resolve().parents[1]
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "embed_dim": 32,
+        "audio": {"dim": 32, "depth": 1, "heads": 2, "patch_freq": 16, "patch_time": 16, "max_frames": 128, "dropout": 0.1},
+        "text": {"vocab_size": 512, "dim": 32, "depth": 1, "heads": 2, "max_len": 24, "dropout": 0.1},
+    },
+    "train": {
+        "zero_stage": 2, "micro_batch": 8, "lr": 0.003, "warmup_steps": 2, "max_steps": 6,
+        "save_every": 3, "log_every": 1, "num_workers": 0, "tensorboard": False, "seed": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    make_shards(corpora_root, root, n_shards=4)
+    make_shards(corpora_root, root, n_shards=1, limit=24, split="val")
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(subprocess_env: dict[str, str]) -> dict[str, str]:
+    e = dict(subprocess_env)
+    e["TORCH_EXTENSIONS_DIR"] = str(REPO / ".venv" / "torch_extensions")  # shm_comm JIT once
+    return e
+
+
+def _config(tmp: Path, **train: object) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"].update(train)
+    path = tmp / f"cfg-{len(list(tmp.glob('cfg-*')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _launch(cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str], *extra: str) -> subprocess.Popen:
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "jobs/pretrain.py",
+           "--config", str(cfg), "--shards", str(shards), "--out", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _run(*args, timeout: float = 240) -> str:
+    p = _launch(*args)
+    text, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, _digest(text)
+    return text
+
+
+def _digest(text: str) -> str:
+    """Our own error lines first (the launcher's noise pushes them out of a plain tail)."""
+    ours = [ln for ln in text.splitlines() if "pretrain:" in ln or "Error" in ln or "rank0]" in ln]
+    return "\n".join(ours[-30:]) + "\n...\n" + text[-2000:]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.stdout.read()[-3000:]}")
+        try:
+            if max(_losses(out), default=0) >= step:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "final" / "model.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, shards: Path, env, port) -> None:
+    # 2 dataloader workers per rank: the resumed loader must rotate them back into step
+    cfg = _config(tmp_path, max_steps=24, save_every=4, num_workers=2, micro_batch=16)
+    ref = tmp_path / "ref"
+    _run(cfg, shards, ref, port, env)
+    want = _losses(ref)
+    assert sorted(want) == list(range(1, 25))
+
+    run = tmp_path / "run"
+    p = _launch(cfg, shards, run, _free_port(), env)
+    _wait_for_step(run, 10, p)
+    os.killpg(p.pid, signal.SIGKILL)  # the whole job: launcher, ranks, loader workers
+    p.wait(timeout=30)
+    assert not (run / "final").exists(), "the run finished before it was killed"
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    assert ckpts and all(int(c.name[5:]) < 24 for c in ckpts)
+    text = _run(cfg, shards, run, _free_port(), env)
+    assert "resumed from" in text
+    got = _losses(run)
+    assert got == want, "loss sequence after SIGKILL + resume differs from the uninterrupted run"
+    a, b = _final_weights(ref), _final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, shards: Path, env, port) -> None:
+    cfg = _config(tmp_path, max_steps=100000, save_every=100000)
+    out = tmp_path / "run"
+    p = _launch(cfg, shards, out, port, env)
+    _wait_for_step(out, 3, p)
+    os.killpg(p.pid, signal.SIGTERM)  # what a scheduler's preemption sends to the job
+    text, _ = p.communicate(timeout=120)
+    assert "Traceback" not in text, text[-3000:]
+    assert "preempted (SIGTERM)" in text and "exiting cleanly" in text
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    ckpt = out / "checkpoints" / latest
+    done = json.loads((ckpt / "complete.json").read_text())
+    assert done["step"] == max(_losses(out)) >= 3 and done["world_size"] == 2
+    assert {f.name for f in ckpt.glob("trainer_state_rank*.pt")} == {"trainer_state_rank0.pt", "trainer_state_rank1.pt"}
+    assert not (out / "final").exists()
+    # the DeepSpeed checkpoint is usable for evaluation as it is (zero_to_fp32 on the fly)
+    from model.checkpoint import load_for_eval
+
+    model, cfg_loaded, tok = load_for_eval(out)
+    assert cfg_loaded.train.max_steps == 100000 and not model.training
+    ids, mask = tok.encode_batch(["a dog barks"], 16)
+    assert model.encode_text(ids, mask).shape == (1, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) -> None:
+    cfg = _config(tmp_path, zero_stage=stage, max_steps=30, save_every=1000, warmup_steps=3,
+                  **({"chunk_size": 4} if stage == 2 else {}))  # ZeRO-2 also runs the gradient cache
+    out = tmp_path / "run"
+    text = _run(cfg, shards, out, port, env)
+    losses = [v for _, v in sorted(_losses(out).items())]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.1, f"ZeRO-{stage}: loss did not decrease ({first:.3f} -> {last:.3f})"
+    assert "Traceback" not in text
+    # final export loads and embeds
+    from model.checkpoint import load_for_eval
+
+    model, _, tok = load_for_eval(out / "final")
+    ids, mask = tok.encode_batch(["rain on a roof", "a dog"], 24)
+    emb = model.encode_text(ids, mask)
+    assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-4)
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["step"] == 30 and meta["zero_stage"] == stage
+
+
+def test_not_a_shard_set_is_a_clear_error(tmp_path: Path, env) -> None:
+    cfg = _config(tmp_path)
+    p = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(tmp_path), "--out", str(tmp_path / "o")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 2
+    assert "is not a shard set" in p.stderr and "shards.json" in p.stderr
+
+
+def test_fingerprint_mismatch_refused(tmp_path: Path, shards: Path, env, port) -> None:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["features"] = {"n_mels": 80}
+    path = tmp_path / "mismatch.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    p = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", "--config", str(path), "--shards", str(shards), "--out", str(tmp_path / "o")],
+        cwd=REPO, env=e, capture_output=True, text=True, timeout=180,
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "feature fingerprint mismatch" in p.stderr and "n_mels: 80 != 64" in p.stderr
