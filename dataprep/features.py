@@ -1,7 +1,7 @@
 """Log-mel features and the feature fingerprint.
 
-The fingerprint is a sha256 over the feature config and the versions of the libraries that
-change the numbers. Trainer and evaluator refuse shards whose fingerprint differs from the
+The fingerprint is a sha256 over the feature config and the algorithm id; the torch/torchaudio
+versions are recorded next to it (see ``VERSION_FIELDS``). Trainer and evaluator refuse shards whose fingerprint differs from the
 model's feature config, naming the differing fields (:func:`fingerprint_diff`).
 """
 
@@ -28,8 +28,16 @@ def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
     return fields
 
 
+# Recorded beside the fingerprint (build.json ``feature_fields``) but not hashed: a GPU node runs
+# a different torch build than the CPU pipeline workers, and the log-mel numbers agree to float
+# rounding across these versions; refusing such shards would make them unusable fleet-wide.
+VERSION_FIELDS = ("torch", "torchaudio")
+
+
 def feature_fingerprint(cfg: FeatureConfig) -> str:
-    blob = json.dumps(fingerprint_fields(cfg), sort_keys=True).encode()
+    """sha256 (16 hex) over the feature config and the algorithm id."""
+    fields = {k: v for k, v in fingerprint_fields(cfg).items() if k not in VERSION_FIELDS}
+    blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
