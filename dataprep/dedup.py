@@ -206,6 +206,9 @@ class DedupIndex:
         """Index ``key`` unless it duplicates an earlier item; return that item's key if so."""
         m = self.match(pcm_sha1_hex, fingerprint)
         if m is not None:
+            # Later byte-identical copies of this duplicate then resolve exactly, to the same key.
+            if self.exact and pcm_sha1_hex and pcm_sha1_hex not in self._by_sha:
+                self._by_sha[pcm_sha1_hex] = m.key
             return m.key
         if pcm_sha1_hex:
             self._by_sha[pcm_sha1_hex] = key

@@ -62,6 +62,8 @@ def normalize_text(text: str, lang: str | None = None, lowercase: bool = False) 
         normalization="NFC",
         fix_line_breaks=False,
         remove_control_chars=False,
+        # Full-width punctuation is correct CJK typography (，。！), not something to fix.
+        fix_character_width=False,
     )
     out = out.translate(_DROP)
     chars = []
@@ -118,7 +120,7 @@ def detect_language(
 
     ``languages`` restricts the candidates (e.g. the languages a build expects).
     """
-    if not text or letter_ratio(text) == 0.0:
+    if not text or not any(c.isalpha() for c in text):
         return None, 0.0
     values = _detector(
         tuple(sorted(languages)) if languages else None
