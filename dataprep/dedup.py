@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from dataprep.config import AudioConfig, CorpusConfig
+from dataprep.sample import Reject, SampleRef, ref_source, sample_key
 
 FP_HOP_S = 0.05
 FP_WINDOW_S = 0.2
@@ -272,3 +276,51 @@ class TextDedupIndex:
         self._lsh.insert(key, mh)
         self._shingles[key] = sh
         return None
+
+
+def build_eval_index(
+    eval_corpora: Iterable[CorpusConfig],
+    audio_cfg: AudioConfig,
+    sample_rate_hz: int,
+    near_threshold: float = 0.85,
+) -> tuple[DedupIndex, list[Reject]]:
+    """Index every segment of the evaluation corpora (any reader), for decontamination.
+
+    Eval items are added in (corpus, source_id) order, so the index is the same on every run.
+    Items that cannot be read are returned as rejects (they cannot contaminate anything).
+    """
+    from dataprep.audio import AudioError, load_segments
+    from dataprep.corpora import read_corpus
+
+    index = DedupIndex(near_threshold=near_threshold)
+    rejects: list[Reject] = []
+    for cfg in eval_corpora:
+        refs = []
+        for item in read_corpus(cfg):
+            if isinstance(item, Reject):
+                rejects.append(item)
+            else:
+                refs.append(item)
+        for ref in sorted(refs, key=lambda r: r.source_id):
+            try:
+                segments = load_segments(ref, audio_cfg, sample_rate_hz)
+            except AudioError as err:
+                rejects.append(
+                    Reject(ref_source(ref), "decode", err.reason, err.detail, ref.corpus)
+                )
+                continue
+            for seg in segments:
+                key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
+                index.add(key, pcm_sha1(seg.wave), audio_fingerprint(seg.wave, sample_rate_hz))
+    return index, rejects
+
+
+def eval_overlap_reject(ref: SampleRef, match: Match) -> Reject:
+    """The reject row for a training input that matches an evaluation clip."""
+    return Reject(
+        ref_source(ref),
+        "dedup",
+        "eval_overlap",
+        f"{match.kind} match (similarity {match.similarity:.3f}) with eval item {match.key}",
+        ref.corpus,
+    )
