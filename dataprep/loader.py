@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dataprep.config import ExperimentConfig, FeatureConfig
-from dataprep.features import feature_fingerprint, fingerprint_diff, fingerprint_fields
+from dataprep.features import VERSION_FIELDS, feature_fingerprint, fingerprint_diff, fingerprint_fields
 from dataprep.sample import KIND_ORIGINAL, META, MEL, TEXT
 from dataprep.shards import BUILD_JSON, read_shards_json
 from dataprep.tokenizer import Tokenizer
@@ -124,7 +124,8 @@ def check_fingerprint(shard_set: ShardSet, features: FeatureConfig) -> str:
             continue
         if fields is not None:
             # fields may be the bare FeatureConfig dump (no versions): compare what is present
-            diff = fingerprint_diff({k: v for k, v in want.items() if k in fields}, fields)
+            hashed = [k for k in want if k in fields and k not in VERSION_FIELDS]
+            diff = fingerprint_diff({k: want[k] for k in hashed}, {k: fields[k] for k in hashed})
             why = "; ".join(diff) if diff else "same fields, different versions/algorithm"
         else:
             why = "the differing fields are unknown (no fields recorded in build.json)"
