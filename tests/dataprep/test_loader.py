@@ -9,9 +9,11 @@ tests/jobs/test_pretrain*.py.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import shutil
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -139,7 +141,7 @@ def test_every_sample_once_per_epoch_2_ranks_2_workers(shard_root, tokenizer) ->
         per_rank.append([k for b in batches for k in b["keys"]])
         got += per_rank[-1]
         b = batches[0]
-        assert b["mel"].shape[1:] == (FEATURES.n_mels, 128) and b["mel"].dtype == torch.float32
+        assert b["mel"].shape[1:] == (FEATURES.n_mels, 128) and b["mel"].dtype == torch.float16
         assert b["ids"].shape == b["mask"].shape and b["ids"][:, 0].eq(2).all()  # bos first
         assert ld.epoch == 1
     assert Counter(got) == Counter(keys), "each sample exactly once across ranks x workers"
@@ -238,3 +240,36 @@ def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, capl
     assert "shard missing" in text and names[1] in text
     assert "corrupt shard" in text and names[2] in text
     assert "bad sample" in text and names[3] in text
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
+    from dataprep.loader import _tar_files
+
+    path = tmp_path / "x.tar"
+    names = ["a.json", "p" * 70 + "/" + "k" * 85 + ".mel.npy", "b.txt", "ünï.txt"]  # ustar prefix
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            data = bytes([i]) * (37 * i + 1)
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+        d = tarfile.TarInfo("subdir")
+        d.type = tarfile.DIRTYPE
+        tar.addfile(d)
+    with tarfile.open(path) as tar:
+        want = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    got = []
+    with open(path, "rb") as f:
+        for name, size in _tar_files(f):
+            got.append((name, f.read(size)))
+    assert got == want
+    raw = bytearray(path.read_bytes())
+    raw[1024 + 10] ^= 0xFF  # the second header (the first member is 1 byte + padding)
+    path.write_bytes(bytes(raw))
+    try:
+        with open(path, "rb") as f:
+            bad = [(n, f.read(s)) for n, s in _tar_files(f)]
+    except tarfile.ReadError:
+        bad = None
+    assert bad != want

@@ -1,0 +1,138 @@
+"""Loader throughput: dataprep.loader.ShardLoader vs raw reading of the same tars, same run.
+
+    python bench/loader.py [--shards DIR] [--corpora tests/fixtures/corpora] [--repeat 3]
+
+Raw = ``tarfile`` streaming + ``np.load`` of every ``mel.npy`` + ``json.loads`` of the meta, no
+collation: the floor any reader pays. Ours = the full training path in one process
+(``num_workers=0``): split, shuffle buffer, validation, crop to max_frames, caption choice,
+sentencepiece tokenization, collation into padded tensors. Printed: samples/s of each, the
+ratio (target >= 0.8), and the ratio with 2 DataLoader workers (parallel, not like for like).
+Without ``--shards`` a shard set is made from the real bundled audio (clips repeated under new
+keys to ``--samples``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dataprep.config import FeatureConfig  # noqa: E402
+from dataprep.features import feature_fingerprint, fingerprint_fields, log_mel  # noqa: E402
+from dataprep.loader import ShardLoader, iter_shard_texts  # noqa: E402
+from dataprep.shards import atomic_write_json, shard_name, shard_paths, write_tar_atomic  # noqa: E402
+from dataprep.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+
+
+def make_set(corpora: Path, out: Path, n_samples: int, n_shards: int, features: FeatureConfig) -> None:
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    esc = corpora / "esc50_mini"
+    rows = list(csv.DictReader(open(esc / "meta" / "esc50.csv", newline="")))
+    mels = []
+    for row in rows:
+        wave, sr = sf.read(str(esc / "audio" / row["filename"]), dtype="float32", always_2d=True)
+        wave = wave.mean(1)
+        if sr != features.sample_rate_hz:
+            g = np.gcd(sr, features.sample_rate_hz)
+            wave = resample_poly(wave, features.sample_rate_hz // g, sr // g).astype(np.float32)
+        mels.append((row["category"].replace("_", " "), log_mel(wave, features)))
+    fp = feature_fingerprint(features)
+    samples = []
+    for i in range(n_samples):
+        cat, mel = mels[i % len(mels)]
+        texts = [f"the sound of {cat}", f"a recording of {cat}", f"{cat} can be heard nearby"]
+        meta = {"id": f"bench-{i:08d}", "corpus": "bench", "group": f"g{i}", "feature_fingerprint": fp,
+                "texts": [{"text": t, "lang": "en", "kind": "original" if j == 0 else "template",
+                           "provenance": {}} for j, t in enumerate(texts)]}
+        samples.append({"__key__": f"bench-{i:08d}", "mel.npy": mel, "json": meta, "txt": texts[0]})
+    entries = [write_tar_atomic(out / "train" / shard_name(s), samples[s::n_shards]) for s in range(n_shards)]
+    atomic_write_json(out / "train" / "shards.json", {"shards": entries})
+    atomic_write_json(out / "build.json", {"feature_fingerprint": fp, "feature_fields": fingerprint_fields(features)})
+
+
+def raw_read(split_dir: Path) -> int:
+    n = 0
+    for path in shard_paths(split_dir):
+        with tarfile.open(path, mode="r|") as tar:
+            for ti in tar:
+                f = tar.extractfile(ti)
+                if f is None:
+                    continue
+                data = f.read()
+                if ti.name.endswith(".mel.npy"):
+                    np.load(io.BytesIO(data), allow_pickle=False)
+                    n += 1
+                elif ti.name.endswith(".json"):
+                    json.loads(data)
+    return n
+
+
+def ours(split_dir: Path, features: FeatureConfig, tok: Tokenizer, workers: int) -> int:
+    ld = ShardLoader(split_dir, features=features, max_frames=1024, batch_size=32, tokenizer=tok,
+                     max_text_len=64, num_workers=workers, drop_last=False, pad_multiple=16)
+    return sum(len(b["keys"]) for b in ld.iter_epoch())
+
+
+def timed(fn, *args) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = fn(*args)
+    return time.perf_counter() - t0, n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=Path, help="an existing shard set root (default: make one)")
+    ap.add_argument("--corpora", type=Path, default=REPO / "tests" / "fixtures" / "corpora")
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--shard-count", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    features = FeatureConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.shards
+        if root is None:
+            root = Path(tmp) / "shards"
+            make_set(args.corpora, root, args.samples, args.shard_count, features)
+        split = root / "train"
+        tok_path = Path(tmp) / "tok.model"
+        train_tokenizer(iter_shard_texts(split), tok_path, vocab_size=1000)
+        tok = Tokenizer(tok_path)
+        raw_read(split)  # warm the page cache for both contenders
+        raw_t, ours_t, par_t = [], [], []
+        for _ in range(args.repeat):  # interleaved so load changes hit both sides alike
+            t, n_raw = timed(raw_read, split)
+            raw_t.append(t)
+            t, n_ours = timed(ours, split, features, tok, 0)
+            ours_t.append(t)
+            t, n_par = timed(ours, split, features, tok, 2)
+            par_t.append(t)
+        assert n_raw == n_ours == n_par, (n_raw, n_ours, n_par)
+    raw_sps = n_raw / statistics.median(raw_t)
+    ours_sps = n_ours / statistics.median(ours_t)
+    par_sps = n_par / statistics.median(par_t)
+    print(f"samples per epoch: {n_raw} (median of {args.repeat} runs each)")
+    print(f"raw tarfile+np.load : {raw_sps:9.1f} samples/s")
+    print(f"ShardLoader, 0 workers: {ours_sps:9.1f} samples/s  ratio {ours_sps / raw_sps:.2f}x (target >= 0.8x)")
+    print(f"ShardLoader, 2 workers: {par_sps:9.1f} samples/s  ratio {par_sps / raw_sps:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
