@@ -11,6 +11,10 @@ modalities. Each embedding ``e`` gets code weights ``w = softmax(e C^T / 0.1)`` 
 embedding is ``normalize(e + normalize(w C))`` — both modalities are pulled through the same
 codewords, which aligns them at a finer grain than the pooled vectors. The weights are returned
 as ``*_codes`` so the loss can regularize codeword usage (see ``model.losses``).
+
+CALM alignment: with ``text.kind: minilm``, ``text.freeze: true``, ``text.project: false`` and
+``embed_dim: 384`` the text side is the pretrained MiniLM sentence space itself and only the
+audio tower (and its projection) learns to land in it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ class CLAP(nn.Module):
         self.audio = AudioEncoder(cfg.audio, n_mels)
         self.text = TextEncoder(cfg.text)
         self.audio_proj = nn.Linear(cfg.audio.dim, cfg.embed_dim, bias=False)
-        self.text_proj = nn.Linear(self.text.out_dim, cfg.embed_dim, bias=False)
+        if cfg.text.project:
+            self.text_proj: nn.Module = nn.Linear(self.text.out_dim, cfg.embed_dim, bias=False)
+        elif self.text.out_dim != cfg.embed_dim:
+            raise ValueError(f"text.project=false needs embed_dim == text width "
+                             f"{self.text.out_dim}, got {cfg.embed_dim}")
+        else:
+            self.text_proj = nn.Identity()
         # Shape [1], not 0-d: DeepSpeed's parameter broadcast views params as bytes, which a
         # 0-d tensor cannot do.
         self.log_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))

@@ -49,6 +49,9 @@ class TextEncoderConfig(_Section):
     dropout: float = 0.1
     pooling: Literal["cls", "mean"] = "mean"
     freeze: bool = False  # for kind=minilm: keep the pretrained text tower frozen
+    # False: no text projection — the audio tower is aligned INTO the text tower's space
+    # (CALM with a frozen MiniLM); needs model.embed_dim == the text width (384 for MiniLM).
+    project: bool = True
 
 
 class LossConfig(_Section):

@@ -157,3 +157,23 @@ def test_minilm_text_tower_offline(freeze, monkeypatch):
     h = torch.nn.functional.normalize(h, dim=-1)
     assert h[0] @ h[1] > h[0] @ h[2]
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_calm_alignment_into_the_frozen_minilm_space(monkeypatch):
+    """text.project=false: the text embedding IS MiniLM's sentence embedding (normalized)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from model.text_encoder import minilm_tokenizer
+
+    base = tiny_config()
+    base = base.model_copy(update={"loss": base.loss.model_copy(update={"codebook_size": 0})})
+    text = TextEncoderConfig(kind="minilm", freeze=True, project=False)
+    with pytest.raises(ValueError, match="embed_dim"):
+        build_model(base.model_copy(update={"text": text}), N_MELS)
+    model = build_model(base.model_copy(update={"text": text, "embed_dim": 384}), N_MELS).eval()
+    enc = minilm_tokenizer()(["a bell rings twice"], return_tensors="pt")
+    with torch.no_grad():
+        emb = model.encode_text(enc["input_ids"], enc["attention_mask"])
+        raw = model.text(enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(raw, dim=-1))
+    assert not any(p.requires_grad for p in model.text.parameters())
+    assert model.audio_proj.weight.shape == (384, 32)

@@ -124,3 +124,30 @@ def test_bad_arguments(setup):
     bad = dict(batch, ids=batch["ids"][:3])
     with pytest.raises(ValueError, match="rows"):
         cached_step(model, bad, loss_fn, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a lent one)")
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_rng_replay_and_autocast(amp):
+    """On GPU, dropout / SpecAugment draw from the CUDA generator: the replay must cover it."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg, N_MELS).cuda().train()
+    batch = {k: v.cuda() for k, v in make_batch(B).items()}
+    loss_fn = ContrastiveLoss(cfg.loss)
+    ctx = torch.autocast("cuda", dtype=amp) if amp else contextlib.nullcontext()
+
+    def ref_fn():
+        with ctx:
+            outs = [model(**{k: batch[k][i : i + 3] for k in BATCH_KEYS}) for i in range(0, B, 3)]
+        full = {k: torch.cat([o[k] for o in outs]).float() for k in outs[0]
+                if outs[0][k].dim() > 0}
+        full["logit_scale"] = outs[0]["logit_scale"].float()
+        loss_fn(**full, groups=batch["groups"])["loss"].backward()
+
+    ref = grads_of(model, ref_fn)
+    got = grads_of(model, lambda: cached_step(model, batch, loss_fn, 3, autocast_dtype=amp))
+    scale = max(v.abs().max().item() for v in ref.values())
+    assert max_diff(ref, got) < (1e-5 if amp is None else 1e-2) * max(scale, 1.0)
+    other = grads_of(model, ref_fn, seed=6)  # another CUDA draw really changes the gradients
+    assert max_diff(ref, other) > 1e-3
