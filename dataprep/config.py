@@ -140,7 +140,7 @@ class AugmentConfig(Section):
         "gain", "noise", "pitch_shift", "time_stretch", "band_pass", "room", "mp3",
     )  # fmt: skip
     audio_chain_len: int = 2  # transforms per audio view (drawn from audio_transforms)
-    noise_dirs: tuple[str, ...] = ()  # audio files mixed in by "noise" (clips of the corpus)
+    noise_dirs: tuple[str, ...] = ()  # audio files/folders mixed in by "noise" (corpus clips)
     llm: LLMConfig = LLMConfig()
     seed: int = 0
 

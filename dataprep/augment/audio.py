@@ -53,13 +53,15 @@ def _jsonable(v: Any) -> Any:
 
 
 def load_noise_pool(dirs: tuple[str, ...], sample_rate_hz: int, max_files: int = 64) -> list[np.ndarray]:
-    """Mono float32 clips at ``sample_rate_hz`` from audio files under ``dirs`` (sorted, bounded)."""
+    """Mono float32 clips at ``sample_rate_hz`` from audio files (or folders of them), sorted."""
     import soundfile as sf
 
     pool: list[np.ndarray] = []
-    files = sorted(
-        p for d in dirs for p in Path(d).rglob("*") if p.suffix.lower() in _AUDIO_EXT and p.is_file()
-    )
+    files: list[Path] = []
+    for d in map(Path, dirs):
+        found = [d] if d.is_file() else d.rglob("*")
+        files.extend(p for p in found if p.suffix.lower() in _AUDIO_EXT and p.is_file())
+    files = sorted(set(files))
     for path in files[:max_files]:
         try:
             wave, sr = sf.read(str(path), dtype="float32", always_2d=True)

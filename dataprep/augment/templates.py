@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import random
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,15 @@ class TemplateSet:
 
 
 def available_languages() -> list[str]:
-    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
+    # Language files are named by their code; other YAML here (llm_prompts.yaml) is not one.
+    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml") if re.fullmatch(r"[a-z]{2,3}", p.stem))
 
 
 @functools.lru_cache(maxsize=None)
 def load_templates(lang: str) -> TemplateSet:
     """The template set of ``lang``; ``ValueError`` naming the available ones if missing."""
     path = TEMPLATE_DIR / f"{lang}.yaml"
-    if not path.is_file():
+    if lang not in available_languages():
         raise ValueError(f"no caption templates for {lang!r}; available: {available_languages()}")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
 
