@@ -45,4 +45,6 @@ def subprocess_env() -> dict[str, str]:
     env.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("OMP_NUM_THREADS", "1")
+    # `python`, `ray`, `deepspeed` in child processes resolve to this environment's executables
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
