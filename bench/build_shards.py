@@ -107,7 +107,7 @@ def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(None, [
-        f"build.corpora=[{{name: bench, reader: nemo, root: {inputs}, options: {{manifests: [manifest.jsonl]}}}}]",
+        f"build.corpora=[{{name: bench, reader: nemo, root: {inputs}, splits: [manifest.jsonl]}}]",
         "build.augment.templates=false", "build.dedup.near=false", "build.shards.target_mb=8",
         "build.filters.require_text=true", "build.splits.val_fraction=0.0",
     ])
