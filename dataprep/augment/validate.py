@@ -153,7 +153,9 @@ def validate(
     if (
         _PLACEHOLDER.match(caption)
         or (prompt and _squash(caption) in _squash(prompt))
-        or any(x and x in _squash(caption) for x in examples)
+        # The example itself, maybe with a little noise; a longer text merely containing it
+        # ("un chien aboie deux fois...") is a real answer.
+        or any(x and x in _squash(caption) and len(_squash(caption)) <= 1.3 * len(x) for x in examples)
     ):
         # Small models echo the reply schema ("<one sentence>"), the instruction or its example.
         return caption, Verdict(False, "llm_copy", f"output echoes the prompt: {caption[:80]!r}")
