@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,25 @@ class Tokenizer:
         return ids, ids != PAD_ID
 
 
+_META_PIECES = 4 + 256  # pad/unk/bos/eos + the byte-fallback pieces
+
+
+def _kept_chars(chars: Counter[str], vocab_size: int) -> set[str] | None:
+    """The characters the vocabulary can afford as pieces, or None when all fit.
+
+    Sentencepiece needs a piece for every character of its coverage (>= 0.98) plus the meta
+    pieces. Multilingual captions on a small vocabulary exceed that (CJK, Devanagari, Arabic...).
+    With byte fallback the rare characters are still encoded, as bytes, so only the most frequent
+    characters (at most half of the non-meta vocabulary) are kept in the training text.
+    """
+    room = vocab_size - _META_PIECES
+    if room < 8:
+        raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback alone takes {_META_PIECES} pieces")
+    if len(chars) <= room // 2:
+        return None
+    return {c for c, _ in chars.most_common(room // 2)}
+
+
 def train_tokenizer(
     texts: Iterable[str],
     out: str | os.PathLike[str],
@@ -108,21 +128,22 @@ def train_tokenizer(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n_texts = 0
-    n_chars = 0
     with tempfile.TemporaryDirectory(prefix=".tok-", dir=out.parent) as tmp:
-        corpus = Path(tmp) / "texts.txt"
-        with corpus.open("w", encoding="utf-8") as f:
-            for t in texts:
-                # sentencepiece reads one sentence per line: newlines inside a text would split it
-                t = " ".join(t.split())
-                if not t:
-                    continue
-                f.write(t + "\n")
-                n_texts += 1
-                n_chars += len(t)
-        if n_texts == 0:
+        # sentencepiece reads one sentence per line: newlines inside a text would split it
+        lines = [" ".join(t.split()) for t in texts]
+        lines = [t for t in lines if t]
+        if not lines:
             raise ValueError("no texts to train a tokenizer on")
+        chars: Counter[str] = Counter()
+        for t in lines:
+            chars.update(t)
+        kept = _kept_chars(chars, vocab_size)
+        if kept is not None:
+            log.info("tokenizer: %d distinct characters, %d kept as pieces (rest: byte fallback)", len(chars), len(kept))
+            lines = [t for t in ("".join(c if c in kept else " " for c in t).strip() for t in lines) if t]
+        corpus = Path(tmp) / "texts.txt"
+        corpus.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+        n_texts, n_chars = len(lines), sum(len(t) for t in lines)
         prefix = Path(tmp) / "sp"
         spm.SentencePieceTrainer.Train(
             input=str(corpus),

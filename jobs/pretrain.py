@@ -230,7 +230,7 @@ def main() -> None:
             row = {
                 "loss": loss_sum / world,
                 **{f"loss_{k}": float(v) for k, v in terms.items() if k != "loss"},
-                "temperature": 1.0 / float(scale),
+                "temperature": 1.0 / float(scale.detach()),
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(gn) if gn is not None else None,
                 "samples_per_s": t.micro_batch * t.grad_accum_steps * world / dt,

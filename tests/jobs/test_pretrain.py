@@ -115,12 +115,15 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, shards: Path, env, port) -> None:
-    # 2 dataloader workers per rank: the resumed loader must rotate them back into step
-    cfg = _config(tmp_path, max_steps=24, save_every=4, num_workers=2, micro_batch=16)
+    # 2 dataloader workers per rank (the resumed loader must rotate them back into step) and the
+    # gradient cache (its RNG replay must not disturb the restored RNG streams)
+    cfg = _config(tmp_path, max_steps=24, save_every=4, num_workers=2, micro_batch=16, chunk_size=5)
     ref = tmp_path / "ref"
     _run(cfg, shards, ref, port, env)
     want = _losses(ref)
     assert sorted(want) == list(range(1, 25))
+    seq = [want[s] for s in sorted(want)]
+    assert sum(seq[-5:]) < sum(seq[:5]) - 0.5, "ZeRO-2 + gradient cache: loss should decrease"
 
     run = tmp_path / "run"
     p = _launch(cfg, shards, run, _free_port(), env)
@@ -164,10 +167,9 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, shards: Path, env
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [1, 3])  # ZeRO-2: the resume test above
 def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) -> None:
-    cfg = _config(tmp_path, zero_stage=stage, max_steps=30, save_every=1000, warmup_steps=3,
-                  **({"chunk_size": 4} if stage == 2 else {}))  # ZeRO-2 also runs the gradient cache
+    cfg = _config(tmp_path, zero_stage=stage, max_steps=30, save_every=1000, warmup_steps=3)
     out = tmp_path / "run"
     text = _run(cfg, shards, out, port, env)
     losses = [v for _, v in sorted(_losses(out).items())]
