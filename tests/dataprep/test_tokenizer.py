@@ -1,0 +1,93 @@
+"""dataprep.tokenizer + pipelines/train_tokenizer.py on the real multilingual fixture sentences."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataprep.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+
+
+def _sentences(corpora_root: Path) -> list[str]:
+    out = []
+    for tsv in sorted((corpora_root / "commonvoice_mini").glob("*/validated.tsv")):
+        with open(tsv, newline="", encoding="utf-8") as f:
+            out += [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sentences(corpora_root: Path) -> list[str]:
+    s = _sentences(corpora_root)
+    assert len(s) > 50 and any("\u4e00" <= c <= "\u9fff" for t in s for c in t), (
+        "multilingual fixture"
+    )
+    return s
+
+
+@pytest.mark.parametrize("vocab", [300, 2000])
+def test_train_encode_roundtrip(tmp_path: Path, sentences: list[str], vocab: int) -> None:
+    out = tmp_path / "sp.model"
+    summary = train_tokenizer(sentences, out, vocab_size=vocab)
+    assert out.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    tok = Tokenizer(out)
+    assert summary["vocab_size"] == tok.vocab_size <= vocab
+    ids, mask = tok.encode_batch(sentences[:8], 48)
+    assert ids.shape == mask.shape == (8, 48) and ids.dtype.is_floating_point is False
+    assert (ids[:, 0] == BOS_ID).all()
+    assert ((ids == PAD_ID) == ~mask).all()
+    for row, text in zip(ids.tolist(), sentences[:8]):
+        if EOS_ID in row and row.index(EOS_ID) < 47:
+            # every script round-trips, in-vocabulary or through byte fallback
+            assert tok.decode(row).replace(" ", "") == " ".join(text.split()).replace(" ", "")
+
+
+def test_truncation_keeps_eos_and_unseen_script_uses_bytes(
+    tmp_path: Path, sentences: list[str]
+) -> None:
+    tok = Tokenizer(train_tokenizer(sentences, tmp_path / "sp.model", vocab_size=400)["out"])
+    ids, mask = tok.encode_batch([" ".join(sentences[:5])], 10)
+    assert ids[0, -1] == EOS_ID and mask[0].all()
+    ids, mask = tok.encode_batch(["ᚠᚢᚦᚨᚱᚲ"], 32)  # runic: never seen, 3 bytes a character
+    assert tok.decode(ids[0].tolist()) == "ᚠᚢᚦᚨᚱᚲ"
+    assert 1 not in ids[0].tolist()  # no <unk>
+
+
+def test_pickles_for_dataloader_workers(tmp_path: Path, sentences: list[str]) -> None:
+    tok = Tokenizer(train_tokenizer(sentences, tmp_path / "sp.model", vocab_size=400)["out"])
+    clone = pickle.loads(pickle.dumps(tok))
+    a, _ = tok.encode_batch(sentences[:4], 32)
+    b, _ = clone.encode_batch(sentences[:4], 32)
+    assert (a == b).all()
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no texts"):
+        train_tokenizer(["", "  \n "], tmp_path / "x.model")
+    with pytest.raises(ValueError, match="too small"):
+        train_tokenizer(["abc"], tmp_path / "x.model", vocab_size=100)
+    with pytest.raises(FileNotFoundError, match="train_tokenizer.py"):
+        Tokenizer(tmp_path / "missing.model")
+    (tmp_path / "junk.model").write_bytes(b"not a model")
+    with pytest.raises((ValueError, RuntimeError, OSError)):
+        Tokenizer(tmp_path / "junk.model")
+    assert not (tmp_path / "x.model").exists()
+
+
+def test_cli(tmp_path: Path, repo_root: Path, subprocess_env: dict[str, str]) -> None:
+    run = lambda *a: subprocess.run(
+        [sys.executable, "pipelines/train_tokenizer.py", *a],
+        cwd=repo_root,  # noqa: E731
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run("--help").returncode == 0
+    p = run("--shards", str(tmp_path), "--out", str(tmp_path / "t.model"))
+    assert p.returncode == 2 and "shards.json is missing" in p.stderr
