@@ -109,13 +109,18 @@ def main() -> int:
             fn(p)
     cpu: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
+    clock = time.process_time
     for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            t0 = time.process_time()
-            for p in files:
+        spent = dict.fromkeys(names, 0.0)
+        for i, p in enumerate(files):
+            # Interleave per file, rotating the order: background load hits every method alike.
+            k = (i + r) % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = clock()
                 methods[name](p)
-            cpu[name].append(time.process_time() - t0)
+                spent[name] += clock() - t0
+        for name in names:
+            cpu[name].append(spent[name])
     speed = {m: audio_s / statistics.median(v) for m, v in cpu.items()}
     print(
         f"files: {len(files)} under {args.root}, audio: {audio_s:.1f} s, rounds: {args.rounds}, torch threads: {args.threads}"

@@ -6,7 +6,6 @@ import importlib.util
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,6 @@ SR = 16000
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import unicodedata
 from dataclasses import dataclass, field
@@ -43,8 +42,6 @@ POLICY = FilterConfig(max_clip_ratio=0.2)
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 

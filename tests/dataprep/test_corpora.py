@@ -34,8 +34,6 @@ _spec.loader.exec_module(layouts)
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 
@@ -206,10 +204,12 @@ def test_nemo_manifest_rows(corpora: Path) -> None:
         assert r.extra_dict()["task"] == row["task"]
 
 
-def test_nemo_offset_rows_select_regions(tmp_path: Path, corpora: Path) -> None:
-    shutil.copytree(
-        corpora / "bad_inputs", tmp_path / "b", ignore=shutil.ignore_patterns("manifest.jsonl")
-    )
+def test_nemo_offset_rows_select_regions(
+    tmp_path: Path, corpora: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    (tmp_path / "b").mkdir()
+    long_clip = layouts.long_clip(corpora, tmp_path_factory.getbasetemp())
+    shutil.copy(long_clip, tmp_path / "b" / "very_long_5min.ogg")
     rows = [
         {"audio_filepath": "very_long_5min.ogg", "offset": 10.0, "duration": 4.0, "text": "a"},
         {"audio_filepath": "very_long_5min.ogg", "offset": 100.0, "duration": 3.0, "text": "b"},

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 import shutil
 from pathlib import Path
 
@@ -41,8 +40,6 @@ THRESHOLD = 0.85  # DedupConfig.near_threshold default
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,8 +26,6 @@ SR = 16000
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 

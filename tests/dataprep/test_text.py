@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import unicodedata
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from dataprep.text import detect_language, letter_ratio, lower, normalize_text, 
 
 @pytest.fixture(scope="session")
 def corpora(request: pytest.FixtureRequest) -> Path:
-    if os.environ.get("DEVCORPORA"):  # TEMP-DEV
-        return Path(os.environ["DEVCORPORA"])
     return request.getfixturevalue("corpora_root")
 
 
