@@ -1,0 +1,181 @@
+"""Evaluation items: corpus reader -> the training SampleProcessor -> log-mel, cached.
+
+Evaluation audio goes through exactly the code training audio went through (decode, resample,
+loudness-normalize, trim, segment, log-mel with the model's feature config), so the feature
+fingerprint of an evaluation set equals the model's by construction. Text augmentation and
+deduplication are off: an evaluation set is scored as published, every clip counted.
+
+The featurized set is cached under ``<cache_dir>/<fingerprint>/<corpus-hash>.npz`` (+ ``.json``):
+the file name hashes the corpus config and the audio/filter settings, the directory is the
+feature fingerprint, so a model with other features never reads these numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataprep.config import CorpusConfig, ExperimentConfig
+from dataprep.corpora import read_corpus
+from dataprep.features import feature_fingerprint
+from dataprep.process import _SPLIT_ALIASES, SampleProcessor
+from dataprep.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
+from dataprep.shards import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when what is stored per item changes
+
+
+@dataclass
+class EvalItem:
+    """One source clip of an evaluation set (segments of a long clip stay together)."""
+
+    source_id: str
+    labels: list[str]
+    texts: list[str]  # reference texts: original caption(s) / transcript
+    lang: str | None
+    split: str | None
+    speaker: str | None
+    group: str
+    attributes: dict[str, Any]
+    mels: list[np.ndarray] = field(default_factory=list)  # one [n_mels, T] per segment
+
+
+@dataclass
+class EvalSet:
+    corpus: str
+    fingerprint: str
+    items: list[EvalItem]
+    rejects: list[dict[str, str]]
+    cache_file: str | None = None
+    from_cache: bool = False
+
+
+def _mapped_split(split: str | None) -> str | None:
+    return _SPLIT_ALIASES.get(split.lower(), split) if split else None
+
+
+def eval_processing_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The model's config with deduplication off (an eval set keeps every clip)."""
+    b = cfg.build
+    dedup = b.dedup.model_copy(update={"exact": False, "near": False, "decontaminate": False})
+    return cfg.model_copy(update={"build": b.model_copy(update={"dedup": dedup})})
+
+
+def cache_key(cfg: ExperimentConfig, corpus: CorpusConfig) -> str:
+    blob = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "corpus": corpus.model_dump(mode="json"),
+            "audio": cfg.build.audio.model_dump(mode="json"),
+            "filters": cfg.build.filters.model_dump(mode="json"),
+        },
+        sort_keys=True,
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _item_from_sample(ref: SampleRef, meta: dict[str, Any]) -> EvalItem:
+    originals = [t["text"] for t in meta.get("texts", []) if t.get("kind") == KIND_ORIGINAL and t["text"]]
+    if ref.text is None and not ref.captions:
+        originals = []  # label-only clips: the label text is not a reference caption
+    return EvalItem(
+        source_id=ref.source_id,
+        labels=list(ref.labels),
+        texts=originals,
+        lang=meta.get("lang") or ref.lang,
+        split=_mapped_split(ref.split),
+        speaker=ref.speaker,
+        group=str(ref.extra_dict().get("group") or ref.speaker or ref.source_id),
+        attributes={k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float, bool))},
+    )
+
+
+def _save(path: Path, es: EvalSet) -> None:
+    mels = [m for it in es.items for m in it.mels]
+    lengths = np.asarray([m.shape[1] for m in mels], dtype=np.int64)
+    seg_counts = np.asarray([len(it.mels) for it in es.items], dtype=np.int64)
+    n_mels = mels[0].shape[0] if mels else 0
+    flat = np.concatenate(mels, axis=1) if mels else np.zeros((0, 0), np.float16)
+    buf = io.BytesIO()
+    np.savez(buf, mel=flat, lengths=lengths, seg_counts=seg_counts, n_mels=np.int64(n_mels))
+    atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+    items = [{k: v for k, v in it.__dict__.items() if k != "mels"} for it in es.items]
+    # the .json is written last: it is the cache entry's commit marker
+    atomic_write_json(path.with_suffix(".json"), {"corpus": es.corpus, "fingerprint": es.fingerprint,
+                                                  "items": items, "rejects": es.rejects})
+
+
+def _load(path: Path) -> EvalSet | None:
+    jp, npz = path.with_suffix(".json"), path.with_suffix(".npz")
+    if not (jp.is_file() and npz.is_file()):
+        return None
+    try:
+        meta = json.loads(jp.read_text())
+        with np.load(npz, allow_pickle=False) as z:
+            flat, lengths, seg_counts = z["mel"], z["lengths"], z["seg_counts"]
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring unreadable eval cache %s: %s", path, e)
+        return None
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items, seg = [], 0
+    for d, count in zip(meta["items"], seg_counts):
+        it = EvalItem(**d)
+        it.mels = [flat[:, offsets[s] : offsets[s + 1]] for s in range(seg, seg + int(count))]
+        seg += int(count)
+        items.append(it)
+    return EvalSet(meta["corpus"], meta["fingerprint"], items, meta["rejects"], str(path), True)
+
+
+def load_eval_set(
+    cfg: ExperimentConfig, corpus: CorpusConfig, cache_dir: str | Path | None = None
+) -> EvalSet:
+    """Every item of ``corpus`` featurized with ``cfg``'s features (from cache when present)."""
+    fp = feature_fingerprint(cfg.features)
+    path = Path(cache_dir) / fp / f"{corpus.name}-{cache_key(cfg, corpus)}" if cache_dir else None
+    if path is not None:
+        cached = _load(path)
+        if cached is not None:
+            log.info("eval set %s: %d items from cache %s", corpus.name, len(cached.items), path)
+            return cached
+    proc = SampleProcessor(eval_processing_config(cfg), augment=False)
+    items: list[EvalItem] = []
+    rejects: list[dict[str, str]] = []
+    try:
+        for ref in read_corpus(corpus):
+            if isinstance(ref, Reject):
+                rejects.append(ref.as_row())
+                continue
+            res = proc(ref, _mapped_split(ref.split) or "test")
+            rejects.extend(r.as_row() for r in res.rejects)
+            if not res.samples:
+                continue
+            item = _item_from_sample(ref, res.samples[0][META])
+            for s in res.samples:
+                if s[META]["feature_fingerprint"] != fp:  # cannot happen unless process changes
+                    raise RuntimeError(f"{s['__key__']}: fingerprint {s[META]['feature_fingerprint']} != {fp}")
+                item.mels.append(np.asarray(s[MEL]))
+            items.append(item)
+    finally:
+        proc.close()
+    es = EvalSet(corpus.name, fp, items, rejects, str(path) if path else None, False)
+    if rejects:
+        log.warning("eval set %s: %d inputs rejected (%s)", corpus.name, len(rejects),
+                    sorted({r["reason"] for r in rejects}))
+    if path is not None and items:
+        _save(path, es)
+    log.info("eval set %s: %d items featurized", corpus.name, len(items))
+    return es
+
+
+def select(es: EvalSet, split: str | None, max_items: int | None = None) -> list[EvalItem]:
+    items = [it for it in es.items if split is None or it.split == split]
+    return items[:max_items] if max_items is not None else items

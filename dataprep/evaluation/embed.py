@@ -1,0 +1,88 @@
+"""Frozen-model embeddings for evaluation.
+
+Audio longer than the model's ``max_frames`` is cut into consecutive windows (the last one
+aligned to the clip's end so no frames are dropped); window embeddings of all segments of a
+clip are averaged and renormalized, giving one embedding per clip whatever its length.
+Text is tokenized exactly as the trainer does (same tokenizer, same max length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dataprep.evaluation.data import EvalItem
+
+
+def windows(mel: np.ndarray, max_frames: int) -> list[np.ndarray]:
+    t = mel.shape[1]
+    if t <= max_frames:
+        return [mel]
+    starts = list(range(0, t - max_frames + 1, max_frames))
+    if starts[-1] + max_frames < t:
+        starts.append(t - max_frames)
+    return [mel[:, s : s + max_frames] for s in starts]
+
+
+class Embedder:
+    def __init__(self, model: Any, cfg: Any, tokenizer: Any, batch_size: int = 32, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = device
+        self.max_frames = int(cfg.model.audio.max_frames)
+        self.max_text_len = int(min(cfg.train.max_text_len, cfg.model.text.max_len))
+
+    @torch.no_grad()
+    def audio(self, items: Sequence[EvalItem]) -> np.ndarray:
+        """``[N, D]`` float32 L2-normalized, one row per item."""
+        wins: list[np.ndarray] = []
+        owner: list[int] = []
+        for i, it in enumerate(items):
+            for mel in it.mels:
+                for w in windows(mel, self.max_frames):
+                    wins.append(w)
+                    owner.append(i)
+        if not wins:
+            raise ValueError("no audio to embed")
+        embs = []
+        for b in range(0, len(wins), self.batch_size):
+            chunk = wins[b : b + self.batch_size]
+            width = max(w.shape[1] for w in chunk)
+            mel = np.zeros((len(chunk), chunk[0].shape[0], width), dtype=np.float32)
+            for j, w in enumerate(chunk):
+                mel[j, :, : w.shape[1]] = w
+            lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long)
+            e = self.model.encode_audio(torch.from_numpy(mel).to(self.device), lengths.to(self.device))
+            embs.append(e.float().cpu().numpy())
+        flat = np.concatenate(embs)
+        out = np.zeros((len(items), flat.shape[1]), dtype=np.float64)
+        np.add.at(out, np.asarray(owner), flat)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
+
+    @torch.no_grad()
+    def text(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            raise ValueError("no text to embed")
+        embs = []
+        for b in range(0, len(texts), self.batch_size):
+            ids, mask = self.tokenizer.encode_batch(list(texts[b : b + self.batch_size]), self.max_text_len)
+            e = self.model.encode_text(ids.to(self.device), mask.to(self.device))
+            embs.append(e.float().cpu().numpy())
+        return np.concatenate(embs).astype(np.float32)
+
+    def class_embeddings(self, prompts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
+        """Prompt ensembling: the mean of a class's prompt embeddings, renormalized."""
+        flat = [p for ps in prompts_per_class for p in ps]
+        e = self.text(flat)
+        out, i = [], 0
+        for ps in prompts_per_class:
+            m = e[i : i + len(ps)].mean(axis=0)
+            out.append(m / max(float(np.linalg.norm(m)), 1e-12))
+            i += len(ps)
+        return np.stack(out).astype(np.float32)

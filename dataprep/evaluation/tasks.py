@@ -1,0 +1,162 @@
+"""The task file: typed, validated, unknown keys are errors.
+
+::
+
+    defaults: {batch_size: 32, n_boot: 1000, seed: 0}
+    cache_dir: outputs/eval_cache          # featurized eval sets, one file per fingerprint
+    tasks:
+      - name: esc50_zero_shot
+        type: zero_shot                    # zero_shot | retrieval | emotion | keyword_spotting
+                                           # | linear_probe | few_shot
+        corpus: {name: esc50, reader: esc50, root: /data/ESC-50, options: {eval_folds: [5]}}
+        split: test                        # keep items whose corpus split is this (None: all)
+        templates: {en: ["the sound of {}", "{}"]}
+
+Relative corpus roots are resolved against the current directory, then against the repository
+root (so the shipped demo file works from anywhere inside a checkout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dataprep.config import ConfigError, CorpusConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+TaskType = Literal["zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"]
+
+# Prompt templates per language; "{}" is the class name. Averaging several templates per
+# class (CLIP's prompt ensembling) makes zero-shot accuracy less sensitive to one wording.
+DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "en": ("the sound of {}", "a recording of {}", "{} can be heard", "{}"),
+}
+EMOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "en": ("a person speaking in a {} voice", "someone sounds {}", "{} speech", "{}"),
+}
+KWS_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "en": ("someone says {}", "the word {}", "{}"),
+    "de": ("jemand sagt {}", "das Wort {}", "{}"),
+    "fr": ("quelqu'un dit {}", "le mot {}", "{}"),
+    "es": ("alguien dice {}", "la palabra {}", "{}"),
+    "zh": ("有人说{}", "词语{}", "{}"),
+    "hi": ("कोई {} कहता है", "शब्द {}", "{}"),
+}
+# CREMA-D / RAVDESS label names -> the adjective used in prompts
+EMOTION_WORDS = {
+    "anger": "angry", "angry": "angry", "disgust": "disgusted", "fear": "fearful",
+    "fearful": "fearful", "happy": "happy", "neutral": "neutral", "sad": "sad",
+    "calm": "calm", "surprised": "surprised", "surprise": "surprised",
+}  # fmt: skip
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Model):
+    batch_size: int = 32
+    n_boot: int = 1000  # bootstrap resamples for the 95% interval
+    seed: int = 0
+
+
+class TaskConfig(_Model):
+    name: str
+    type: TaskType
+    corpus: CorpusConfig
+    split: str | None = None  # corpus split to keep (after the reader's own split mapping)
+    # zero_shot / emotion / keyword_spotting: prompt templates per language, averaged per class
+    templates: dict[str, tuple[str, ...]] | None = None
+    # optional display names per language for labels: {de: {dog: Hund}}; missing -> the label
+    class_names: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # retrieval
+    directions: tuple[Literal["t2a", "a2t"], ...] = ("t2a", "a2t")
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    # linear_probe / few_shot
+    folds: int = 5  # fixed folds: the corpus's own ``fold`` when present, else a hash of group
+    fold_key: str = "fold"  # attribute holding the corpus fold (ESC-50, UrbanSound8K)
+    probe_c: float = 1.0  # inverse L2 strength of the logistic regression
+    k: int = 1  # few_shot: support examples per class
+    episodes: int = 20  # few_shot: random support draws averaged
+    max_items: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.type == "few_shot" and self.k < 1:
+            raise ValueError("few_shot needs k >= 1")
+        if self.type == "linear_probe" and self.folds < 2:
+            raise ValueError("linear_probe needs folds >= 2")
+        if self.templates is not None:
+            for lang, temps in self.templates.items():
+                for t in temps:
+                    if t.count("{}") != 1:
+                        raise ValueError(f"template {t!r} ({lang}) must contain exactly one '{{}}'")
+        return self
+
+    def prompt_templates(self) -> dict[str, tuple[str, ...]]:
+        if self.templates:
+            return self.templates
+        if self.type == "emotion":
+            return EMOTION_TEMPLATES
+        if self.type == "keyword_spotting":
+            return KWS_TEMPLATES
+        return DEFAULT_TEMPLATES
+
+
+class TaskFile(_Model):
+    defaults: Defaults = Defaults()
+    cache_dir: str = "outputs/eval_cache"
+    tasks: tuple[TaskConfig, ...]
+
+    @model_validator(mode="after")
+    def _unique(self) -> TaskFile:
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique, repeated: {dup}")
+        if not self.tasks:
+            raise ValueError("no tasks")
+        return self
+
+
+def resolve_root(root: str, base: Path | None = None) -> str:
+    """Relative local roots: against ``base`` (cwd), then the repository; URIs unchanged."""
+    if "://" in root or Path(root).is_absolute():
+        return root
+    for b in (base or Path.cwd(), REPO):
+        cand = (b / root).resolve()
+        if cand.exists():
+            return str(cand)
+    return root
+
+
+def load_tasks(path: str | Path, only: list[str] | None = None) -> TaskFile:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"task file not found: {p}")
+    tree: Any = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    try:
+        tf = TaskFile.model_validate(tree)
+    except ValidationError as err:
+        lines = [f"invalid task file {p}:"]
+        for e in err.errors():
+            loc = ".".join(str(x) for x in e["loc"])
+            lines.append(f"  unknown key {loc!r}" if e["type"] == "extra_forbidden" else f"  {loc}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    tasks = []
+    for t in tf.tasks:
+        if only and t.name not in only:
+            continue
+        corpus = t.corpus.model_copy(update={"root": resolve_root(t.corpus.root)})
+        tasks.append(t.model_copy(update={"corpus": corpus}))
+    if only:
+        missing = sorted(set(only) - {t.name for t in tasks})
+        if missing:
+            raise ConfigError(f"{p}: no task named {missing}; tasks: {[t.name for t in tf.tasks]}")
+    return tf.model_copy(update={"tasks": tuple(tasks)})

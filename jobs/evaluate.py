@@ -1,0 +1,84 @@
+"""Evaluate a CLAP checkpoint on the tasks of a task file; print and write a comparison table.
+
+    python jobs/evaluate.py --checkpoint outputs/demo/run/final --tasks configs/tasks/demo.yaml \
+        [--out outputs/demo/eval/results.json] [--compare PREVIOUS_CHECKPOINT]
+
+--checkpoint takes an fp32 export (``final/``), a run directory, or a DeepSpeed checkpoint
+directory. Columns: the checkpoint, the same architecture with seeded random weights
+(``random-init``, the floor every number must beat), and ``--compare`` when given. Evaluation
+audio is read with the corpus readers and featurized by the training code with the model's
+feature config; featurized sets are cached per feature fingerprint (--cache-dir).
+Writes ``--out`` (JSON, every number) and the Markdown table beside it (``.md``).
+Task types: zero_shot, retrieval, emotion, keyword_spotting, linear_probe, few_shot
+(see dataprep/evaluation/tasks.py and configs/tasks/*.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="final/ export, run dir or DeepSpeed checkpoint dir")
+    p.add_argument("--tasks", required=True, help="task YAML (e.g. configs/tasks/demo.yaml)")
+    p.add_argument("--out", default=None, help="result JSON (default: <checkpoint>/eval/results.json)")
+    p.add_argument("--compare", default=None, help="a previous checkpoint as an extra column")
+    p.add_argument("--only", action="append", default=None, help="run only this task (repeatable)")
+    p.add_argument("--cache-dir", default=None, help="featurized eval sets (default: the task file's cache_dir)")
+    p.add_argument("--no-random-init", action="store_true", help="skip the random-init column")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    from dataprep.config import ConfigError
+    from dataprep.evaluation.runner import Column, evaluate, markdown_table
+    from dataprep.evaluation.tasks import load_tasks
+    from dataprep.shards import atomic_write_bytes, atomic_write_json
+    from model.checkpoint import load_for_eval
+    from model.clap import build_model
+
+    try:
+        task_file = load_tasks(args.tasks, args.only)
+        model, cfg, tok = load_for_eval(args.checkpoint, args.device)
+        columns = [Column("checkpoint", model, cfg, tok, str(Path(args.checkpoint).resolve()))]
+        if not args.no_random_init:
+            # Seeded: the floor is the same numbers on every run.
+            torch.manual_seed(task_file.defaults.seed)
+            rand = build_model(cfg.model, cfg.features.n_mels).eval()
+            columns.append(Column("random_init", rand, cfg, tok, f"build_model(seed={task_file.defaults.seed})"))
+        if args.compare:
+            pm, pcfg, ptok = load_for_eval(args.compare, args.device)
+            columns.append(Column("previous", pm, pcfg, ptok, str(Path(args.compare).resolve())))
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 2
+
+    cache_dir = args.cache_dir or task_file.cache_dir
+    result = evaluate(task_file, columns, cache_dir, args.device)
+    result["tasks_file"] = str(Path(args.tasks).resolve())
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "results.json"
+    table = markdown_table(result)
+    atomic_write_json(out, result)
+    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    failed = [n for n, r in result["tasks"].items() if not r["metrics"]]
+    if failed:
+        print(f"evaluate: {len(failed)} task(s) could not run: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
