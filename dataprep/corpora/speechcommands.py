@@ -52,6 +52,23 @@ def read_speechcommands(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
     wanted = option(cfg, "languages", None)
     if wanted is not None:
         langs = [d for d in langs if d in set(wanted)]
+    if background and langs != [""] and BACKGROUND in root.subdirs():
+        # Multilingual layouts share one noise folder at the top.
+        for name in root.list_dir(BACKGROUND):
+            if name.lower().endswith(AUDIO_EXTENSIONS):
+                resolved = resolve_audio(cfg, root, f"{BACKGROUND}/{name}", check_exists=False)
+                if isinstance(resolved, Reject):
+                    yield resolved
+                    continue
+                yield SampleRef(
+                    corpus=cfg.name,
+                    source_id=resolved[0],
+                    audio=resolved[1],
+                    labels=(BACKGROUND,),
+                    license=license_,
+                    split="train",
+                    extra=(("task", "noise"),),
+                )
     for lang_dir in langs:
         lang = option(cfg, "lang", None) if not lang_dir else lang_dir
         pre = f"{lang_dir}/" if lang_dir else ""

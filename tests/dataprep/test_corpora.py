@@ -261,6 +261,10 @@ def test_speechcommands_lists_and_words(corpora: Path) -> None:
     assert {r.split for r in refs} <= {"train", "val", "test"} and "train" in {
         r.split for r in refs
     }
+    with_noise, _ = _read("kws", "speechcommands", root, options={"include_background": True})
+    noise = [r for r in with_noise if r.labels == ("_background_noise_",)]
+    assert noise and all(r.text is None and r.extra_dict()["task"] == "noise" for r in noise)
+    assert len(with_noise) == len(refs) + len(noise)
 
 
 def test_urbansound8k_layout(corpora: Path, tmp_path: Path) -> None:
