@@ -200,3 +200,55 @@ def test_verify_finds_corruption_and_repair_fixes_it(built: Path, tmp_path, subp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "repaired" in proc.stdout
     assert sha_list(out) == sha_list(built)
+
+
+@pytest.mark.slow
+def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(corpora_root, tmp_path, subprocess_env):
+    """Every row of bad_inputs/manifest.jsonl (5-min clip generated here) ends as samples or a
+    reject with the reason its README expects; the build itself succeeds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("layout_builders", REPO / "tests/fixtures/layouts/builders.py")
+    layouts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layouts)
+    bad = tmp_path / "bad_inputs"
+    shutil.copytree(corpora_root / "bad_inputs", bad)
+    shutil.copy(layouts.long_clip(corpora_root, tmp_path), bad / "very_long_5min.ogg")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "build:\n"
+        f"  corpora: [{{name: bad, reader: nemo, root: {bad}, splits: [manifest.jsonl]}}]\n"
+        "  splits: {val_fraction: 0.0}\n"
+        "  shards: {target_mb: 4}\n"
+    )
+    out = tmp_path / "out"
+    build(out, subprocess_env, config=cfg)
+    rejects = pq.read_table(out / "train" / shards.REJECTS).to_pylist()
+    by_file: dict[str, set[str]] = {}
+    for r in rejects:
+        name = r["source"].split(":", 1)[-1].split("@")[0]
+        by_file.setdefault(name, set()).add(r["reason"])
+    expected = {
+        "empty.wav": "empty_file", "not_audio.wav": "not_audio", "silent.wav": "silent",
+        "too_short_0.05s.wav": "too_short", "nan_inf_float.wav": "non_finite", "missing_file.wav": "missing_file",
+    }
+    for name, reason in expected.items():
+        assert reason in by_file.get(name, set()), (name, by_file.get(name))
+    assert all(r["detail"] for r in rejects)
+    index = pq.read_table(out / "train" / shards.INDEX).to_pylist()
+    kept = {r["key"]: r for r in index}
+    meta = {s["__key__"]: s["json"] for p in shards.shard_paths(out / "train") for s in shards.iter_shard(p)}
+    sources = [m["source_id"] for k, m in meta.items() if k in kept]
+    # the duplicate group (byte copy, lossless re-encode, repeated row) is reduced to one sample
+    dups = [s for s in sources if s in {"dup_original.wav", "dup_copy_renamed.wav", "dup_reencoded.flac"}]
+    assert len(dups) == 1, dups
+    # the 5-minute clip is cut into bounded segments; the clipped clip is kept with a flag
+    long_segs = [m for m in meta.values() if m["source_id"] == "very_long_5min.ogg"]
+    assert len(long_segs) >= 10 and all(m["duration"] <= 10.01 for m in long_segs)
+    clipped = [m for m in meta.values() if m["source_id"] == "clipped.wav"]
+    assert clipped and any("clip" in f for f in clipped[0]["flags"])
+    # the weird transcript is normalized: no control, zero-width or bidi characters left
+    weird = [m for m in meta.values() if m["source_id"] == "weird_transcript_audio.wav"]
+    if weird:
+        text = weird[0]["texts"][0]["text"]
+        assert not any(ch in text for ch in "\x00\x07\t\r\n\u200b\u202e\u202c")
