@@ -75,7 +75,7 @@ class FilterConfig(Section):
     min_duration_s: float = 0.3
     max_source_duration_s: float = 3600.0
     silence_dbfs: float = -60.0
-    max_clip_ratio: float = 0.01  # above: rejected; some clipping below is kept with a flag
+    max_clip_ratio: float = 0.2  # above: rejected; clipping between the two is kept with a flag
     clip_flag_ratio: float = 0.001
     min_chars_per_s: float = 1.0  # speech transcripts only
     max_chars_per_s: float = 40.0
