@@ -247,7 +247,7 @@ def test_cremad_from_file_names(corpora: Path) -> None:
         assert r.extra_dict()["sentence_code"] == code and r.extra_dict()["transcript"]
 
 
-def test_speechcommands_lists_and_words(corpora: Path) -> None:
+def test_speechcommands_lists_and_words(corpora: Path, tmp_path: Path) -> None:
     root = corpora / "kws_mini"
     refs, _ = _read("kws", "speechcommands", root)
     with open(root / "keywords.csv", newline="", encoding="utf-8") as fh:
@@ -261,7 +261,17 @@ def test_speechcommands_lists_and_words(corpora: Path) -> None:
     assert {r.split for r in refs} <= {"train", "val", "test"} and "train" in {
         r.split for r in refs
     }
-    with_noise, _ = _read("kws", "speechcommands", root, options={"include_background": True})
+    # Noise recordings live in a top-level _background_noise_ folder (the bundle has none).
+    copy = Path(tmp_path) / "kws"
+    shutil.copytree(root, copy)
+    (copy / "_background_noise_").mkdir(exist_ok=True)
+    shutil.copy(
+        next((corpora / "esc50_mini" / "audio").glob("*.wav")),
+        copy / "_background_noise_" / "x.wav",
+    )
+    refs, _ = _read("kws", "speechcommands", copy)
+    assert not [r for r in refs if "_background_noise_" in r.source_id]
+    with_noise, _ = _read("kws", "speechcommands", copy, options={"include_background": True})
     noise = [r for r in with_noise if r.labels == ("_background_noise_",)]
     assert noise and all(r.text is None and r.extra_dict()["task"] == "noise" for r in noise)
     assert len(with_noise) == len(refs) + len(noise)
