@@ -21,8 +21,9 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -47,20 +48,27 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename: never a half-written file."""
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temp file beside ``path``; on success fsync and rename it to ``path``, on any
+    error remove it. Readers never see a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -121,30 +129,22 @@ def write_tar_atomic(path: str | os.PathLike[str], samples: Iterable[dict[str, A
     keys = [k for k, _ in encoded]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate sample keys in shard {path.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as raw:
+    with atomic_file(path) as raw:
 
-            class _Hashing(io.RawIOBase):
-                def writable(self) -> bool:
-                    return True
+        class _Hashing(io.RawIOBase):  # sha256 while writing: no second read of the tar
+            def writable(self) -> bool:
+                return True
 
-                def write(self, b: Any) -> int:
-                    h.update(b)
-                    return raw.write(b)
+            def write(self, b: Any) -> int:
+                h.update(b)
+                return raw.write(b)
 
-            with tarfile.open(fileobj=_Hashing(), mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for key, members in encoded:
-                    for ext in sorted(members):
-                        data = members[ext]
-                        tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with tarfile.open(fileobj=_Hashing(), mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for key, members in encoded:
+                for ext in sorted(members):
+                    data = members[ext]
+                    tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
     return {"name": path.name, "samples": len(encoded), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
