@@ -38,26 +38,37 @@ from dataprep.shards import atomic_write_json, shard_name, shard_paths, write_ta
 from dataprep.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
-def make_set(corpora: Path, out: Path, n_samples: int, n_shards: int, features: FeatureConfig) -> None:
+def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndarray]]:
+    """(category, log-mel) of every ESC-50-style fixture clip, decoded with soundfile."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
     esc = corpora / "esc50_mini"
-    rows = list(csv.DictReader(open(esc / "meta" / "esc50.csv", newline="")))
-    mels = []
-    for row in rows:
-        wave, sr = sf.read(str(esc / "audio" / row["filename"]), dtype="float32", always_2d=True)
-        wave = wave.mean(1)
-        if sr != features.sample_rate_hz:
-            g = np.gcd(sr, features.sample_rate_hz)
-            wave = resample_poly(wave, features.sample_rate_hz // g, sr // g).astype(np.float32)
-        mels.append((row["category"].replace("_", " "), log_mel(wave, features)))
+    out = []
+    with open(esc / "meta" / "esc50.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            wave, sr = sf.read(str(esc / "audio" / row["filename"]), dtype="float32", always_2d=True)
+            wave = wave.mean(1)
+            if sr != features.sample_rate_hz:
+                g = np.gcd(sr, features.sample_rate_hz)
+                wave = resample_poly(wave, features.sample_rate_hz // g, sr // g).astype(np.float32)
+            out.append((row["category"].replace("_", " "), log_mel(wave, features)))
+    return out
+
+
+def make_set(mels: list[tuple[str, np.ndarray]], out: Path, n_samples: int, n_shards: int,
+             features: FeatureConfig, frames: int | None = None) -> None:
+    """A shard set of ``n_samples`` under new keys; ``frames``: tile clips to this length
+    (e.g. 1000 = 10 s, the usual training crop) instead of their own 3 s."""
     fp = feature_fingerprint(features)
     samples = []
     for i in range(n_samples):
         cat, mel = mels[i % len(mels)]
+        if frames is not None:
+            mel = np.concatenate([mels[(i + j) % len(mels)][1] for j in range(-(-frames // mel.shape[1]) + 1)], axis=1)[:, :frames]
         texts = [f"the sound of {cat}", f"a recording of {cat}", f"{cat} can be heard nearby"]
         meta = {"id": f"bench-{i:08d}", "corpus": "bench", "group": f"g{i}", "feature_fingerprint": fp,
+                "duration": mel.shape[1] * features.hop_length / features.sample_rate_hz,
                 "texts": [{"text": t, "lang": "en", "kind": "original" if j == 0 else "template",
                            "provenance": {}} for j, t in enumerate(texts)]}
         samples.append({"__key__": f"bench-{i:08d}", "mel.npy": mel, "json": meta, "txt": texts[0]})
@@ -102,14 +113,30 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--shard-count", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=None, help="tile clips to this many frames")
+    ap.add_argument("--mels", type=Path, help="npz of precomputed mels (--save-mels) instead of --corpora")
+    ap.add_argument("--save-mels", type=Path, help="write the fixture mels to this npz and exit")
+    ap.add_argument("--write-set", type=Path, help="only write the shard set to this directory")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     features = FeatureConfig()
+    if args.mels:
+        z = np.load(args.mels)
+        mels = [(str(c), z[f"m{i}"]) for i, c in enumerate(z["categories"])]
+    else:
+        mels = real_mels(args.corpora, features)
+    if args.save_mels:
+        np.savez(args.save_mels, categories=np.array([c for c, _ in mels]), **{f"m{i}": m for i, (_, m) in enumerate(mels)})
+        return 0
+    if args.write_set:
+        make_set(mels, args.write_set, args.samples, args.shard_count, features, args.frames)
+        print(f"wrote {args.samples} samples to {args.write_set}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = args.shards
         if root is None:
             root = Path(tmp) / "shards"
-            make_set(args.corpora, root, args.samples, args.shard_count, features)
+            make_set(mels, root, args.samples, args.shard_count, features, args.frames)
         split = root / "train"
         tok_path = Path(tmp) / "tok.model"
         train_tokenizer(iter_shard_texts(split), tok_path, vocab_size=1000)

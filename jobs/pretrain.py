@@ -151,6 +151,7 @@ def main() -> None:
         model=model, model_parameters=tr.param_groups(model, t), config=tr.make_ds_config(t, world)
     )
     loss_fn = ContrastiveLoss(cfg.model.loss, rank, world)
+    flops = tr.flops_per_sample(cfg)  # estimate, for the TFLOP/s (MFU) column
     dtype = tr.autocast_dtype(t)
     log.info("model: %.2fM parameters, ZeRO-%d, %s", n_params / 1e6, t.zero_stage, t.precision)
 
@@ -234,6 +235,7 @@ def main() -> None:
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(gn) if gn is not None else None,
                 "samples_per_s": t.micro_batch * t.grad_accum_steps * world / dt,
+                "model_tflops_per_s": flops * t.micro_batch * t.grad_accum_steps * world / dt / 1e12,
                 "audio_hours_per_s": audio_total / 3600 / dt,
                 "data_wait_s": wait,
                 "data_wait_frac": wait / dt,

@@ -192,6 +192,22 @@ def agree(local: list[float], device: torch.device | str) -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
+def flops_per_sample(cfg: Any) -> float:
+    """Approximate training FLOPs per sample (forward + backward = 3x forward) of the two
+    transformer towers at full length: 2 FLOPs per parameter-token of the blocks and patch
+    embedding, plus the attention products (4 T^2 d per layer). For the MFU estimate only."""
+
+    def tower(d: int, depth: int, r: float, tokens: int) -> float:
+        return depth * (2 * (4 + 2 * r) * d * d * tokens + 4 * tokens * tokens * d)
+
+    a, t = cfg.model.audio, cfg.model.text
+    n_patches = max(1, cfg.features.n_mels // a.patch_freq) * max(1, a.max_frames // a.patch_time) + 1
+    fwd = tower(a.dim, a.depth, a.mlp_ratio, n_patches) + 2 * a.patch_freq * a.patch_time * a.dim * n_patches
+    if t.kind == "transformer":
+        fwd += tower(t.dim, t.depth, t.mlp_ratio, min(cfg.train.max_text_len, t.max_len))
+    return 3.0 * fwd
+
+
 def memory_stats() -> dict[str, float]:
     out = {"rss_max_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if torch.cuda.is_available():
