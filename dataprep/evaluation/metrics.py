@@ -90,15 +90,19 @@ def cosine_scores(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
 
 
 def ranks_of_relevant(scores: np.ndarray, relevant: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Per query, the 1-based ranks of its relevant items. Ties rank the relevant item last
-    (pessimistic), so a constant model never gets credit for a lucky tie order."""
+    """Per query, the sorted 1-based ranks of its relevant items. A tie with an irrelevant item
+    ranks the relevant one last (pessimistic), so a constant model never gets credit for a
+    lucky tie order; ties among relevant items cost nothing (they are interchangeable)."""
     out = []
     for qi, rel in enumerate(relevant):
         s = scores[qi]
-        r = []
-        for j in rel:
-            r.append(int(np.count_nonzero(s >= s[j])))  # items scoring >= this one, itself included
-        out.append(np.sort(np.asarray(r, dtype=np.int64)))
+        is_rel = np.zeros(s.shape[0], dtype=bool)
+        is_rel[list(rel)] = True
+        other = np.sort(s[~is_rel])
+        rel_scores = np.sort(s[is_rel])[::-1]
+        # irrelevant items scoring >= the i-th best relevant item, plus the i better relevant ones
+        above = other.size - np.searchsorted(other, rel_scores, side="left")
+        out.append((np.arange(rel_scores.size) + 1 + above).astype(np.int64))
     return out
 
 
