@@ -5,6 +5,7 @@
               + dedup.pcm_sha1 + dedup.audio_fingerprint on every segment
 (c) naive   — librosa.load(path, sr=16000) per file, librosa.effects.trim, peak normalize
 (d) decode  — soundfile decode only (context: what no stage can avoid)
+(e) stage   — (b) without pcm_sha1/fingerprint (context: what the dedup keys cost)
 
 Files: every audio file of the shared fixture corpora except ``bad_inputs`` (all formats,
 rates and channel layouts). Methods are interleaved round by round so load from other
@@ -70,6 +71,10 @@ def make_methods() -> dict[str, Callable[[Path], float]]:
             n += seg.wave.size
         return float(n)
 
+    def ours_no_dedup(path: Path) -> float:
+        ref = SampleRef(corpus="bench", source_id=path.name, audio=str(path))
+        return float(sum(seg.wave.size for seg in load_segments(ref, cfg, SR)))
+
     def naive(path: Path) -> float:
         y, _ = librosa.load(path, sr=SR)
         y, _ = librosa.effects.trim(y)
@@ -80,7 +85,13 @@ def make_methods() -> dict[str, Callable[[Path], float]]:
         x, _ = sf.read(path, dtype="float32", always_2d=True)
         return float(x.shape[0])
 
-    return {"a_floor": floor, "b_ours": ours, "c_naive": naive, "d_decode": decode_only}
+    return {
+        "a_floor": floor,
+        "b_ours": ours,
+        "c_naive": naive,
+        "d_decode": decode_only,
+        "e_stage": ours_no_dedup,
+    }
 
 
 def main() -> int:
@@ -136,6 +147,7 @@ def main() -> int:
         f"(b)/(a) ours vs decode+resample floor: {speed['b_ours'] / speed['a_floor']:.2f}x   (target >= 0.8)"
     )
     print(f"(b)/(d) ours vs decode only: {speed['b_ours'] / speed['d_decode']:.2f}x")
+    print(f"(e)/(a) stage without dedup keys vs floor: {speed['e_stage'] / speed['a_floor']:.2f}x")
     return 0
 
 
