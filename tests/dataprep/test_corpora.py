@@ -426,3 +426,32 @@ def test_http_root_on_loopback(http_root: str, corpora: Path) -> None:
     assert (seg_http[0].wave == seg_loc[0].wave).all()
     ac, ac_rej = _read("ac", "audiocaps", f"{http_root}/audiocaps_mini", splits=("val",))
     assert not ac_rej and ac and all(r.audio.startswith("http://") for r in ac)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl"])
+def test_generic_table_tsv_and_jsonl(corpora: Path, tmp_path: Path, fmt: str) -> None:
+    clips = sorted((corpora / "commonvoice_mini" / "en" / "clips").iterdir())[:3]
+    rows = [
+        {"f": f"clips/{p.name}", "t": f"sentence {i}", "who": f"spk{i % 2}", "l": "en"}
+        for i, p in enumerate(clips)
+    ]
+    (tmp_path / "clips").mkdir()
+    for p in clips:
+        shutil.copy(p, tmp_path / "clips" / p.name)
+    if fmt == "tsv":
+        lines = ["f\tt\twho\tl"] + ["\t".join(r.values()) for r in rows]
+        (tmp_path / "meta.tsv").write_text("\n".join(lines) + "\n")
+    else:
+        (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n[1, 2]\n")
+    opts = {
+        "file": f"meta.{fmt}",
+        "columns": {"audio": "f", "text": "t", "speaker": "who", "lang": "l"},
+        "task": "asr",
+    }
+    refs, rejects = _read("tab", "table", tmp_path, options=opts)
+    assert [(r.source_id, r.text, r.speaker, r.lang) for r in refs] == [
+        (r["f"], r["t"], r["who"], "en") for r in rows
+    ]
+    assert all(r.extra_dict()["task"] == "asr" for r in refs)
+    assert [x.reason for x in rejects] == ([] if fmt == "tsv" else ["invalid_metadata"])
+    assert all(x.stage == "reader" and x.corpus == "tab" for x in rejects)
