@@ -199,9 +199,16 @@ class WordNetTagger:
         from nltk.corpus import wordnet
 
         self.wn = wordnet
+        self._memo: dict[str, str] = {}  # captions repeat words; synset lookups are the cost
 
     def tag(self, word: str) -> str:
         w = word.lower()
+        hit = self._memo.get(w)
+        if hit is None:
+            hit = self._memo[w] = self._tag(w)
+        return hit
+
+    def _tag(self, w: str) -> str:
         if not w.isalpha() or w in _FUNCTION_WORDS or w in _NUMBER_WORDS:
             return _KEEP
         synsets = self.wn.synsets(w)

@@ -1,0 +1,127 @@
+"""Featurization throughput with and without augmentation, side by side in one run.
+
+    python bench/augment.py [--rounds 3] [--per-corpus 12] [--langs en,de,fr,es,zh,hi,ar,sw]
+
+Both arms run the builder's per-input processor (``dataprep.process.SampleProcessor``: decode,
+normalize, filters, dedup, log-mel) over the same real clips of the bundled corpora (ESC-50,
+CREMA-D, Common Voice, LibriSpeech, keyword spotting), serially in this process so the cost of
+augmentation is isolated from Ray scheduling:
+
+(a) ``augment=False``
+(b) templates in ``--langs`` + nlpaug (keyboard, synonym, random_word_swap; 2 per sample)
+    + 1 audio view (2-transform chain, background noise from the corpus's rain clips), i.e.
+    one extra log-mel per input;
+(c) (b) without the audio view: the cost of the text augmenters alone.
+
+The arms alternate for ``--rounds`` rounds (fresh processors each round, one warm-up round not
+counted: WordNet, numba and librosa load once per process) so load on the shared machine hits
+both alike. Throughput is inputs per CPU-second of this process (and per wall second); the
+ratio (b)/(a) is the number to compare with the target (>= 0.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dataprep.config import CorpusConfig, ExperimentConfig  # noqa: E402
+from dataprep.corpora import read_corpus  # noqa: E402
+from dataprep.process import SampleProcessor  # noqa: E402
+from dataprep.sample import META, SampleRef  # noqa: E402
+
+CORPORA = REPO / "tests" / "fixtures" / "corpora"
+SOURCES = [
+    ("esc50_mini", "esc50"),
+    ("cremad_mini", "cremad"),
+    ("commonvoice_mini", "commonvoice"),
+    ("librispeech_mini", "librispeech"),
+    ("kws_mini", "speechcommands"),
+]
+
+
+def refs(per_corpus: int) -> list[SampleRef]:
+    out: list[SampleRef] = []
+    for name, reader in SOURCES:
+        cfg = CorpusConfig(name=name, reader=reader, root=str(CORPORA / name))
+        out += [r for r in read_corpus(cfg) if isinstance(r, SampleRef)][:per_corpus]
+    return out
+
+
+def run(cfg: ExperimentConfig, augment: bool, items: list[SampleRef]) -> dict[str, float]:
+    proc = SampleProcessor(cfg, augment=augment)
+    c0, w0 = time.process_time(), time.perf_counter()
+    samples = texts = 0
+    for ref in items:
+        res = proc(ref, "train")
+        samples += len(res.samples)
+        texts += sum(len(s[META]["texts"]) for s in res.samples)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    proc.close()
+    return {"cpu_s": cpu, "wall_s": wall, "samples": samples, "texts": texts}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-corpus", type=int, default=12)
+    ap.add_argument("--langs", default="en,de,fr,es,zh,hi,ar,sw")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    # One intra-op thread, as in a Ray task with num_cpus=1: spinning pool threads would
+    # otherwise add load-dependent CPU time to whichever arm happens to run under contention.
+    torch.set_num_threads(1)
+    items = refs(args.per_corpus)
+    rain = sorted(str(p) for p in (CORPORA / "esc50_mini" / "audio").glob("*-10.wav"))
+    cfg = ExperimentConfig.model_validate(
+        {"build": {"augment": {
+            "templates": True, "template_langs": args.langs.split(","),
+            "nlpaug": ["keyboard", "synonym", "random_word_swap"], "nlpaug_per_sample": 2,
+            "audio_views": 1, "audio_chain_len": 2, "noise_dirs": rain, "seed": 0,
+        }}}
+    )  # fmt: skip
+    text_only = cfg.model_copy(
+        update={"build": cfg.build.model_copy(
+            update={"augment": cfg.build.augment.model_copy(update={"audio_views": 0})}
+        )}
+    )  # fmt: skip
+    arms = {
+        "(a) no augmentation": (cfg, False),
+        "(b) templates+nlpaug+1 audio view": (cfg, True),
+        "(c) templates+nlpaug only": (text_only, True),
+    }
+    t0 = time.perf_counter()
+    for c, aug in arms.values():  # warm-up: WordNet, numba, librosa; reported, not counted
+        run(c, aug, items[:4])
+    setup_s = time.perf_counter() - t0
+    res: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
+    for _ in range(args.rounds):
+        for label, (c, aug) in arms.items():
+            res[label].append(run(c, aug, items))
+    n = len(items)
+    print(f"inputs per round: {n} real clips from {[s for s, _ in SOURCES]}; rounds: {args.rounds}")
+    print(f"warm-up (one-time loads: WordNet, numba, librosa): {setup_s:.1f} s")
+    print(f"{'arm':<36}{'inputs/cpu-s':>13}{'inputs/wall-s':>14}{'samples':>8}{'texts':>7}{'ratio':>7}")
+    base = res["(a) no augmentation"]
+    for label, rs in res.items():
+        # Ratio per round (arms of one round ran back to back under the same load), median.
+        ratio = statistics.median(a["cpu_s"] / r["cpu_s"] for a, r in zip(base, rs))
+        print(
+            f"{label:<36}{statistics.median(n / r['cpu_s'] for r in rs):>13.2f}"
+            f"{statistics.median(n / r['wall_s'] for r in rs):>14.2f}"
+            f"{int(rs[0]['samples']):>8}{int(rs[0]['texts']):>7}{ratio:>6.2f}x"
+        )
+    print("ratio: throughput vs (a) per CPU-second, median over rounds; target for (b): >= 0.5x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
