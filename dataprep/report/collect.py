@@ -1,0 +1,155 @@
+"""Shard-set level inputs of the report: which shards exist, one shard's :class:`Partial`, and
+the sections read from ``rejects.parquet``, ``shards.json`` and ``build.json``.
+
+No Ray here (DESIGN: Ray lives in pipelines/ and dataprep/distributed.py); the pipeline maps
+:func:`summarize_shard` over shards as Ray tasks and calls :func:`assemble`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dataprep.report.stats import Partial, summarize_samples
+from dataprep.sample import SPLITS
+from dataprep.shards import BUILD_JSON, REJECTS, iter_shard, read_shards_json
+
+log = logging.getLogger(__name__)
+EXAMPLES = 3
+
+
+class ReportError(ValueError):
+    """The directory is not a shard set the report can read."""
+
+
+def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
+    """``(split, tar path, excluded keys)`` for every shard of every finished split, in order."""
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a directory")
+    jobs = []
+    splits = [s for s in SPLITS if (root / s).is_dir()] + sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS and (p / "shards.json").is_file()
+    )
+    for split in splits:
+        try:
+            meta = read_shards_json(root / split)
+        except FileNotFoundError:
+            log.warning("%s/%s has no shards.json (unfinished split); skipped", root, split)
+            continue
+        exclude = sorted(meta.get("exclude", []))
+        for entry in meta["shards"]:
+            jobs.append((split, str(root / split / entry["name"]), exclude))
+    if not jobs:
+        raise ReportError(f"{root}: no finished split (<split>/shards.json) found — is this a shard set?")
+    return jobs
+
+
+def summarize_shard(split: str, tar: str, exclude: list[str]) -> tuple[Partial, list[str]]:
+    """One shard's partial statistics; a member that does not decode is reported, not fatal."""
+    p = Partial()
+    problems: list[str] = []
+    skip = set(exclude)
+    try:
+        for sample in iter_shard(tar):
+            if sample["__key__"] in skip:
+                continue  # a cross-shard duplicate excluded by the builder: not in the data set
+            p.add(sample, split)
+    except Exception as e:  # a corrupt tar must not stop the report; it is listed instead
+        problems.append(f"{Path(tar).parent.name}/{Path(tar).name}: {type(e).__name__}: {e}")
+    return p, problems
+
+
+def rejects_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for split in splits:
+        path = Path(shards_dir) / split / REJECTS
+        if path.is_file():
+            for r in pq.read_table(path).to_pylist():
+                rows.append({**r, "split": split})
+    by_reason: dict[str, int] = {}
+    by_corpus: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
+    examples: dict[str, list[dict[str, str]]] = {}
+    for r in sorted(rows, key=lambda r: (r["stage"], r["reason"], r["source"])):
+        k = f"{r['stage']}/{r['reason']}"
+        by_reason[k] = by_reason.get(k, 0) + 1
+        by_corpus[r["corpus"] or "?"] = by_corpus.get(r["corpus"] or "?", 0) + 1
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+        ex = examples.setdefault(k, [])
+        if len(ex) < EXAMPLES:
+            ex.append({"source": r["source"], "detail": r["detail"], "split": r["split"]})
+    return {
+        "total": len(rows),
+        "by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "by_stage": dict(sorted(by_stage.items())),
+        "by_corpus": dict(sorted(by_corpus.items())),
+        "examples": examples,
+        "_rows": rows,  # consumed by assemble (duplicates, LLM), not written
+    }
+
+
+def shards_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in splits:
+        meta = read_shards_json(Path(shards_dir) / split)
+        entries = [{"name": e["name"], "samples": e["samples"], "bytes": e["bytes"]} for e in meta["shards"]]
+        b = [e["bytes"] for e in entries]
+        n = [e["samples"] for e in entries]
+
+        def stat(v: list[int]) -> dict[str, Any]:
+            mean = sum(v) / len(v)
+            sd = (sum((x - mean) ** 2 for x in v) / len(v)) ** 0.5
+            return {"min": min(v), "max": max(v), "mean": round(mean, 4), "cv": round(sd / mean, 6) if mean else None,
+                    "max_over_mean": round(max(v) / mean, 6) if mean else None}
+
+        out[split] = {"count": len(entries), "total_bytes": sum(b), "bytes": stat(b) if b else None,
+                      "samples": stat(n) if n else None, "excluded": len(meta.get("exclude", [])), "list": entries}
+    return out
+
+
+def build_section(shards_dir: str | Path) -> dict[str, Any]:
+    p = Path(shards_dir) / BUILD_JSON
+    if not p.is_file():
+        return {"present": False}
+    b = json.loads(p.read_text())
+    cfg = b.get("config") or {}
+    return {
+        "present": True,
+        "name": cfg.get("name"),
+        "feature_fingerprint": b.get("feature_fingerprint"),
+        "inputs": b.get("inputs"),
+        "counts": {s: {k: v for k, v in c.items() if k in ("samples", "rejects")} for s, c in sorted((b.get("counts") or {}).items())},
+        "corpora": [{"name": c.get("name"), "reader": c.get("reader"), "root": c.get("root")} for c in (cfg.get("build") or {}).get("corpora", [])],
+        "llm": ((cfg.get("build") or {}).get("augment") or {}).get("llm", {}).get("server"),
+    }
+
+
+def assemble(shards_dir: str | Path, partial: Partial, problems: list[str]) -> dict[str, Any]:
+    """The whole report JSON (no timings, no absolute times: two runs give identical bytes)."""
+    jobs = shard_jobs(shards_dir)
+    splits = list(dict.fromkeys(s for s, _, _ in jobs))
+    rej = rejects_section(shards_dir, splits)
+    rows = rej.pop("_rows")
+    report: dict[str, Any] = {"shards_dir": str(Path(shards_dir).resolve()), "splits": splits,
+                              "build": build_section(shards_dir)}
+    report.update(summarize_samples(partial))
+    accepted = sum(n for k, n in report["augmentation"]["kinds"].items() if k.startswith("llm:"))
+    llm_rejected = sum(1 for r in rows if r["stage"] == "augment")
+    report["augmentation"]["llm"] = {
+        "accepted": accepted, "rejected": llm_rejected,
+        "acceptance_rate": round(accepted / (accepted + llm_rejected), 6) if accepted + llm_rejected else None,
+    }
+    dup = report["duplicates"]
+    for reason in ("duplicate", "near_duplicate", "eval_overlap"):
+        hit = sorted((r for r in rows if r["reason"] == reason), key=lambda r: r["source"])
+        dup[f"rejected_{reason}"] = len(hit)
+        dup[f"{reason}_examples"] = [{"source": r["source"], "detail": r["detail"]} for r in hit[:EXAMPLES]]
+    report["rejects"] = rej
+    report["shards"] = shards_section(shards_dir, splits)
+    report["problems"] = sorted(problems)
+    return report
