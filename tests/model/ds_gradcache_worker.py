@@ -58,21 +58,21 @@ def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def rank_slice(batch: dict, rank: int, micro: int) -> dict:
-    start = (micro * 2 + rank) * PER_RANK
+def rank_slice(batch: dict, rank: int, micro: int, world: int) -> dict:
+    start = (micro * world + rank) * PER_RANK
     return {k: v[start : start + PER_RANK] for k, v in batch.items()}
 
 
 def reference(world: int, gas: int, chunk: int, data: dict) -> dict[str, torch.Tensor]:
-    """Single-process SGD step over the union of all ranks' (and micro-steps') data."""
+    """Single-process fp32 SGD step over the union of all ranks' (and micro-steps') data."""
     torch.manual_seed(0)
-    model = build_model(CFG, N_MELS).train()
+    model = build_model(CFG, N_MELS).to(data["mel"].device).train()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = ContrastiveLoss(CFG.loss)
     for micro in range(gas):
         outs, groups = [], []
         for r in range(world):
-            part = rank_slice(data, r, micro)
+            part = rank_slice(data, r, micro, world)
             torch.manual_seed(1000 + 10 * micro + r)  # the seed that rank r used in the engine
             for i in range(0, PER_RANK, chunk):
                 outs.append(model(**{k: part[k][i : i + chunk] for k in BATCH_KEYS}))
@@ -84,7 +84,7 @@ def reference(world: int, gas: int, chunk: int, data: dict) -> dict[str, torch.T
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def run_case(case: str, data: dict) -> dict:
+def run_case(case: str, data: dict, bf16: bool = False) -> dict:
     parts = case.split(":")
     stage, sync = int(parts[0]), parts[1]
     gas = int(parts[2]) if len(parts) > 2 else 1
@@ -100,26 +100,41 @@ def run_case(case: str, data: dict) -> dict:
         "zero_allow_untested_optimizer": True,  # plain torch SGD, to compare exactly
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        "bf16": {"enabled": bf16},
     }
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    data = {k: v.to(engine.device) for k, v in data.items()}
     loss_fn = ContrastiveLoss(CFG.loss, rank=rank, world_size=world)
     chunk = PER_RANK if sync == "plain" else CHUNK
     for micro in range(gas):
         torch.manual_seed(1000 + 10 * micro + rank)
-        batch = rank_slice(data, rank, micro)
+        batch = rank_slice(data, rank, micro, world)
         if sync == "plain":
             plain_step(engine, batch, loss_fn)
         else:
             cached_step(engine, batch, loss_fn, chunk, sync=sync)
     params = dict(engine.module.named_parameters())
-    with deepspeed.zero.GatheredParameters(list(params.values()), enabled=stage == 3):
-        got = {n: p.detach().clone() for n, p in params.items()}
-    ref = reference(world, gas, chunk, data)
+    if bf16:  # the module holds bf16 copies; the update lives in the fp32 master weights
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        # (None where no fp32 master is mapped, e.g. ZeRO-0: then the bf16 copy, rounded.)
+        got = {n: (safe_get_full_fp32_param(p) if safe_get_full_fp32_param(p) is not None
+                   else p).detach().float().cpu() for n, p in params.items()}
+    else:
+        with deepspeed.zero.GatheredParameters(list(params.values()), enabled=stage == 3):
+            got = {n: p.detach().float().cpu() for n, p in params.items()}
+    ref = {n: p.cpu() for n, p in reference(world, gas, chunk, data).items()}
     diff = max((got[n] - ref[n]).abs().max().item() for n in ref)
     step = max((ref[n] - init[n]).abs().max().item() for n in ref)
+    # Error of the update relative to the update itself (meaningful under bf16 rounding).
+    err = sum(((got[n] - ref[n]) ** 2).sum().item() for n in ref) ** 0.5
+    rel = err / sum(((ref[n] - init[n]) ** 2).sum().item() for n in ref) ** 0.5
     engine.destroy()
-    return {"max_diff": diff, "step_size": step, "stage": stage, "sync": sync, "gas": gas}
+    worst = sorted(ref, key=lambda n: -(got[n] - ref[n]).abs().max().item())[:2]
+    return {"max_diff": diff, "step_size": step, "rel_update_err": rel, "worst": worst,
+            "stage": stage,
+            "sync": sync, "gas": gas, "bf16": bf16}
 
 
 def loss_case(data: dict) -> dict:
@@ -156,13 +171,16 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", nargs="+", default=["0:auto", "1:auto", "2:auto", "3:auto"])
     ap.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    ap.add_argument("--bf16", action="store_true", help="DeepSpeed bf16 (on a GPU)")
     args = ap.parse_args()
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(args.local_rank)
     torch.set_num_threads(1)
     data = make_data(2 * dist.get_world_size() * PER_RANK, seed=3)
     results = {}
     for case in args.cases:
-        results[case] = loss_case(data) if case == "loss" else run_case(case, data)
+        results[case] = loss_case(data) if case == "loss" else run_case(case, data, args.bf16)
         if dist.get_rank() == 0:
             print(f"CASE {case}: {results[case]}", flush=True)
     if dist.get_rank() == 0:
