@@ -190,7 +190,11 @@ def _decode_ffmpeg(
 def decode(
     uri: str, start_s: float = 0.0, end_s: float | None = None, limit_s: float = math.inf
 ) -> Decoded:
-    """Decode ``[start_s, end_s)`` of ``uri`` (at most ``limit_s`` seconds). Raises AudioError."""
+    """Decode ``[start_s, end_s)`` of ``uri`` (at most ``limit_s`` seconds). Raises AudioError.
+
+    Remote files are read through a seekable fsspec file first, so only the blocks the decoder
+    asks for travel; a server without range requests, or the FFmpeg fallback, gets the bytes.
+    """
     _check_exists(uri)
     local = _is_local(uri)
     data: bytes | None = None
@@ -198,10 +202,17 @@ def decode(
     try:
         if local:
             return _decode_soundfile(_local_path(uri), start_s, end_s, limit_s)
+        try:
+            with fsspec.open(uri, "rb", block_size=1 << 20) as fh:
+                return _decode_soundfile(fh, start_s, end_s, limit_s)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as err:
+            log.debug("streamed read of %s failed (%s); reading it whole", uri, err)
         data = _read_bytes(uri)
         return _decode_soundfile(io.BytesIO(data), start_s, end_s, limit_s)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         errors.append(f"soundfile: {err}")
+    except OSError as err:
+        raise AudioError("read_error", f"{uri}: {err}") from None
     try:
         return _decode_ffmpeg(_local_path(uri) if local else data, start_s, end_s, limit_s)
     except Exception as err:  # noqa: BLE001 - any FFmpeg failure becomes a reason, not a crash
@@ -345,8 +356,8 @@ def segment_starts(duration_s: float, max_segment_s: float, overlap_s: float) ->
 def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -> list[Segment]:
     """Decode ``ref`` once and return normalized segments (see module docstring).
 
-    Raises :class:`AudioError` (missing_file, empty_file, not_audio, decode_error, empty_audio,
-    non_finite, bad_region).
+    Raises :class:`AudioError` (missing_file, empty_file, read_error, not_audio, decode_error,
+    empty_audio, non_finite, bad_region).
     """
     start_s = float(ref.start_s or 0.0)
     if start_s < 0 or (ref.end_s is not None and ref.end_s <= start_s):
