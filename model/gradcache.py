@@ -186,7 +186,8 @@ def cached_step(
             terms["loss"], [leaves[k] for k in names], allow_unused=True
         )
     grad_of = {
-        k: (g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(names, grads)
+        k: (g if g is not None else torch.zeros_like(leaves[k]))
+        for k, g in zip(names, grads, strict=True)
     }
     local_grads = {k: grad_of[k][offset : offset + n_local] for k in per_sample}
 
@@ -197,7 +198,7 @@ def cached_step(
     sync_ctx = engine.coalesce_grad_reduction() if mode == "coalesce" else contextlib.nullcontext()
     start = 0
     with sync_ctx:
-        for i, (chunk, state) in enumerate(zip(chunks, states)):
+        for i, (chunk, state) in enumerate(zip(chunks, states, strict=True)):
             n = chunk["mel"].shape[0]
             with state.replay(), amp:
                 out = forward_fn(**chunk)

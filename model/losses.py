@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import LossConfig
@@ -56,7 +55,7 @@ def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
     buf = torch.cat([x.detach(), pad]).contiguous()
     parts = [torch.empty_like(buf) for _ in sizes]
     dist.all_gather(parts, buf)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
 
 def gather_sizes(n: int, device: torch.device) -> list[int]:

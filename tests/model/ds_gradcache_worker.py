@@ -24,8 +24,13 @@ import torch
 import torch.distributed as dist
 
 from model.clap import build_model
-from model.config import AudioEncoderConfig, LossConfig, ModelConfig, SpecAugmentConfig
-from model.config import TextEncoderConfig
+from model.config import (
+    AudioEncoderConfig,
+    LossConfig,
+    ModelConfig,
+    SpecAugmentConfig,
+    TextEncoderConfig,
+)
 from model.gradcache import BATCH_KEYS, cached_step, plain_step
 from model.losses import ContrastiveLoss
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from model.config import AudioEncoderConfig, LossConfig, ModelConfig, SpecAugmentConfig
-from model.config import TextEncoderConfig
+from model.config import (
+    AudioEncoderConfig,
+    LossConfig,
+    ModelConfig,
+    SpecAugmentConfig,
+    TextEncoderConfig,
+)
 
 N_MELS = 16
 

@@ -80,7 +80,7 @@ def test_no_randomness_matches_a_single_full_forward():
     batch, loss_fn = make_batch(B), ContrastiveLoss(cfg.loss)
     ref = grads_of(model, lambda: plain_step(model, batch, loss_fn))
     for chunk in (2, 5):
-        got = grads_of(model, lambda: cached_step(model, batch, loss_fn, chunk))
+        got = grads_of(model, lambda c=chunk: cached_step(model, batch, loss_fn, c))
         assert max_diff(ref, got) < 1e-5
 
 
