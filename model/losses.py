@@ -13,6 +13,8 @@ Terms:
 - groups (int64 ``[B]``): two samples with the same group id are never negatives of each
   other (two views / captions of one clip, or one class when labels say so); their logits are
   masked to -inf. Group ids must be globally unique per clip (e.g. a hash of the sample key).
+  ``mask_same_label`` is honoured by whoever builds ``groups`` (the trainer / loader): with it on,
+  samples sharing a class label get the same group id; the loss only sees ``groups``.
 - ``label_smoothing``: the target puts ``1 - eps`` on the positive and ``eps`` spread over the
   unmasked candidates (masked ones never receive mass, so the loss stays finite).
 - ``kind: mga`` with ``hard_negative_beta > 0``: MGA-CLAP / HCL hard-negative weighting. Each
