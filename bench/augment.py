@@ -13,6 +13,11 @@ augmentation is isolated from Ray scheduling:
     one extra log-mel per input;
 (c) (b) without the audio view: the cost of the text augmenters alone.
 
+``--llm N`` adds a report of LLM caption augmentation through the embedded llama.cpp server
+(``[llm]`` extra, SmolLM2-135M-Instruct): N clips (AudioCaps captions, ESC-50 labels, CREMA-D),
+paraphrase + caption + translate(de); what was accepted, what was rejected and why, and the
+wall time of the first run vs the cached rerun.
+
 The arms alternate for ``--rounds`` rounds (fresh processors each round, one warm-up round not
 counted: WordNet, numba and librosa load once per process) so load on the shared machine hits
 both alike. Throughput is inputs per CPU-second of this process (and per wall second); the
@@ -67,11 +72,83 @@ def run(cfg: ExperimentConfig, augment: bool, items: list[SampleRef]) -> dict[st
     return {"cpu_s": cpu, "wall_s": wall, "samples": samples, "texts": texts}
 
 
+def llm_report(n: int) -> None:
+    import collections
+    import tempfile
+
+    from dataprep.augment import TextAugmenter
+    from dataprep.augment.llm import llm_available
+    from dataprep.config import AugmentConfig, LLMConfig
+
+    llm = LLMConfig(
+        server="embedded", tasks=("paraphrase", "caption", "translate"), target_langs=("de",),
+        per_sample=3, cache_dir=tempfile.mkdtemp(prefix="bench_llm_cache_"),
+    )  # fmt: skip
+    ok, why = llm_available(llm)
+    if not ok:
+        print(f"LLM report skipped: {why}")
+        return
+    items: list[SampleRef] = []
+    for name, reader, k in (("audiocaps_mini", "audiocaps", n // 2), ("esc50_mini", "esc50", n // 4),
+                            ("cremad_mini", "cremad", n - n // 2 - n // 4)):  # fmt: skip
+        cfg = CorpusConfig(name=name, reader=reader, root=str(CORPORA / name))
+        items += [r for r in read_corpus(cfg) if isinstance(r, SampleRef)][:k]
+    metas = [_meta(r) for r in items]
+    cfg = AugmentConfig(template_langs=("en",), llm=llm)
+    outs, walls = [], []
+    for _ in range(2):  # second run: every reply from the cache
+        aug = TextAugmenter(cfg)
+        t0 = time.perf_counter()
+        got = [(aug(m), aug.drain_rejects()) for m in metas]
+        walls.append(time.perf_counter() - t0)
+        sent = aug.llm.client.requests_sent
+        aug.close()
+        outs.append((got, sent))
+    (got, sent), (got2, sent2) = outs
+    acc: collections.Counter = collections.Counter()
+    rej: collections.Counter = collections.Counter()
+    examples: dict[str, list[str]] = collections.defaultdict(list)
+    for out, rejects in got:
+        for e in out:
+            if e["kind"].startswith("llm:"):
+                task = e["provenance"]["task"]
+                acc[task] += 1
+                if len(examples[f"accepted {task}"]) < 2:
+                    examples[f"accepted {task}"].append(f"{e['provenance']['source']!r} -> {e['text']!r}")
+        for r in rejects:
+            rej[r.reason] += 1
+            if len(examples[r.reason]) < 2:
+                examples[r.reason].append(r.detail[:110])
+    print(f"\nLLM report: {len(metas)} clips, {sent} requests, SmolLM2-135M-Instruct (llama.cpp, 2 threads)")
+    print(f"accepted by task: {dict(acc)}; rejected by reason: {dict(rej.most_common())}")
+    for k, v in examples.items():
+        for x in v:
+            print(f"  {k}: {x}")
+    same = [o for o, _ in got] == [o for o, _ in got2]
+    print(f"first run {walls[0]:.1f} s ({sent} requests); cached rerun {walls[1]:.2f} s "
+          f"({sent2} requests, identical texts: {same})")  # fmt: skip
+
+
+def _meta(ref: SampleRef) -> dict:
+    texts = []
+    if ref.text:
+        texts.append({"text": ref.text, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}})
+    elif ref.labels:
+        label = ", ".join(x.replace("_", " ") for x in ref.labels)
+        texts.append({"text": label, "lang": "en", "kind": "original", "provenance": {"source": "labels"}})
+    for cap in ref.captions:
+        texts.append({"text": cap, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}})
+    attrs = {k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float))}
+    return {"id": f"{ref.corpus}:{ref.source_id}", "corpus": ref.corpus, "source_id": ref.source_id,
+            "lang": ref.lang, "labels": list(ref.labels), "texts": texts, "attributes": attrs}  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-corpus", type=int, default=12)
     ap.add_argument("--langs", default="en,de,fr,es,zh,hi,ar,sw")
+    ap.add_argument("--llm", type=int, default=0, metavar="N", help="LLM report over N clips")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -120,6 +197,8 @@ def main() -> int:
             f"{int(rs[0]['samples']):>8}{int(rs[0]['texts']):>7}{ratio:>6.2f}x"
         )
     print("ratio: throughput vs (a) per CPU-second, median over rounds; target for (b): >= 0.5x")
+    if args.llm:
+        llm_report(args.llm)
     return 0
 
 

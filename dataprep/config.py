@@ -119,6 +119,11 @@ class LLMConfig(Section):
     max_chars: int = 400
     max_len_ratio: float = 3.0  # output/input length bounds (and its inverse)
     check_language: bool = True
+    # Candidates for the language check: lingua over all 75 languages calls short English
+    # captions Danish; the languages a build works with are the plausible confusions.
+    lid_langs: tuple[str, ...] = (
+        "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "zh", "ja", "hi", "ar", "sw", "tr",
+    )  # fmt: skip
     semantic_check: bool = True  # all-MiniLM-L6-v2 similarity to the source (English source)
     min_similarity: float = 0.55
     n_threads: int = 2  # embedded server

@@ -17,7 +17,10 @@ Checks, in order (the first failure is the reason recorded):
   so this check runs when source and output are both English;
 - ``llm_content_change``: an English paraphrase lost a noun or verb of the source without a
   WordNet synonym or inflection of it ("a dog barks" -> "a dog meows" scores 0.80 cosine, so
-  the embedding alone lets invented details through).
+  the embedding alone lets invented details through);
+- ``llm_invented_detail``: an English paraphrase or caption names a thing or action (noun/verb)
+  that has no WordNet synonym in the source or facts ("sounds: church bells ringing" ->
+  "a church bell rings as a dog barks").
 """
 
 from __future__ import annotations
@@ -117,11 +120,11 @@ def embedder() -> _Embedder:
     return _Embedder()
 
 
-def detect(text: str) -> tuple[str | None, float]:
+def detect(text: str, languages: tuple[str, ...] = ()) -> tuple[str | None, float]:
     """Language ID through the team's :func:`dataprep.text.detect_language`."""
     from dataprep.text import detect_language
 
-    return detect_language(text)
+    return detect_language(text, tuple(sorted(set(languages))) or None)
 
 
 def validate(
@@ -160,7 +163,7 @@ def validate(
         # Small models echo the reply schema ("<one sentence>"), the instruction or its example.
         return caption, Verdict(False, "llm_copy", f"output echoes the prompt: {caption[:80]!r}")
     exp = (expected_lang or "").split("-")[0].lower() or None
-    got_lang, conf = detect(caption)
+    got_lang, conf = detect(caption, (*cfg.lid_langs, exp) if exp else tuple(cfg.lid_langs))
     checks["lang"], checks["lang_conf"] = got_lang, round(conf, 3)
     if cfg.check_language and exp and got_lang and got_lang != exp and conf >= 0.5:
         return caption, Verdict(
@@ -186,6 +189,12 @@ def validate(
         if lost:
             return caption, Verdict(
                 False, "llm_content_change", f"source words without a synonym in the output: {lost}", checks
+            )
+    if task in ("paraphrase", "caption") and exp in (None, "en"):
+        invented = lost_content_words(caption, source)
+        if invented:
+            return caption, Verdict(
+                False, "llm_invented_detail", f"output words not in the source: {invented}", checks
             )
     return caption, Verdict(True, checks=checks)
 

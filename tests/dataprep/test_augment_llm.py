@@ -193,6 +193,7 @@ def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> 
         (caption("Ein Hund bellt zweimal, während ein Mann spricht und lacht."), "llm_wrong_language"),
         (caption("a dog barks three times while a man talks"), "llm_number_change"),
         (caption("a dog meows twice while a man talks"), "llm_content_change"),
+        (caption("a dog barks twice at a cat while a man talks"), "llm_invented_detail"),
         (caption("the quarterly stock market report was published twice"), "llm_semantic_drift"),
         (caption("dog"), "llm_length"),
     ],
@@ -278,7 +279,7 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
     assert proc.poll() is not None  # the server we started is gone
     assert sent >= 5
     known = {"llm_malformed_json", "llm_length", "llm_refusal", "llm_copy", "llm_wrong_language",
-             "llm_number_change", "llm_semantic_drift", "llm_content_change"}  # fmt: skip
+             "llm_number_change", "llm_semantic_drift", "llm_content_change", "llm_invented_detail"}  # fmt: skip
     n_llm = 0
     for out, rej in zip(outs, rejects):
         llm_out = [e for e in out if e["kind"].startswith("llm:")]
