@@ -113,17 +113,12 @@ class SampleProcessor:
             self.text_aug.close()
 
     # -- text -------------------------------------------------------------------------------
-    def _text_and_lang(self, ref: SampleRef) -> tuple[str | None, str | None, list[str]]:
-        flags: list[str] = []
+    def _text_and_lang(self, ref: SampleRef) -> tuple[str | None, str | None, str | None, list[str]]:
+        """Normalized text, the sample's language, the detected language worth comparing
+        (None when the detector is not confident enough to contradict the corpus), flags."""
         text = text_mod.normalize_text(ref.text, ref.lang) if ref.text else None
-        lang = ref.lang
-        if text:
-            detected, conf = text_mod.detect_language(text)
-            if lang is None:
-                lang = detected
-            elif detected is not None and conf >= 0.5 and detected != lang.split("-")[0].lower():
-                flags.append(f"lang_mismatch:{lang}->{detected}")
-        return text, lang, flags
+        lang, detected = filters.resolve_language(ref, text)
+        return text, lang, detected, list(filters.text_flags(ref, detected, self.bcfg.filters))
 
     # -- one input --------------------------------------------------------------------------
     def __call__(self, ref: SampleRef, split: str) -> ProcessResult:
@@ -137,17 +132,14 @@ class SampleProcessor:
         except Exception as e:  # one policy at the boundary: a bad input never kills the task
             res.rejects.append(Reject(src, "decode", "decode_error", f"{type(e).__name__}: {e}", ref.corpus))
             return res
-        text, lang, text_flags = self._text_and_lang(ref)
-        if text_flags and self.bcfg.filters.lang_mismatch == "reject":
-            res.rejects.append(Reject(src, "filter", "lang_mismatch", text_flags[0], ref.corpus))
-            return res
+        text, lang, detected, text_flags = self._text_and_lang(ref)
         # Clips of one source recording (or one declared group) are never each other's negatives.
         group = sample_key(ref.corpus, str(ref.extra_dict().get("group") or ref.source_id))
         for seg in segments:
             seg_src = src if len(segments) == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
             rej = filters.check_audio(ref, seg, self.bcfg.filters)
             if rej is None:
-                rej = filters.check_text(ref, text, lang, seg.end_s - seg.start_s, self.bcfg.filters)
+                rej = filters.check_text(ref, text, detected, seg.end_s - seg.start_s, self.bcfg.filters)
             if rej is not None:
                 res.rejects.append(Reject(seg_src, rej.stage, rej.reason, rej.detail, ref.corpus))
                 continue
