@@ -16,7 +16,6 @@ Task types: zero_shot, retrieval, emotion, keyword_spotting, linear_probe, few_s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -60,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare:
             pm, pcfg, ptok = load_for_eval(args.compare, args.device)
             columns.append(Column("previous", pm, pcfg, ptok, str(Path(args.compare).resolve())))
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError, OSError) as e:
+        # one line: a state_dict mismatch spans several lines; keep them, joined
+        print("evaluate: " + " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
         return 2
 
     cache_dir = args.cache_dir or task_file.cache_dir

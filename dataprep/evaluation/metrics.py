@@ -8,6 +8,7 @@ shows it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float | int]:
         def num(x: float) -> float | None:
-            return None if x != x else x  # NaN (no interval, e.g. a count) -> JSON null
+            return None if math.isnan(x) else x  # NaN (no interval, e.g. a count) -> JSON null
 
         return {"value": num(self.value), "ci_low": num(self.ci_low), "ci_high": num(self.ci_high), "n": self.n}
 

@@ -57,7 +57,7 @@ def summarize_shard(split: str, tar: str, exclude: list[str]) -> tuple[Partial, 
             if sample["__key__"] in skip:
                 continue  # a cross-shard duplicate excluded by the builder: not in the data set
             p.add(sample, split)
-    except Exception as e:  # a corrupt tar must not stop the report; it is listed instead
+    except Exception as e:  # noqa: BLE001 - a corrupt tar must not stop the report; it is listed instead
         problems.append(f"{Path(tar).parent.name}/{Path(tar).name}: {type(e).__name__}: {e}")
     return p, problems
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # section id -> title; the order of the page
 SECTIONS = (
@@ -67,7 +68,7 @@ def _bar(labels: list[str], values: list[float], title: str, xlabel: str) -> str
 def _hist_axes(ax: Any, summary: dict[str, Any], title: str) -> None:
     edges = summary["edges"]
     counts = summary["hist"][1:-1]  # in-range bins; under/overflow are in the table
-    widths = [b - a for a, b in zip(edges, edges[1:])]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
     ax.bar(edges[:-1], counts, width=widths, align="edge", color="#55a868", edgecolor="#333", linewidth=0.3)
     ax.set_title(f"{title} (n={summary['count']})", fontsize=9)
     ax.tick_params(labelsize=7)

@@ -22,6 +22,7 @@ Definitions (the tests recount these from the tars):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,21 +30,29 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.sample import KIND_LLM_PREFIX, KIND_NLPAUG_PREFIX, KIND_ORIGINAL, KIND_TEMPLATE, META, MEL, TEXT
+from dataprep.sample import (
+    KIND_LLM_PREFIX,
+    KIND_NLPAUG_PREFIX,
+    KIND_ORIGINAL,
+    KIND_TEMPLATE,
+    MEL,
+    META,
+    TEXT,
+)
 
 SPEECH_TASKS = ("asr",)
 TOP_K = 10
 
 _EPS = 1e-9
 EDGES: dict[str, list[float]] = {
-    "duration_s": [round(x * 0.5, 2) for x in range(0, 61)],  # 0..30 s
+    "duration_s": [round(x * 0.5, 2) for x in range(61)],  # 0..30 s
     "lufs": [float(x) for x in range(-70, 1)],
     "dbfs": [float(x) for x in range(-80, 1)],
     "clip_ratio": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0 + _EPS],
-    "silence_ratio": [round(x * 0.05, 2) for x in range(0, 20)] + [1.0 + _EPS],
+    "silence_ratio": [round(x * 0.05, 2) for x in range(20)] + [1.0 + _EPS],
     "snr_db": [float(x) for x in range(0, 82, 2)],
     "text_chars": [float(x) for x in range(0, 401, 10)],
-    "chars_per_s": [float(x) for x in range(0, 41)],
+    "chars_per_s": [float(x) for x in range(41)],
 }
 AUDIO_METRICS = ("duration_s", "lufs", "dbfs", "clip_ratio", "silence_ratio", "snr_db")
 TEXT_METRICS = ("text_chars", "chars_per_s")
@@ -131,7 +140,7 @@ class Hist:
         return self.hi
 
     def summary(self) -> dict[str, Any]:
-        r = lambda x: None if x is None or not math.isfinite(x) else round(x, 6)  # noqa: E731
+        r = lambda x: None if x is None or not math.isfinite(x) else round(x, 6)
         return {
             "count": self.n,
             "mean": r(self.total / self.n) if self.n else None,
@@ -248,7 +257,7 @@ class Partial:
             sets = self.ngrams.setdefault(fam, [set(), set()])
             tot = self.ngram_totals.setdefault(fam, [0, 0])
             grams1 = toks
-            grams2 = [f"{a}\x00{b}" for a, b in zip(toks, toks[1:])]
+            grams2 = [f"{a}\x00{b}" for a, b in itertools.pairwise(toks)]
             sets[0].update(_h64(g) for g in grams1)
             sets[1].update(_h64(g) for g in grams2)
             tot[0] += len(grams1)

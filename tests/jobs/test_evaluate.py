@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_helpers import make_export  # noqa: E402
+from eval_helpers import make_export
 
-from dataprep.config import CorpusConfig, load_config  # noqa: E402
-from dataprep.evaluation import runner  # noqa: E402
-from dataprep.evaluation.data import load_eval_set, select  # noqa: E402
-from dataprep.evaluation.embed import Embedder, windows  # noqa: E402
-from dataprep.evaluation.tasks import Defaults, TaskConfig, load_tasks  # noqa: E402
-from dataprep.features import feature_fingerprint  # noqa: E402
+from dataprep.config import CorpusConfig, load_config
+from dataprep.evaluation import runner
+from dataprep.evaluation.data import load_eval_set, select
+from dataprep.evaluation.embed import Embedder, windows
+from dataprep.evaluation.tasks import Defaults, TaskConfig, load_tasks
+from dataprep.features import feature_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = REPO / "jobs" / "evaluate.py"
@@ -34,7 +34,7 @@ DEMO_TASKS = REPO / "configs" / "tasks" / "demo.yaml"
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(EVALUATE), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_help(subprocess_env: dict[str, str]) -> None:
