@@ -273,3 +273,19 @@ def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
     except tarfile.ReadError:
         bad = None
     assert bad != want
+
+
+def test_non_finite_mel_is_a_bad_sample(shard_root) -> None:
+    from dataprep.loader import prepare_sample
+    from dataprep.shards import encode_npy
+
+    ld = _loader(shard_root[0])
+    meta = json.dumps({"texts": [{"text": "x", "kind": "original"}]}).encode()
+    mel = np.zeros((FEATURES.n_mels, 50), np.float16)
+    assert prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})["text"] == "x"
+    for bad in (np.inf, np.nan):
+        mel[3, 7] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})
+    with pytest.raises(ValueError, match="mel shape"):
+        prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(np.zeros((80, 5), np.float16)), "json": meta})
