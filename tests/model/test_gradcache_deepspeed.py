@@ -16,8 +16,9 @@ import pytest
 from conftest import free_port
 
 WORKER = Path(__file__).with_name("ds_gradcache_worker.py")
+# STAGE:SYNC[:GAS]; auto = coalesce_grad_reduction for ZeRO 1-3 with GAS 1, else boundary flags.
 EXACT = ["0:auto", "1:auto", "2:auto", "3:auto", "1:boundary", "2:boundary", "3:boundary",
-         "2:boundary:2", "2:plain", "loss"]
+         "1:auto:2", "2:boundary:2", "3:auto:2", "2:plain", "loss"]
 TRAP = ["2:none"]
 TOL = 1e-5
 
