@@ -86,6 +86,15 @@ def test_every_manifest_parses_and_has_a_schema_check():
 
 
 @checks("infra/ray/cluster-aws.yaml")
+def test_ray_cluster_launcher_yaml_passes_rays_own_validation():
+    """`ray up` fills provider defaults, then validates against ray-schema.json (no extra keys)."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = _docs(INFRA / "ray/cluster-aws.yaml")[0]
+    validate_config(prepare_config(cfg))
+
+
+@checks("infra/ray/cluster-aws.yaml")
 def test_ray_cluster_launcher_yaml():
     cfg = _docs(INFRA / "ray/cluster-aws.yaml")[0]
     _require(cfg, {"cluster_name", "max_workers", "provider", "head_node_type", "available_node_types",
@@ -195,7 +204,12 @@ def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     _require(job["spec"], {"entrypoint", "rayClusterSpec", "shutdownAfterJobFinishes"}, "RayJob.spec")
     _check_ray_cluster_spec(job["spec"]["rayClusterSpec"], "RayJob")
+    from ray.runtime_env import RuntimeEnv
+
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    RuntimeEnv(**env)  # Ray checks the known fields' types (env_vars values must be strings)
+    # unknown top-level fields would be taken as plugin names, so list the ones we allow
+    assert set(env) <= {"env_vars", "working_dir", "py_modules", "pip", "excludes", "config"}
     assert env["env_vars"]["PYTHONPATH"] == "/app"
     # the entrypoint: the real script, a config in the repo, overrides our loader accepts
     cmd = job["spec"]["entrypoint"].split("&&")[-1].split()
