@@ -143,7 +143,11 @@ class AudioEncoder(nn.Module):
         return feats
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None) -> Tensor:
+    def forward(
+        self, mel: Tensor, mel_lengths: Tensor | None = None, return_frames: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Pooled ``[B, dim]``; with ``return_frames`` also per-time-patch features
+        ``[B, tp, dim]`` (mean over frequency patches) and their validity mask ``[B, tp]``."""
         if mel.dim() != 3 or mel.shape[1] != self.n_mels:
             raise ValueError(f"mel must be [B, {self.n_mels}, T], got {tuple(mel.shape)}")
         b, _, t = mel.shape
@@ -191,4 +195,7 @@ class AudioEncoder(nn.Module):
             pooled = masked_mean(tokens, tmask)
         if self.rate_proj is not None:
             pooled = self.rate_proj(torch.cat([pooled, *self._multirate(tokens, tmask, tp)], -1))
-        return pooled
+        if not return_frames:
+            return pooled
+        frames = tokens.view(b, tp, self.freq_patches, -1).mean(dim=2)
+        return pooled, frames, tvalid

@@ -1,16 +1,21 @@
 """CLAP: audio tower + text tower + projections into one L2-normalized space + temperature.
 
 ``forward(mel=..., mel_lengths=..., ids=..., mask=...)`` returns a dict with whichever of
-``audio_emb`` / ``text_emb`` were asked for, plus ``logit_scale`` (and ``audio_codes`` /
-``text_codes`` when the MGA-CLAP shared codebook is on). Training goes through ``forward`` so
-that DeepSpeed engines (ZeRO-3 gathers parameters in forward hooks) and the gradient cache see
-one call per chunk; ``encode_audio`` / ``encode_text`` / ``logit_scale`` are for evaluation.
+``audio_emb`` / ``text_emb`` were asked for, plus ``logit_scale`` (and the codebook embeddings
+``audio_codes`` / ``text_codes`` ``[B, embed_dim]`` when the MGA-CLAP shared codebook is on).
+Training goes through ``forward`` so that DeepSpeed engines (ZeRO-3 gathers parameters in
+forward hooks) and the gradient cache see one call per chunk; ``encode_audio`` /
+``encode_text`` / ``logit_scale`` are for evaluation.
 
-Shared codebook (``loss.codebook_size > 0``, MGA-CLAP): ``K`` codewords shared by both
-modalities. Each embedding ``e`` gets code weights ``w = softmax(e C^T / 0.1)`` and the output
-embedding is ``normalize(e + normalize(w C))`` — both modalities are pulled through the same
-codewords, which aligns them at a finer grain than the pooled vectors. The weights are returned
-as ``*_codes`` so the loss can regularize codeword usage (see ``model.losses``).
+Shared codebook (``loss.codebook_size > 0``, MGA-CLAP): ``K`` codewords ``C`` shared by both
+modalities. Frame features (audio, per time patch) and word features (text, per token) are
+projected to ``embed_dim``; each codeword's affinity is its best match over the valid frames /
+words (``max_t f_t . c_k / sqrt(E)``), sparsemax turns the affinities into sparse code weights,
+and ``w C`` is the fine-grained embedding. Deliberate deviation from MGA-CLAP, which uses only
+that embedding: ours is ``normalize(normalize(pooled proj) + normalize(w C))``, so the coarse
+pooled path (CLS / attentive / multirate pooling) keeps contributing and every parameter gets a
+gradient. ``w C`` is returned as ``audio_codes`` / ``text_codes`` for the loss's sparsity
+regularizer (MGA-CLAP's L1/L2 ratio, see ``model.losses``).
 
 CALM alignment: with ``text.kind: minilm``, ``text.freeze: true``, ``text.project: false`` and
 ``embed_dim: 384`` the text side is the pretrained MiniLM sentence space itself and only the
@@ -29,18 +34,35 @@ from model.audio_encoder import AudioEncoder
 from model.config import ModelConfig
 from model.text_encoder import TextEncoder
 
-CODE_TEMPERATURE = 0.1
+
+def sparsemax(z: Tensor, dim: int = -1) -> Tensor:
+    """Sparsemax (Martins & Astudillo 2016): Euclidean projection onto the simplex.
+
+    Written with differentiable tensor ops, so autograd yields its exact Jacobian.
+    """
+    zs, _ = z.sort(dim=dim, descending=True)
+    shape = [1] * z.dim()
+    shape[dim] = -1
+    rank = torch.arange(1, z.shape[dim] + 1, device=z.device, dtype=z.dtype).view(shape)
+    cums = zs.cumsum(dim)
+    k = (1 + rank * zs > cums).sum(dim=dim, keepdim=True)
+    tau = (cums.gather(dim, k - 1) - 1) / k.to(z.dtype)
+    return (z - tau).clamp_min(0)
 
 
 class SharedCodebook(nn.Module):
+    """Modality-shared codebook aggregation of frame / word features (MGA-CLAP)."""
+
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
         self.codes = nn.Parameter(torch.randn(size, dim) / math.sqrt(dim))
 
-    def forward(self, emb: Tensor) -> tuple[Tensor, Tensor]:
-        codes = F.normalize(self.codes.float(), dim=-1)  # the loss runs in fp32
-        weights = torch.softmax(emb @ codes.t() / CODE_TEMPERATURE, dim=-1)
-        return F.normalize(emb + F.normalize(weights @ codes, dim=-1), dim=-1), weights
+    def forward(self, feats: Tensor, mask: Tensor) -> Tensor:
+        """``feats [B, N, E]``, ``mask [B, N]`` (True = valid) -> ``[B, E]`` (fp32)."""
+        codes = self.codes.float()  # the loss side runs in fp32
+        affinity = feats.float() @ codes.t() / math.sqrt(codes.shape[1])  # [B, N, K]
+        affinity = affinity.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        return sparsemax(affinity) @ codes
 
 
 class CLAP(nn.Module):
@@ -62,10 +84,11 @@ class CLAP(nn.Module):
         # Shape [1], not 0-d: DeepSpeed's parameter broadcast views params as bytes, which a
         # 0-d tensor cannot do.
         self.log_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
-        self.codebook = (
-            SharedCodebook(cfg.loss.codebook_size, cfg.embed_dim)
-            if cfg.loss.codebook_size > 0 else None
-        )
+        self.codebook: SharedCodebook | None = None
+        if cfg.loss.codebook_size > 0:
+            self.codebook = SharedCodebook(cfg.loss.codebook_size, cfg.embed_dim)
+            self.frame_proj = nn.Linear(cfg.audio.dim, cfg.embed_dim)
+            self.word_proj = nn.Linear(self.text.out_dim, cfg.embed_dim)
 
     @property
     def uses_own_tokenizer(self) -> bool:
@@ -77,11 +100,15 @@ class CLAP(nn.Module):
         scale = self.log_scale.float().clamp(max=math.log(self.cfg.max_logit_scale)).exp()
         return scale.squeeze(0)
 
-    def _finish(self, emb: Tensor, key: str, out: dict[str, Tensor]) -> None:
-        emb = F.normalize(emb.float(), dim=-1)
-        if self.codebook is not None:
-            emb, weights = self.codebook(emb)
-            out[f"{key}_codes"] = weights
+    def _finish(
+        self, pooled: Tensor, local: tuple[Tensor, Tensor] | None, key: str,
+        out: dict[str, Tensor],
+    ) -> None:
+        emb = F.normalize(pooled.float(), dim=-1)
+        if self.codebook is not None and local is not None:
+            codes = self.codebook(*local)
+            out[f"{key}_codes"] = codes
+            emb = F.normalize(emb + F.normalize(codes, dim=-1), dim=-1)
         out[f"{key}_emb"] = emb
 
     def forward(
@@ -92,12 +119,22 @@ class CLAP(nn.Module):
         mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
+        fine = self.codebook is not None
         if mel is not None:
-            self._finish(self.audio_proj(self.audio(mel, mel_lengths)), "audio", out)
+            if fine:
+                pooled, frames, fmask = self.audio(mel, mel_lengths, return_frames=True)
+                self._finish(self.audio_proj(pooled), (self.frame_proj(frames), fmask),
+                             "audio", out)
+            else:
+                self._finish(self.audio_proj(self.audio(mel, mel_lengths)), None, "audio", out)
         if ids is not None:
             if mask is None:
                 raise ValueError("ids given without mask")
-            self._finish(self.text_proj(self.text(ids, mask)), "text", out)
+            if fine:
+                pooled, words, wmask = self.text(ids, mask, return_tokens=True)
+                self._finish(self.text_proj(pooled), (self.word_proj(words), wmask), "text", out)
+            else:
+                self._finish(self.text_proj(self.text(ids, mask)), None, "text", out)
         out["logit_scale"] = self.logit_scale()
         return out
 

@@ -20,9 +20,9 @@ Terms:
 - ``kind: mga`` with ``hard_negative_beta > 0``: MGA-CLAP / HCL hard-negative weighting. Each
   negative ``j`` of anchor ``i`` is weighted ``w_ij = (n-1) softmax_j(beta * sim_ij)`` (detached,
   mean 1 over the valid negatives), implemented as adding ``log w_ij`` to its logit.
-- ``codebook_reg`` (when the model returns ``audio_codes`` / ``text_codes``): for each modality,
-  ``H(per-sample code weights) - H(batch-mean code weights)`` — sharp per-sample assignments that
-  use the whole codebook — weighted by ``codebook_weight``.
+- ``codebook_reg`` (when the model returns the codebook embeddings ``audio_codes`` /
+  ``text_codes``): MGA-CLAP's sparsity regularizer, ``mean|x| / ||x||_F`` over the global
+  batch for each modality (summed), weighted by ``codebook_weight``.
 """
 
 from __future__ import annotations
@@ -75,10 +75,6 @@ def all_gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
 def all_gather_no_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
     sizes = sizes or gather_sizes(x.shape[0], x.device)
     return _gather_padded(x, sizes)
-
-
-def _entropy(p: Tensor) -> Tensor:
-    return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
 class ContrastiveLoss(nn.Module):
@@ -160,8 +156,9 @@ class ContrastiveLoss(nn.Module):
         total = contrastive
         codes = [c for c in (audio_codes, text_codes) if c is not None]
         if codes:
-            reg = sum(_entropy(c.float()).mean() - _entropy(c.float().mean(0)) for c in codes)
-            terms["codebook_reg"] = reg / len(codes)
+            terms["codebook_reg"] = sum(
+                c.float().abs().mean() / c.float().norm().clamp_min(1e-12) for c in codes
+            )
             total = total + self.cfg.codebook_weight * terms["codebook_reg"]
         terms["loss"] = total
         return terms

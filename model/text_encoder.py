@@ -73,9 +73,9 @@ class MiniLMText(nn.Module):
             self.bert.eval()  # a frozen tower must not apply dropout either
         return self
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return masked_mean(out, mask.bool())
+        return masked_mean(out, mask.bool()), out, mask.bool()
 
 
 class TransformerText(nn.Module):
@@ -95,7 +95,7 @@ class TransformerText(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if ids.dim() != 2 or ids.shape != mask.shape:
             raise ValueError(f"ids/mask must both be [B, L], got {tuple(ids.shape)}, "
                              f"{tuple(mask.shape)}")
@@ -109,7 +109,8 @@ class TransformerText(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
-        return x[:, 0] if self.cfg.pooling == "cls" else masked_mean(x, mask)
+        pooled = x[:, 0] if self.cfg.pooling == "cls" else masked_mean(x, mask)
+        return pooled, x, mask
 
 
 class TextEncoder(nn.Module):
@@ -121,5 +122,10 @@ class TextEncoder(nn.Module):
         self.impl: nn.Module = MiniLMText(cfg) if cfg.kind == "minilm" else TransformerText(cfg)
         self.out_dim: int = self.impl.out_dim
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self.impl(ids, mask)
+    def forward(
+        self, ids: Tensor, mask: Tensor, return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Pooled ``[B, out_dim]``; with ``return_tokens`` also the token features
+        ``[B, L, out_dim]`` and their mask ``[B, L]`` (bool)."""
+        pooled, tokens, tmask = self.impl(ids, mask)
+        return (pooled, tokens, tmask) if return_tokens else pooled

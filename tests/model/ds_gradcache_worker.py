@@ -43,7 +43,7 @@ CFG = ModelConfig(
     ),
     text=TextEncoderConfig(vocab_size=64, dim=32, depth=1, heads=2, max_len=12, dropout=0.1),
     embed_dim=16,
-    loss=LossConfig(label_smoothing=0.1),
+    loss=LossConfig(kind="mga", hard_negative_beta=0.5, label_smoothing=0.1, codebook_size=8),
 )
 
 

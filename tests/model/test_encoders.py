@@ -105,7 +105,7 @@ def test_clap_outputs_normalized_and_scale_clamped():
     for key in ("audio_emb", "text_emb"):
         assert out[key].shape == (4, cfg.embed_dim)
         torch.testing.assert_close(out[key].norm(dim=-1), torch.ones(4))
-    assert out["audio_codes"].shape == (4, cfg.loss.codebook_size)
+    assert out["audio_codes"].shape == out["text_codes"].shape == (4, cfg.embed_dim)
     assert out["logit_scale"].dim() == 0
     assert math.isclose(out["logit_scale"].item(), 1 / cfg.init_temperature, rel_tol=1e-5)
     with torch.no_grad():
@@ -177,3 +177,28 @@ def test_calm_alignment_into_the_frozen_minilm_space(monkeypatch):
     torch.testing.assert_close(emb, torch.nn.functional.normalize(raw, dim=-1))
     assert not any(p.requires_grad for p in model.text.parameters())
     assert model.audio_proj.weight.shape == (384, 32)
+
+
+def test_sparsemax_is_a_sparse_distribution_with_exact_gradient():
+    from model.clap import sparsemax
+
+    z = torch.tensor([[2.0, 1.5, -1.0, 0.1], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    p = sparsemax(z)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, dtype=torch.float64))
+    assert (p[0] == 0).sum() >= 2 and torch.allclose(p[1], torch.full((4,), 0.25, dtype=p.dtype))
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(sparsemax, (z,))
+
+
+def test_codebook_uses_frames_and_words():
+    """The codebook embedding follows the best-matching frame, not the pooled vector."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), N_MELS).eval()
+    mel = torch.randn(1, N_MELS, 40)
+    lengths = torch.tensor([40])
+    with torch.no_grad():
+        base = model(mel=mel, mel_lengths=lengths)["audio_codes"]
+        changed = mel.clone()
+        changed[:, :, 20:24] += 3.0  # one loud event in one time patch
+        moved = model(mel=changed, mel_lengths=lengths)["audio_codes"]
+    assert (base - moved).abs().max() > 1e-4

@@ -78,16 +78,16 @@ def test_hard_negative_weighting():
     assert out > base  # weight moves to the hardest (most similar) negatives
 
 
-def test_codebook_regularizer_prefers_sharp_diverse_codes():
+def test_codebook_regularizer_prefers_sparse_embeddings():
     a, t, s = embeddings(n=4)
     loss = ContrastiveLoss(LossConfig(codebook_size=4, codebook_weight=0.5))
-    sharp = torch.eye(4) * 0.97 + 0.01
-    collapsed = torch.zeros(4, 4)
-    collapsed[:, 0] = 0.97
-    collapsed[:, 1:] = 0.01
-    good = loss(a, t, s, audio_codes=sharp, text_codes=sharp)
-    bad = loss(a, t, s, audio_codes=collapsed, text_codes=collapsed)
+    sparse = torch.eye(4, 8) * 3.0
+    dense = torch.ones(4, 8)
+    good = loss(a, t, s, audio_codes=sparse, text_codes=sparse)
+    bad = loss(a, t, s, audio_codes=dense, text_codes=dense)
     assert good["codebook_reg"] < bad["codebook_reg"]
+    # mean|x| / ||x||_F per modality, summed: dense ones -> 2 * 1 / sqrt(32).
+    torch.testing.assert_close(bad["codebook_reg"], torch.tensor(2 / 32**0.5))
     torch.testing.assert_close(good["loss"], good["contrastive"] + 0.5 * good["codebook_reg"])
 
 
