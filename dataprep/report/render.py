@@ -201,9 +201,10 @@ def render_html(r: dict[str, Any]) -> str:
          v["samples"]["max"] if v["samples"] else None] for s, v in r["shards"].items()
     ])
     body["outliers"] = "".join(
-        f"<h3>{_e(c)}</h3>" + _table(["key", "corpus", "value"], [[x["key"], x["corpus"], x["value"]] for x in xs], left=2)
+        f"<h3>{_e(c)}</h3>" + _table(["key", "corpus", "source @ segment (s)", "value"],
+                                    [[x["key"], x["corpus"], x["source"], x["value"]] for x in xs], left=3)
         for c, xs in r["outliers"].items() if xs
-    ) + "<p>Keys are sample keys: <code>index.parquet</code> gives the shard; the sample json holds the source file.</p>"
+    ) + "<p>Keys are sample keys (<code>index.parquet</code> gives the shard); the source is the file the clip was cut from.</p>"
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>polyclap data-quality report</title>", f"<style>{_STYLE}</style></head><body>",

@@ -57,6 +57,8 @@ EDGES: dict[str, list[float]] = {
 AUDIO_METRICS = ("duration_s", "lufs", "dbfs", "clip_ratio", "silence_ratio", "snr_db")
 TEXT_METRICS = ("text_chars", "chars_per_s")
 # (criterion, metric, largest first?) — the samples a user should listen to first
+# Clipping/silence lists only hold samples that have any (a list of zeros helps nobody).
+POSITIVE_ONLY = ("most_clipped", "most_silent")
 OUTLIERS = (
     ("longest", "duration_s", True),
     ("shortest", "duration_s", False),
@@ -180,7 +182,10 @@ class Group:
                 "duration_hist": self.duration.counts}
 
 
-def _push(top: list[tuple[float, str, str]], item: tuple[float, str, str], largest: bool) -> list[tuple[float, str, str]]:
+Ranked = tuple[Any, ...]  # (value, key, ...): sorted by value, ties by key
+
+
+def _push(top: list[Ranked], item: Ranked, largest: bool) -> list[Ranked]:
     top.append(item)
     top.sort(key=lambda t: ((-t[0] if largest else t[0]), t[1]))
     return top[:TOP_K]
@@ -197,14 +202,14 @@ class Partial:
     metrics: dict[str, Hist] = field(default_factory=lambda: {k: Hist(v) for k, v in EDGES.items()})
     lid_checked: int = 0
     lid_mismatch: int = 0
-    mismatch_keys: list[tuple[float, str, str]] = field(default_factory=list)
+    mismatch_keys: list[Ranked] = field(default_factory=list)
     vocab: dict[str, set[str]] = field(default_factory=dict)
     ngrams: dict[str, list[set[int]]] = field(default_factory=dict)  # family -> [1-grams, 2-grams]
     ngram_totals: dict[str, list[int]] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
     audio_sha1: dict[str, list[str]] = field(default_factory=dict)
-    top: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
+    top: dict[str, list[Ranked]] = field(default_factory=dict)
 
     def add(self, sample: dict[str, Any], split: str) -> None:
         meta = sample[META]
@@ -234,8 +239,9 @@ class Partial:
                 self.metrics[name].add(v)
         for crit, metric, largest in OUTLIERS:
             v = values.get(metric)
-            if v is not None and math.isfinite(v):
-                self.top[crit] = _push(self.top.get(crit, []), (round(float(v), 6), key, corpus), largest)
+            if v is not None and math.isfinite(v) and not (crit in POSITIVE_ONLY and v <= 0):
+                where = f"{meta.get('source_uri') or meta.get('source_id')} @ {meta.get('segment')}"
+                self.top[crit] = _push(self.top.get(crit, []), (round(float(v), 6), key, corpus, where), largest)
         flags = meta.get("flags") or []
         for f in flags:
             name = f.split(":", 1)[0]
@@ -345,6 +351,6 @@ def summarize_samples(p: Partial) -> dict[str, Any]:
             "shares": {f: round(n / n_texts, 6) for f, n in sorted(families.items())} if n_texts else {},
         },
         "duplicates": {"audio_groups": dup_groups, "duplicate_samples": sum(len(g) - 1 for g in dup_groups)},
-        "outliers": {c: [{"key": k, "value": v, "corpus": corp} for v, k, corp in p.top.get(c, [])]
+        "outliers": {c: [{"key": k, "value": v, "corpus": corp, "source": src} for v, k, corp, src in p.top.get(c, [])]
                      for c, _, _ in OUTLIERS},
     }

@@ -256,6 +256,13 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
     assert [x["key"] for x in report["outliers"]["longest"]] == [r["key"] for r in longest]
     snrs = sorted(((v, r["key"]) for v, r in zip(values["snr_db"], rows)), key=lambda t: (round(t[0], 6), t[1]))[:10]
     assert [x["key"] for x in report["outliers"]["lowest_snr"]] == [k for _, k in snrs]
+    clipped = sorted((r for r in rows if r["meta"]["stats"]["clip_ratio"] > 0), key=lambda r: (-r["meta"]["stats"]["clip_ratio"], r["key"]))
+    assert [x["key"] for x in report["outliers"]["most_clipped"]] == [r["key"] for r in clipped[:10]]
+    by_key = {r["key"]: r for r in rows}
+    for xs in report["outliers"].values():
+        for x in xs:
+            m = by_key[x["key"]]["meta"]
+            assert x["corpus"] == m["corpus"] and x["source"] == f"{m['source_uri']} @ {m['segment']}"
 
 
 def _in_process(root: Path) -> dict[str, Any]:
