@@ -45,8 +45,12 @@ class TextAugmenter:
 
         self.cfg = cfg
         self.rejects: list[Reject] = []
-        self.templates = TemplateCaptioner(tuple(cfg.template_langs), cfg.seed) if cfg.templates else None
-        self.nlpaug = NlpaugAugmenter(tuple(cfg.nlpaug), cfg.nlpaug_p, cfg.seed) if cfg.nlpaug else None
+        self.templates = None
+        if cfg.templates:
+            self.templates = TemplateCaptioner(tuple(cfg.template_langs), cfg.seed)
+        self.nlpaug = None
+        if cfg.nlpaug:
+            self.nlpaug = NlpaugAugmenter(tuple(cfg.nlpaug), cfg.nlpaug_p, cfg.seed)
         self.llm = None
         if cfg.llm:
             from dataprep.augment.llm import LLMAugmenter, llm_available
@@ -79,8 +83,9 @@ class TextAugmenter:
                 add(entries)
                 self.rejects.extend(_as_reject(meta, r) for r in rejects)
         if self.nlpaug is not None:
-            sources = [t for t in existing + new if not str(t.get("kind", "")).startswith("nlpaug:")]
-            add(self._guard("nlpaug", meta, lambda: self.nlpaug.variants(sources, key, self.cfg.nlpaug_per_sample)))
+            src = [t for t in existing + new if not str(t.get("kind", "")).startswith("nlpaug:")]
+            n = self.cfg.nlpaug_per_sample
+            add(self._guard("nlpaug", meta, lambda: self.nlpaug.variants(src, key, n)))
         return new  # type: ignore[return-value]
 
     def _guard(self, stage: str, meta: dict[str, Any], fn: Any) -> Any:
