@@ -6,8 +6,10 @@ fingerprint of an evaluation set equals the model's by construction. Text augmen
 deduplication are off: an evaluation set is scored as published, every clip counted.
 
 The featurized set is cached under ``<cache_dir>/<fingerprint>/<corpus-hash>.npz`` (+ ``.json``):
-the file name hashes the corpus config and the audio/filter settings, the directory is the
-feature fingerprint, so a model with other features never reads these numbers.
+the file name hashes the corpus config, the audio/filter settings and what the reader lists
+(every item's metadata plus the size and mtime of local audio files, so an edited or replaced
+corpus is featurized again); the directory is the feature fingerprint, so a model with other
+features never reads these numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,13 +73,27 @@ def eval_processing_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"build": b.model_copy(update={"dedup": dedup})})
 
 
-def cache_key(cfg: ExperimentConfig, corpus: CorpusConfig) -> str:
+def _listing_digest(listing: list[SampleRef | Reject]) -> str:
+    h = hashlib.sha256()
+    for item in listing:
+        h.update(repr(item).encode())
+        if isinstance(item, SampleRef) and "://" not in item.audio:
+            try:
+                st = os.stat(item.audio)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(b"missing")
+    return h.hexdigest()
+
+
+def cache_key(cfg: ExperimentConfig, corpus: CorpusConfig, listing: list[SampleRef | Reject]) -> str:
     blob = json.dumps(
         {
             "v": CACHE_VERSION,
             "corpus": corpus.model_dump(mode="json"),
             "audio": cfg.build.audio.model_dump(mode="json"),
             "filters": cfg.build.filters.model_dump(mode="json"),
+            "listing": _listing_digest(listing),
         },
         sort_keys=True,
     ).encode()
@@ -140,7 +157,8 @@ def load_eval_set(
 ) -> EvalSet:
     """Every item of ``corpus`` featurized with ``cfg``'s features (from cache when present)."""
     fp = feature_fingerprint(cfg.features)
-    path = Path(cache_dir) / fp / f"{corpus.name}-{cache_key(cfg, corpus)}" if cache_dir else None
+    listing = list(read_corpus(corpus))  # metadata only: cheap next to decoding
+    path = Path(cache_dir) / fp / f"{corpus.name}-{cache_key(cfg, corpus, listing)}" if cache_dir else None
     if path is not None:
         cached = _load(path)
         if cached is not None:
@@ -150,7 +168,7 @@ def load_eval_set(
     items: list[EvalItem] = []
     rejects: list[dict[str, str]] = []
     try:
-        for ref in read_corpus(corpus):
+        for ref in listing:
             if isinstance(ref, Reject):
                 rejects.append(ref.as_row())
                 continue

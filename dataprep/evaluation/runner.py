@@ -315,6 +315,9 @@ def markdown_table(result: dict[str, Any]) -> str:
             cells = " | ".join(_fmt(per_col.get(c)) for c in cols)
             lines.append(f"| {name} | {rec['type']} | {metric} | {n} | {cells} |")
     lines.append("")
+    dropped = [f"{name}: {rec['n_rejected']}" for name, rec in result["tasks"].items() if rec.get("n_rejected")]
+    if dropped:
+        lines.append("Inputs rejected by the training filters (not scored): " + ", ".join(dropped) + ".")
     lines.append("Values: mean [95% bootstrap CI] over test items (retrieval: over queries); "
                  "random-init is the same architecture with seeded random weights.")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_linear_probe_uses_the_corpus_folds(sets, corpora_root: Path) -> None:  
     assert all(len(v) == 1 for v in by_group.values())
 
 
-def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, cache, esc, _ = sets
     corpus = CorpusConfig(name="esc50", reader="esc50", root=str(corpora_root / "esc50_mini"), options={"eval_folds": [5]})
     again = load_eval_set(cfg, corpus, cache)
@@ -204,6 +205,22 @@ def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Pat
         for x, y in zip(a.mels, b.mels):
             np.testing.assert_array_equal(x, y)
     assert len(select(again, "test")) == 8 and len(select(again, None)) == 40
+    # the corpus changes under the same root: featurized again, never served stale
+    edited = tmp_path / "esc50_edited"
+    shutil.copytree(corpora_root / "esc50_mini", edited)
+    ecorpus = corpus.model_copy(update={"root": str(edited)})
+    first = load_eval_set(cfg, ecorpus, cache)
+    assert load_eval_set(cfg, ecorpus, cache).from_cache
+    csv_path = edited / "meta" / "esc50.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(lines[:-1]) + "\n")  # one clip less in the metadata
+    changed = load_eval_set(cfg, ecorpus, cache)
+    assert not changed.from_cache and len(changed.items) == len(first.items) - 1
+    victim = edited / "audio" / Path(changed.items[0].source_id).name
+    victim.write_bytes((edited / "audio" / Path(changed.items[1].source_id).name).read_bytes())  # replaced audio
+    replaced = load_eval_set(cfg, ecorpus, cache)
+    assert not replaced.from_cache
+    np.testing.assert_array_equal(replaced.items[0].mels[0], replaced.items[1].mels[0])
     cfg32 = load_config(REPO / "configs" / "test_small.yaml", ["features.n_mels=32"])
     other = load_eval_set(cfg32, corpus, cache)
     assert not other.from_cache and other.fingerprint != esc.fingerprint
