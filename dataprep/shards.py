@@ -36,6 +36,12 @@ BUILD_JSON = "build.json"
 FIXED_MTIME = 0
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def shard_name(i: int) -> str:
     return f"shard-{i:06d}.tar"
 
@@ -55,6 +61,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; a shard set is read by other users and nodes: use the umask.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
