@@ -578,7 +578,13 @@ class ShardLoader:
             world_size=world_size, num_workers=t.num_workers, seed=t.seed, train=train,
             shuffle_buffer=t.shuffle_buffer, bucket=t.bucket_by_length,
             pad_multiple=cfg.model.audio.patch_time, drop_last=train,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
         )
+
+    def reset(self, epoch: int = 0) -> None:
+        """Start ``epoch`` from its beginning (e.g. the same validation pass every time)."""
+        self.epoch = epoch
+        self._reset_epoch_state()
 
     def _reset_epoch_state(self) -> None:
         n = max(1, self.spec.num_workers)

@@ -177,11 +177,13 @@ def main() -> None:
         if val_loader is None:
             return {}
         batches = []
-        for b in val_loader.iter_epoch():
+        epoch = val_loader.iter_epoch()
+        for b in epoch:
             batches.append(b)
             if t.val_batches and len(batches) >= t.val_batches:
                 break
-        val_loader.epoch = 0  # the same val samples every time
+        epoch.close()  # stops its DataLoader workers when cut short
+        val_loader.reset()  # the same val samples every time
         return tr.validate(engine, batches, device, dtype)
 
     # ---------------------------------------------------------------- train loop
@@ -199,9 +201,9 @@ def main() -> None:
             batch = next(batches)
             wait += time.perf_counter() - tw
             audio_s += float(batch["duration_s"].sum())
-            inputs = {"mel": batch["mel"].to(device, dtype), "mel_lengths": batch["mel_lengths"].to(device),
-                      "ids": batch["ids"].to(device), "mask": batch["mask"].to(device)}
-            groups = batch["groups"].to(device)
+            inputs = {k: batch[k].to(device, non_blocking=True) for k in ("mel", "mel_lengths", "ids", "mask")}
+            inputs["mel"] = inputs["mel"].to(dtype)  # float16 from the shards -> the engine's dtype
+            groups = batch["groups"].to(device, non_blocking=True)
             if t.chunk_size:  # gradient cache: exact global-batch gradients in chunks
                 seen: dict[str, torch.Tensor] = {}
 

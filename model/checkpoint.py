@@ -214,12 +214,20 @@ def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cp
     The tokenizer has ``encode_batch(texts, max_len) -> (ids, mask)``; for ``text.kind: minilm``
     it is the packaged MiniLM WordPiece tokenizer behind the same interface.
     """
-    from dataprep.config import load_config
+    from dataprep.config import ConfigError, ExperimentConfig, load_config
     from dataprep.tokenizer import load_tokenizer
     from model.clap import build_model
 
     d = _resolve(Path(path))
-    cfg = load_config(d / CONFIG_YAML)
+    try:
+        cfg = load_config(d / CONFIG_YAML)
+    except ConfigError as err:
+        # A checkpoint outlives schema changes in sections evaluation does not use (build.*):
+        # keep what defines the model and its inputs, and say what was dropped.
+        tree = yaml.safe_load((d / CONFIG_YAML).read_text())
+        kept = {k: tree[k] for k in ("name", "features", "model") if k in tree}
+        cfg = ExperimentConfig.model_validate(kept)
+        log.warning("%s: loaded only features/model sections (%s)", d / CONFIG_YAML, str(err).splitlines()[-1].strip())
     sd = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True) if (d / WEIGHTS).is_file() else consolidated_state_dict(d)
     model = build_model(cfg.model, cfg.features.n_mels)
     model.load_state_dict(sd, strict=True)

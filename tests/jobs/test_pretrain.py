@@ -180,6 +180,10 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
     # final export loads and embeds
     from model.checkpoint import load_for_eval
 
+    # an export outlives schema changes of sections evaluation does not need
+    conf = yaml.safe_load((out / "final" / "config.yaml").read_text())
+    conf.setdefault("build", {})["key_from_another_version"] = 1
+    (out / "final" / "config.yaml").write_text(yaml.safe_dump(conf))
     model, _, tok = load_for_eval(out / "final")
     ids, mask = tok.encode_batch(["rain on a roof", "a dog"], 24)
     emb = model.encode_text(ids, mask)
