@@ -36,10 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataprep.config import CorpusConfig, ExperimentConfig  # noqa: E402
-from dataprep.corpora import read_corpus  # noqa: E402
-from dataprep.process import SampleProcessor  # noqa: E402
-from dataprep.sample import META, SampleRef  # noqa: E402
+from dataprep.config import CorpusConfig, ExperimentConfig
+from dataprep.corpora import read_corpus
+from dataprep.process import SampleProcessor
+from dataprep.sample import META, SampleRef
 
 CORPORA = REPO / "tests" / "fixtures" / "corpora"
 SOURCES = [
@@ -114,12 +114,16 @@ def llm_report(n: int) -> None:
                 task = e["provenance"]["task"]
                 acc[task] += 1
                 if len(examples[f"accepted {task}"]) < 2:
-                    examples[f"accepted {task}"].append(f"{e['provenance']['source']!r} -> {e['text']!r}")
+                    examples[f"accepted {task}"].append(
+                        f"{e['provenance']['source']!r} -> {e['text']!r}"
+                    )
         for r in rejects:
             rej[r.reason] += 1
             if len(examples[r.reason]) < 2:
                 examples[r.reason].append(r.detail[:110])
-    print(f"\nLLM report: {len(metas)} clips, {sent} requests, SmolLM2-135M-Instruct (llama.cpp, 2 threads)")
+    print(
+        f"\nLLM report: {len(metas)} clips, {sent} requests, SmolLM2-135M-Instruct (llama.cpp, 2 threads)"
+    )
     print(f"accepted by task: {dict(acc)}; rejected by reason: {dict(rej.most_common())}")
     for k, v in examples.items():
         for x in v:
@@ -132,19 +136,32 @@ def llm_report(n: int) -> None:
 def _meta(ref: SampleRef) -> dict:
     texts = []
     if ref.text:
-        texts.append({"text": ref.text, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}})
+        texts.append(
+            {
+                "text": ref.text,
+                "lang": ref.lang,
+                "kind": "original",
+                "provenance": {"source": "corpus"},
+            }
+        )
     elif ref.labels:
         label = ", ".join(x.replace("_", " ") for x in ref.labels)
-        texts.append({"text": label, "lang": "en", "kind": "original", "provenance": {"source": "labels"}})
+        texts.append(
+            {"text": label, "lang": "en", "kind": "original", "provenance": {"source": "labels"}}
+        )
     for cap in ref.captions:
-        texts.append({"text": cap, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}})
+        texts.append(
+            {"text": cap, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}}
+        )
     attrs = {k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float))}
     return {"id": f"{ref.corpus}:{ref.source_id}", "corpus": ref.corpus, "source_id": ref.source_id,
             "lang": ref.lang, "labels": list(ref.labels), "texts": texts, "attributes": attrs}  # fmt: skip
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-corpus", type=int, default=12)
     ap.add_argument("--langs", default="en,de,fr,es,zh,hi,ar,sw")
@@ -186,7 +203,9 @@ def main() -> int:
     n = len(items)
     print(f"inputs per round: {n} real clips from {[s for s, _ in SOURCES]}; rounds: {args.rounds}")
     print(f"warm-up (one-time loads: WordNet, numba, librosa): {setup_s:.1f} s")
-    print(f"{'arm':<36}{'inputs/cpu-s':>13}{'inputs/wall-s':>14}{'samples':>8}{'texts':>7}{'ratio':>7}")
+    print(
+        f"{'arm':<36}{'inputs/cpu-s':>13}{'inputs/wall-s':>14}{'samples':>8}{'texts':>7}{'ratio':>7}"
+    )
     base = res["(a) no augmentation"]
     for label, rs in res.items():
         # Ratio per round (arms of one round ran back to back under the same load), median.

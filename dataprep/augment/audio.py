@@ -69,7 +69,9 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def load_noise_pool(dirs: tuple[str, ...], sample_rate_hz: int, max_files: int = 64) -> list[np.ndarray]:
+def load_noise_pool(
+    dirs: tuple[str, ...], sample_rate_hz: int, max_files: int = 64
+) -> list[np.ndarray]:
     """Mono float32 clips at ``sample_rate_hz`` from audio files (or folders of them), sorted."""
     import soundfile as sf
 
@@ -82,7 +84,7 @@ def load_noise_pool(dirs: tuple[str, ...], sample_rate_hz: int, max_files: int =
     for path in files[:max_files]:
         try:
             wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as e:  # a broken noise file must not stop the build
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:  # a broken file: skip it
             log.warning("noise pool: skipping %s (%s)", path, e)
             continue
         mono = wave.mean(axis=1)
@@ -239,15 +241,17 @@ class AudioAugmenter:
         for v in range(self.cfg.audio_views):
             rng = np.random.default_rng(_seed_int(self.cfg.seed, key, "view", v))
             k = min(max(1, self.cfg.audio_chain_len), len(self.names))
-            chain_names = [self.names[i] for i in rng.choice(len(self.names), size=k, replace=False)]
+            chain_names = [
+                self.names[i] for i in rng.choice(len(self.names), size=k, replace=False)
+            ]
             cur = wave
             chain: list[dict] = []
             for step, name in enumerate(chain_names):
                 seed = _seed_int(self.cfg.seed, key, "view", v, step, name)
                 try:
                     cur, params = self._apply(name, cur, seed)
-                except Exception as e:  # one bad transform drops the step, not the sample
-                    log.warning("audio view %s/%d: %s failed: %s", key, v, name, e)
+                except Exception:  # one bad transform drops the step, not the sample
+                    log.warning("audio view %s/%d: %s failed", key, v, name, exc_info=True)
                     continue
                 chain.append({"transform": name, **params})
             if not chain:

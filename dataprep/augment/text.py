@@ -92,13 +92,13 @@ def scripts_in(text: str) -> dict[str, int]:
 # through nlpaug's stopwords_regex, so a Chinese transcript quoted in a French template keeps
 # its characters while the French words get typos.
 _LETTERS = {
-    "LATIN": "A-Za-z\u00C0-\u024F\u1E00-\u1EFF",
-    "CYRILLIC": "\u0400-\u04FF",
-    "GREEK": "\u0370-\u03FF",
-    "HEBREW": "\u0590-\u05FF",
-    "THAI": "\u0E00-\u0E7F",
-    "ARABIC": "\u0600-\u06FF\u0750-\u077F",
-    "CJK": "\u3040-\u30FF\u3400-\u4DBF\u4E00-\u9FFF\uAC00-\uD7AF",
+    "LATIN": "A-Za-z\u00c0-\u024f\u1e00-\u1eff",
+    "CYRILLIC": "\u0400-\u04ff",
+    "GREEK": "\u0370-\u03ff",
+    "HEBREW": "\u0590-\u05ff",
+    "THAI": "\u0e00-\u0e7f",
+    "ARABIC": "\u0600-\u06ff\u0750-\u077f",
+    "CJK": "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af",
 }
 _KEYBOARD_SCRIPT = {"uk": "CYRILLIC", "he": "HEBREW", "th": "THAI"}
 
@@ -172,21 +172,24 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 # -- WordNet tagger for SynonymAug -------------------------------------------------------------
-_FUNCTION_WORDS = set(
-    """a an the this that these those some any each every no all both either neither
-    i you he she it we they me him her us them my your his its our their mine yours
-    and or but nor so yet for if then than as because while although though
-    of in on at by to from with without into onto over under above below up down out off
-    about after before behind between through during near across along around against
-    is am are was were be been being do does did have has had will would shall should
-    can could may might must not very too also just only there here what which who whom
-    whose where when why how says said""".split()
+_FUNCTION_WORDS = frozenset(
+    """
+    a an the this that these those some any each every no all both either neither i you he
+    she it we they me him her us them my your his its our their mine yours and or but nor so
+    yet for if then than as because while although though of in on at by to from with
+    without into onto over under above below up down out off about after before behind
+    between through during near across along around against is am are was were be been being
+    do does did have has had will would shall should can could may might must not very too
+    also just only there here what which who whom whose where when why how says said
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
-_NUMBER_WORDS = set(
-    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
-    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty
-    ninety hundred thousand million billion once twice thrice first second third fourth fifth
-    single double triple couple pair dozen several many few half quarter""".split()
+_NUMBER_WORDS = frozenset(
+    """
+    zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy
+    eighty ninety hundred thousand million billion once twice thrice first second third
+    fourth fifth single double triple couple pair dozen several many few half quarter
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
 _WN_TO_PTB = {"n": "NN", "v": "VB", "a": "JJ", "s": "JJ", "r": "RB"}
 _KEEP = "DT"  # nlpaug's SynonymAug never replaces a token tagged DT
@@ -252,8 +255,14 @@ def _build(name: str, variant: str, script: str, p: float) -> Any:
     if name == "random_word_swap":
         return naw.RandomWordAug(action="swap", aug_p=p, tokenizer=_split, reverse_tokenizer=_join)
     if name == "random_word_delete":
-        return naw.RandomWordAug(action="delete", aug_p=p, tokenizer=_split, reverse_tokenizer=_join)
-    io_ = {"tokenizer": _split, "reverse_tokenizer": _join, "stopwords_regex": protect_regex(script)}
+        return naw.RandomWordAug(
+            action="delete", aug_p=p, tokenizer=_split, reverse_tokenizer=_join
+        )
+    io_ = {
+        "tokenizer": _split,
+        "reverse_tokenizer": _join,
+        "stopwords_regex": protect_regex(script),
+    }
     common = {"aug_char_p": p, "aug_word_p": p, **io_}
     if name == "keyboard":
         return nac.KeyboardAug(
@@ -301,7 +310,9 @@ class NlpaugAugmenter:
             self._cache[key] = _build(name, variant, script, self.p)
         return self._cache[key]
 
-    def augment(self, text: str, lang: str | None, name: str, key: str, index: int = 0) -> str | None:
+    def augment(
+        self, text: str, lang: str | None, name: str, key: str, index: int = 0
+    ) -> str | None:
         """Augmented ``text`` or None when ``name`` does not apply or changes nothing."""
         how = plan(name, text, lang) if text else None
         if how is None:
@@ -314,9 +325,7 @@ class NlpaugAugmenter:
         out = re.sub(r"\s+", " ", out or "").strip()
         return out if out and out != text else None
 
-    def variants(
-        self, texts: list[dict[str, Any]], key: str, count: int
-    ) -> list[dict[str, Any]]:
+    def variants(self, texts: list[dict[str, Any]], key: str, count: int) -> list[dict[str, Any]]:
         """Up to ``count`` (0: one per augmenter) new entries from the given text entries."""
         if not texts or not self.names:
             return []

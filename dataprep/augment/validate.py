@@ -141,13 +141,19 @@ def validate(
     """
     caption = parse_caption(content)
     if caption is None:
-        return None, Verdict(False, "llm_malformed_json", f"reply is not a JSON caption: {content[:120]!r}")
+        return None, Verdict(
+            False, "llm_malformed_json", f"reply is not a JSON caption: {content[:120]!r}"
+        )
     checks: dict[str, Any] = {}
     n, m = len(caption), max(1, len(source))
     if n < cfg.min_chars or n > cfg.max_chars:
-        return caption, Verdict(False, "llm_length", f"{n} chars, allowed {cfg.min_chars}..{cfg.max_chars}")
+        return caption, Verdict(
+            False, "llm_length", f"{n} chars, allowed {cfg.min_chars}..{cfg.max_chars}"
+        )
     if task != "caption" and (n > m * cfg.max_len_ratio or n * cfg.max_len_ratio < m):
-        return caption, Verdict(False, "llm_length", f"{n} chars vs source {m} (ratio bound {cfg.max_len_ratio})")
+        return caption, Verdict(
+            False, "llm_length", f"{n} chars vs source {m} (ratio bound {cfg.max_len_ratio})"
+        )
     if _REFUSAL.search(caption):
         return caption, Verdict(False, "llm_refusal", f"refusal: {caption[:120]!r}")
     if _squash(caption) == _squash(source):
@@ -158,7 +164,9 @@ def validate(
         or (prompt and _squash(caption) in _squash(prompt))
         # The example itself, maybe with a little noise; a longer text merely containing it
         # ("un chien aboie deux fois...") is a real answer.
-        or any(x and x in _squash(caption) and len(_squash(caption)) <= 1.3 * len(x) for x in examples)
+        or any(
+            x and x in _squash(caption) and len(_squash(caption)) <= 1.3 * len(x) for x in examples
+        )
     ):
         # Small models echo the reply schema ("<one sentence>"), the instruction or its example.
         return caption, Verdict(False, "llm_copy", f"output echoes the prompt: {caption[:80]!r}")
@@ -188,7 +196,10 @@ def validate(
         lost = lost_content_words(source, caption)
         if lost:
             return caption, Verdict(
-                False, "llm_content_change", f"source words without a synonym in the output: {lost}", checks
+                False,
+                "llm_content_change",
+                f"source words without a synonym in the output: {lost}",
+                checks,
             )
     if task in ("paraphrase", "caption") and exp in (None, "en"):
         invented = lost_content_words(caption, source)

@@ -40,7 +40,9 @@ def rain_files(corpora_root: Path) -> list[str]:
     return [str(f) for f in sorted((corpora_root / "esc50_mini" / "audio").glob("*-10.wav"))]
 
 
-def test_views_deterministic_recorded_and_bounded(clips: dict[str, np.ndarray], rain_files: list[str]) -> None:
+def test_views_deterministic_recorded_and_bounded(
+    clips: dict[str, np.ndarray], rain_files: list[str]
+) -> None:
     cfg = AugmentConfig(audio_views=3, audio_chain_len=2, noise_dirs=tuple(rain_files), seed=5)
     aug = AudioAugmenter(cfg, SR)
     assert set(aug.names) == set(cfg.audio_transforms)  # noise enabled: the pool loaded real clips
@@ -71,7 +73,9 @@ def test_views_deterministic_recorded_and_bounded(clips: dict[str, np.ndarray], 
 def test_each_transform_runs_and_records_parameters(
     name: str, clips: dict[str, np.ndarray], rain_files: list[str]
 ) -> None:
-    cfg = AugmentConfig(audio_views=1, audio_chain_len=1, audio_transforms=(name,), noise_dirs=tuple(rain_files))
+    cfg = AugmentConfig(
+        audio_views=1, audio_chain_len=1, audio_transforms=(name,), noise_dirs=tuple(rain_files)
+    )
     aug = AudioAugmenter(cfg, SR)
     key, wave = next(iter(clips.items()))
     ((w, chain),) = aug.views(wave, key)
@@ -88,7 +92,9 @@ def test_noise_without_pool_is_disabled_not_white_noise(clips: dict[str, np.ndar
 
 def test_noise_pool_skips_broken_files(corpora_root: Path) -> None:
     bad = corpora_root / "bad_inputs"
-    pool = load_noise_pool((str(bad / "truncated.wav"), str(bad / "not_audio.wav"), str(bad / "silent.wav")), SR)
+    pool = load_noise_pool(
+        (str(bad / "truncated.wav"), str(bad / "not_audio.wav"), str(bad / "silent.wav")), SR
+    )
     assert pool == [] or all(np.isfinite(p).all() for p in pool)
 
 

