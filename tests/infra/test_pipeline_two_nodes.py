@@ -99,3 +99,49 @@ def test_two_node_deepspeed_trains_on_built_shards(built, tmp_path, subprocess_e
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     assert sorted(losses) == [1, 2] and all(0 < v < float("inf") for v in losses.values()), rows
+
+
+# Stand-ins for SLURM's tools, as in test_manifests.py, but srun starts the per-node commands
+# in parallel (a real rendezvous needs both nodes up at once) and fails if any node fails.
+_SCONTROL = '#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] && tr , "\\n" <<< "$3"\n'
+_SRUN = """#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((i=0; i<SLURM_JOB_NUM_NODES; i++)); do SLURM_NODEID=$i "$@" & pids+=($!); done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+exit $rc
+"""
+
+
+@pytest.mark.slow
+def test_sbatch_script_trains_on_two_nodes(built, tmp_path, subprocess_env):
+    """infra/slurm/pretrain.sbatch for real (not a dry run) on a fake two-node allocation.
+
+    SLURM cannot run here; `scontrol`/`srun` are the stand-ins above. Everything after them is
+    the real path: the script's hostfile, launch.sh's default preset (ZeRO-2 bf16) and one
+    no-ssh DeepSpeed launcher per node, meeting at the first host of the allocation.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", _SCONTROL), ("srun", _SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    env = dict(subprocess_env, PATH=f"{bin_dir}{os.pathsep}{subprocess_env['PATH']}",
+               SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="127.0.0.1,localhost", SLURM_JOB_ID="77",
+               SLURM_GPUS_ON_NODE="1", SLURM_SUBMIT_DIR=str(REPO), LOG_DIR=str(logs),
+               VENV=str(REPO / ".venv"), MASTER_PORT=str(free_port()), PYTHON=sys.executable,
+               DEEPSPEED=str(BIN / "deepspeed"), OMP_NUM_THREADS="1",
+               TORCH_EXTENSIONS_DIR=str(REPO / ".venv" / "torch_extensions"))
+    log = tmp_path / "sbatch.log"
+    rc = _run(["bash", "infra/slurm/pretrain.sbatch", "--config", CONFIG, "--shards", str(built),
+               "--out", str(out), "train.max_steps=2"], env, log, timeout_s=300)
+    text = log.read_text(errors="replace")
+    assert rc == 0, text[-4000:]
+    assert (logs / "hostfile-77").read_text() == "127.0.0.1 slots=1\nlocalhost slots=1\n"
+    for rank in (0, 1):
+        assert f"nnodes=2, num_local_procs=1, node_rank={rank}" in text, text[-3000:]
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 2, meta
+    assert meta["zero_stage"] == 2 and meta["precision"] == "bf16", meta  # the script's default preset
