@@ -268,6 +268,7 @@ def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, 
         "tasks": {},
     }
     timings: dict[str, float] = {}
+    embedders = {c.name: Embedder(c.model, c.cfg, c.tokenizer, d.batch_size, device) for c in columns}
     for task in task_file.tasks:
         rec: dict[str, Any] = {"type": task.type, "corpus": task.corpus.name, "reader": task.corpus.reader,
                                "root": task.corpus.root, "split": task.split, "metrics": {}, "errors": {}}
@@ -280,8 +281,7 @@ def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, 
                     raise TaskError(f"no items in split {task.split!r} of {task.corpus.name} "
                                     f"({len(es.items)} items, {len(es.rejects)} rejected)")
                 rec.update(n_items=len(items), n_rejected=len(es.rejects), feature_fingerprint=es.fingerprint)
-                emb = Embedder(col.model, col.cfg, col.tokenizer, d.batch_size, device)
-                for metric, est in TASKS[task.type](task, items, emb, d).items():
+                for metric, est in TASKS[task.type](task, items, embedders[col.name], d).items():
                     rec["metrics"].setdefault(metric, {})[col.name] = est.as_dict()
             except (TaskError, FileNotFoundError, ValueError) as e:
                 log.error("task %s (%s): %s", task.name, col.name, e)

@@ -135,6 +135,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, shards: P
     assert ckpts and all(int(c.name[5:]) < 24 for c in ckpts)
     text = _run(cfg, shards, run, _free_port(), env)
     assert "resumed from" in text
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_last
     got = _losses(run)
     assert got == want, "loss sequence after SIGKILL + resume differs from the uninterrupted run"
     a, b = _final_weights(ref), _final_weights(run)
@@ -214,3 +215,25 @@ def test_fingerprint_mismatch_refused(tmp_path: Path, shards: Path, env, port) -
     )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "feature fingerprint mismatch" in p.stderr and "n_mels: 80 != 64" in p.stderr
+
+
+@pytest.mark.slow
+def test_time_budget_zero0_single_process_without_launcher(tmp_path: Path, shards: Path, env, port) -> None:
+    """Plain `python jobs/pretrain.py` (one process, env rendezvous), ZeRO-0, stopped by the time
+    budget long before max_steps: it checkpoints and exports like a finished run."""
+    cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
+    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(shards),
+                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "time budget of 3 s reached" in p.stderr
+    steps = max(_losses(out))
+    assert 1 <= steps < 100000
+    meta = json.loads((out / "final" / "meta.json").read_text())
+    assert meta["step"] == steps and meta["zero_stage"] == 0
+    from model.checkpoint import load_for_eval
+
+    model, _, _ = load_for_eval(out / "checkpoints")  # stage 0: weights from the model-states file
+    final = _final_weights(out)
+    assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
