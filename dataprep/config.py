@@ -8,6 +8,7 @@ sections; each entry point validates the whole file and uses the sections it nee
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,6 +164,19 @@ class ShardConfig(Section):
     max_parallel_tasks: int | None = None
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_local_out(path: str) -> None:
+    """Shards are written temp-file + fsync + rename, which object stores cannot do atomically."""
+    if _URI.match(path) and not path.startswith("file://"):
+        raise ValueError(
+            f"build.out must be a local or shared POSIX path, not {path!r}: shards are renamed into "
+            "place atomically, which object stores do not support; build to a shared filesystem and "
+            "copy the finished set (see infra/STORAGE.md)"
+        )
+
+
 class BuildConfig(Section):
     corpora: tuple[CorpusConfig, ...] = ()
     eval_corpora: tuple[CorpusConfig, ...] = ()  # decontamination sources (never sharded)
@@ -182,6 +196,12 @@ class BuildConfig(Section):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"corpus names must be unique, repeated: {sorted(dup)}")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _local_out(cls, v: str) -> str:
+        check_local_out(v)
         return v
 
 

@@ -178,6 +178,11 @@ def build_shard(
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     cfg = ExperimentConfig.model_validate_json(cfg_json)
+    # One task per reserved CPU: torch's intra-op pool would otherwise start a thread per core
+    # in every worker and oversubscribe the node (resampling and the STFT run in torch).
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.build.shards.num_cpus_per_task)))
     proc = SampleProcessor(cfg, augment=True, eval_index=eval_index)
     samples: list[dict[str, Any]] = []
     rejects: list[Reject] = []

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataprep.config import ConfigError, load_config  # noqa: E402
+from dataprep.config import ConfigError, check_local_out, load_config  # noqa: E402
 
 log = logging.getLogger("polyclap.build")
 
@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out or cfg.build.out)
+    out_arg = args.out or cfg.build.out
+    try:
+        check_local_out(out_arg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(out_arg.removeprefix("file://"))
     missing = [c for c in (*cfg.build.corpora, *cfg.build.eval_corpora) if "://" not in c.root and not Path(c.root).exists()]
     if missing:
         for c in missing:

@@ -107,6 +107,22 @@ def test_storage_doc_example_is_a_valid_config(tmp_path):
     assert cfg.build.augment.llm.server == "external" and cfg.build.augment.llm
 
 
+@pytest.mark.parametrize("out", ["s3://bucket/shards", "gs://b/x", "https://host/x"])
+def test_remote_build_out_is_refused_before_any_work(tmp_path, out):
+    """The tar writer renames temp files into place; an object store has no atomic rename, and a
+    URI taken as a path would silently create a local folder named `s3:`."""
+    from dataprep.config import ConfigError
+
+    with pytest.raises(ConfigError, match="build.out must be a local or shared POSIX path"):
+        load_config(REPO / "configs" / "test_small.yaml", [f"build.out={out}"])
+    r = subprocess.run([sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml",
+                        "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "local or shared POSIX path" in r.stderr, r.stderr
+    assert "Started a local Ray" not in r.stderr + r.stdout
+    assert not (REPO / (out.split(":")[0] + ":")).exists()
+    assert load_config(REPO / "configs" / "test_small.yaml", [f"build.out=file://{tmp_path}"]).build.out
+
+
 def test_readme_vllm_block_is_a_valid_llm_config(tmp_path):
     blocks = [b for b in _yaml_blocks(INFRA / "README.md") if "llm:" in b]
     assert len(blocks) == 1, "infra/README.md should show one build.augment.llm example"
