@@ -16,10 +16,16 @@ shard tasks (as each task reports it) plus the driver's, so the per-core ratio i
 
 from __future__ import annotations
 
+import os
+
+# Before numpy/torch load: librosa's mel matmul would otherwise start a BLAS thread per core, and
+# every arm is meant to be measured single-threaded (Ray workers get OMP_NUM_THREADS=1 too).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import io
 import json
-import os
 import shutil
 import sys
 import tarfile
@@ -130,7 +136,6 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--out", default="/tmp/bench_build")
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
