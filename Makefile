@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py | sha1sum | cut -c1-12)
+DEPS_HASH := $(shell cat pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
 export RAY_USAGE_STATS_ENABLED := 0
@@ -10,6 +11,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The test suite also needs the [llm] extra (a real llama.cpp server for the LLM caption tests)
+# and chromium (the report's render test): infra/install/setup_test_extras.sh. The demo does not.
+TEST_STAMP := $(VENV)/.installed-test-$(DEPS_HASH)
 DEMO_OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
@@ -22,10 +26,14 @@ $(STAMP): pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py
 	VENV=$(VENV) bash infra/install/setup.sh
 	@touch $@
 
+$(TEST_STAMP): $(STAMP) infra/install/setup_test_extras.sh
+	VENV=$(VENV) bash infra/install/setup_test_extras.sh
+	@touch $@
+
 demo: $(STAMP)
 	$(PY) pipelines/demo.py --config configs/demo.yaml --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
