@@ -232,7 +232,7 @@ def main() -> None:
             gn = engine.get_global_grad_norm()
             row = {
                 "loss": loss_sum / world,
-                **{f"loss_{k}": float(v) for k, v in terms.items() if k != "loss"},
+                **{f"loss_{k}": float(v.detach()) for k, v in terms.items() if k != "loss"},
                 "temperature": 1.0 / float(scale.detach()),
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(gn) if gn is not None else None,
