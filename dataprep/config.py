@@ -167,14 +167,18 @@ class ShardConfig(Section):
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def check_local_out(path: str) -> None:
-    """Shards are written temp-file + fsync + rename, which object stores cannot do atomically."""
-    if _URI.match(path) and not path.startswith("file://"):
+def check_local_out(path: str) -> str:
+    """The local path for ``build.out`` (``file://`` stripped); any other URI is refused, because
+    shards are written temp-file + fsync + rename, which object stores cannot do atomically."""
+    if path.startswith("file://"):
+        return path.removeprefix("file://")
+    if _URI.match(path):
         raise ValueError(
             f"build.out must be a local or shared POSIX path, not {path!r}: shards are renamed into "
             "place atomically, which object stores do not support; build to a shared filesystem and "
             "copy the finished set (see infra/STORAGE.md)"
         )
+    return path
 
 
 class BuildConfig(Section):
@@ -201,8 +205,7 @@ class BuildConfig(Section):
     @field_validator("out")
     @classmethod
     def _local_out(cls, v: str) -> str:
-        check_local_out(v)
-        return v
+        return check_local_out(v)
 
 
 class ExperimentConfig(Section):

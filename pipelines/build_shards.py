@@ -48,13 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out_arg = args.out or cfg.build.out
     try:
-        check_local_out(out_arg)
+        out = Path(check_local_out(args.out or cfg.build.out))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(out_arg.removeprefix("file://"))
     missing = [c for c in (*cfg.build.corpora, *cfg.build.eval_corpora) if "://" not in c.root and not Path(c.root).exists()]
     if missing:
         for c in missing:
