@@ -36,10 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataprep.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, ExperimentConfig
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
-from dataprep.sample import META, SampleRef
+from dataprep.core.sample import META, SampleRef
 
 CORPORA = REPO / "tests" / "fixtures" / "corpora"
 SOURCES = [
@@ -78,7 +78,7 @@ def llm_report(n: int) -> None:
 
     from dataprep.augment import TextAugmenter
     from dataprep.augment.llm import llm_available
-    from dataprep.config import AugmentConfig, LLMConfig
+    from dataprep.core.config import AugmentConfig, LLMConfig
 
     llm = LLMConfig(
         server="embedded", tasks=("paraphrase", "caption", "translate"), target_langs=("de",),

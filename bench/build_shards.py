@@ -70,8 +70,8 @@ def floor_loop(paths: list[Path]) -> tuple[float, float]:
     import torch
     import torchaudio
 
-    from dataprep.config import FeatureConfig
-    from dataprep.features import LogMel
+    from dataprep.core.config import FeatureConfig
+    from dataprep.core.features import LogMel
 
     lm = LogMel(FeatureConfig())
     audio_s = 0.0
@@ -108,7 +108,7 @@ def naive_loop(paths: list[Path], out: Path) -> tuple[float, float]:
 def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
     import ray
 
-    from dataprep.config import load_config
+    from dataprep.core.config import load_config
     from dataprep.distributed import run_build
 
     shutil.rmtree(out, ignore_errors=True)

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dataprep.config import FeatureConfig  # noqa: E402
-from dataprep.features import feature_fingerprint, fingerprint_fields, log_mel  # noqa: E402
+from dataprep.core.config import FeatureConfig  # noqa: E402
+from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel  # noqa: E402
 from dataprep.loader import ShardLoader, iter_shard_texts  # noqa: E402
-from dataprep.shards import atomic_write_json, shard_name, shard_paths, write_tar_atomic  # noqa: E402
+from dataprep.core.shards import atomic_write_json, shard_name, shard_paths, write_tar_atomic  # noqa: E402
 from dataprep.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 

@@ -48,9 +48,9 @@ def make_methods() -> dict[str, Callable[[Path], float]]:
     import torchaudio.functional as AF
 
     from dataprep.audio import load_segments
-    from dataprep.config import AudioConfig
+    from dataprep.core.config import AudioConfig
     from dataprep.dedup import audio_fingerprint, pcm_sha1
-    from dataprep.sample import SampleRef
+    from dataprep.core.sample import SampleRef
 
     cfg = AudioConfig()
 

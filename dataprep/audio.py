@@ -28,8 +28,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from dataprep.config import AudioConfig
-from dataprep.sample import SampleRef
+from dataprep.core.config import AudioConfig
+from dataprep.core.sample import SampleRef
 
 log = logging.getLogger(__name__)
 

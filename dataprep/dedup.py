@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from dataprep.config import AudioConfig, CorpusConfig
-from dataprep.sample import Reject, SampleRef, ref_source, sample_key
+from dataprep.core.config import AudioConfig, CorpusConfig
+from dataprep.core.sample import Reject, SampleRef, ref_source, sample_key
 
 FP_HOP_S = 0.08
 FP_WINDOW_S = 0.256  # 2048 samples at 8 kHz: no zero-padding waste in the FFT

@@ -28,10 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from dataprep import dedup, features, shards
-from dataprep.config import CorpusConfig, ExperimentConfig, config_to_dict
+from dataprep import dedup
+from dataprep.core import features, shards
+from dataprep.core.config import CorpusConfig, ExperimentConfig, config_to_dict
 from dataprep.corpora import read_corpus
-from dataprep.sample import META, Reject, SampleRef, SPLITS
+from dataprep.core.sample import META, Reject, SampleRef, SPLITS
 
 log = logging.getLogger("polyclap.build")
 

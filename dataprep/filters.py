@@ -11,8 +11,8 @@ detector disagrees with under ``lang_mismatch: flag``) are returned by the ``*_f
 from __future__ import annotations
 
 from dataprep.audio import AudioError, Segment
-from dataprep.config import FilterConfig
-from dataprep.sample import Reject, SampleRef, ref_source
+from dataprep.core.config import FilterConfig
+from dataprep.core.sample import Reject, SampleRef, ref_source
 from dataprep.text import detect_language, letter_ratio, same_language
 
 # Tasks whose text is a transcript of the audio, so characters per second are meaningful.

@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dataprep.config import ExperimentConfig, FeatureConfig
-from dataprep.features import VERSION_FIELDS, feature_fingerprint, fingerprint_diff, fingerprint_fields
-from dataprep.sample import KIND_ORIGINAL, META, MEL, TEXT
-from dataprep.shards import BUILD_JSON, read_shards_json
+from dataprep.core.config import ExperimentConfig, FeatureConfig
+from dataprep.core.features import VERSION_FIELDS, feature_fingerprint, fingerprint_diff, fingerprint_fields
+from dataprep.core.sample import KIND_ORIGINAL, META, MEL, TEXT
+from dataprep.core.shards import BUILD_JSON, read_shards_json
 from dataprep.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

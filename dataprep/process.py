@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from dataprep import audio as audio_mod
-from dataprep import dedup, features, filters, text as text_mod
-from dataprep.config import ExperimentConfig
-from dataprep.sample import (
+from dataprep import dedup, filters, text as text_mod
+from dataprep.core import features
+from dataprep.core.config import ExperimentConfig
+from dataprep.core.sample import (
     KIND_ORIGINAL,
     MEL,
     META,

@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dataprep.config import ConfigError
+    from dataprep.core.config import ConfigError
     from dataprep.evaluation.runner import Column, evaluate, markdown_table
     from dataprep.evaluation.tasks import load_tasks
-    from dataprep.shards import atomic_write_bytes, atomic_write_json
+    from dataprep.core.shards import atomic_write_bytes, atomic_write_json
     from model.checkpoint import load_for_eval
     from model.clap import build_model
 

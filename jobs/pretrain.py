@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from dataprep.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from dataprep.core.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
 from dataprep.tokenizer import MiniLMTokenizer, Tokenizer, train_tokenizer  # noqa: E402
 from model import training as tr  # noqa: E402

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dataprep.shards import atomic_write_bytes, atomic_write_json
+from dataprep.core.shards import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cp
     The tokenizer has ``encode_batch(texts, max_len) -> (ids, mask)``; for ``text.kind: minilm``
     it is the packaged MiniLM WordPiece tokenizer behind the same interface.
     """
-    from dataprep.config import ConfigError, ExperimentConfig, load_config
+    from dataprep.core.config import ConfigError, ExperimentConfig, load_config
     from dataprep.tokenizer import load_tokenizer
     from model.clap import build_model
 

@@ -1,7 +1,7 @@
 """Typed model and training configuration (sections ``model:`` and ``train:`` of the YAML).
 
 The mel parameters are NOT here: the audio encoder reads ``n_mels`` from the feature config
-(``dataprep.config.FeatureConfig``), which is fingerprinted and shared with the data pipeline.
+(``dataprep.core.config.FeatureConfig``), which is fingerprinted and shared with the data pipeline.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataprep.config import ConfigError, check_local_out, load_config  # noqa: E402
+from dataprep.core.config import ConfigError, check_local_out, load_config  # noqa: E402
 
 log = logging.getLogger("polyclap.build")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dataprep import shards  # noqa: E402
-from dataprep.sample import SPLITS  # noqa: E402
+from dataprep.core import shards  # noqa: E402
+from dataprep.core.sample import SPLITS  # noqa: E402
 
 
 def verify_all(out: Path) -> tuple[list[str], dict[str, list[str]]]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
-from dataprep import shards
+from dataprep.core import shards
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

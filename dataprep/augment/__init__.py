@@ -18,7 +18,7 @@ not ``none``), then nlpaug variants (:mod:`.text`) of the original and template 
 
 Rejects: a generated text that fails validation (wrong language, refusal, copy, drift...) or an
 augmenter that raises is not an error of the sample: it becomes a
-:class:`dataprep.sample.Reject` with ``stage="augment"`` and a machine-readable ``reason``
+:class:`dataprep.core.sample.Reject` with ``stage="augment"`` and a machine-readable ``reason``
 (e.g. ``llm_wrong_language``), appended to ``TextAugmenter.rejects``. The builder drains that
 list after each sample (``drain_rejects()``) into ``rejects.parquet``; the sample itself is kept.
 """
@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 from dataprep.augment.audio import AudioAugmenter
-from dataprep.sample import Reject, TextEntry
+from dataprep.core.sample import Reject, TextEntry
 
 log = logging.getLogger(__name__)
 

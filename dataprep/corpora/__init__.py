@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from dataprep.config import ConfigError, CorpusConfig
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.config import ConfigError, CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 
 Reader = Callable[[CorpusConfig], Iterator[SampleRef | Reject]]
 READERS: dict[str, Reader] = {}

@@ -21,8 +21,8 @@ from typing import Any
 
 import fsspec
 
-from dataprep.config import ConfigError, CorpusConfig
-from dataprep.sample import Reject
+from dataprep.core.config import ConfigError, CorpusConfig
+from dataprep.core.sample import Reject
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -33,7 +33,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"locales", "min_votes_margin", "license", "check_exists"}
 TSV_SPLIT = {"train": "train", "dev": "val", "test": "test"}

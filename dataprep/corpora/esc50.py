@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -28,7 +28,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"eval_folds", "val_folds", "esc10_only", "license", "check_exists", "meta", "audio_dir"}
 

@@ -21,7 +21,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from dataprep.config import ConfigError, CorpusConfig
+from dataprep.core.config import ConfigError, CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     AUDIO_EXTENSIONS,
@@ -35,7 +35,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import SPLITS, Reject, SampleRef
+from dataprep.core.sample import SPLITS, Reject, SampleRef
 
 FOLDER_OPTIONS = {"lang", "license", "label_from_parent", "require_sidecar", "task"}
 TABLE_OPTIONS = {

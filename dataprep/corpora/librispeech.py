@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -25,7 +25,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"folder_in_archive", "lowercase", "license", "check_exists"}
 

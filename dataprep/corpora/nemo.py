@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -30,7 +30,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"license", "check_exists", "default_task"}
 KNOWN = {"audio_filepath", "text", "duration", "offset", "lang", "speaker", "label", "labels"}

@@ -17,10 +17,10 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import CorpusRoot, check_options, option, reader_reject, resolve_audio
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"license", "channels"}
 MODALITY = {"01": "audio-video", "02": "video", "03": "audio"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dataprep.config import CorpusConfig
+from dataprep.core.config import CorpusConfig
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -27,7 +27,7 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"eval_folds", "val_folds", "license", "check_exists"}
 SALIENCE = {"1": "foreground", "2": "background"}

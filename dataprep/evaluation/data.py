@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, ExperimentConfig
 from dataprep.corpora import read_corpus
-from dataprep.features import feature_fingerprint
+from dataprep.core.features import feature_fingerprint
 from dataprep.process import _SPLIT_ALIASES, SampleProcessor
-from dataprep.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
-from dataprep.shards import atomic_write_bytes, atomic_write_json
+from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
+from dataprep.core.shards import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 

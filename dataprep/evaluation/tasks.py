@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dataprep.config import ConfigError, CorpusConfig
+from dataprep.core.config import ConfigError, CorpusConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

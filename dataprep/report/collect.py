@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.report.stats import Partial, summarize_samples
-from dataprep.sample import SPLITS
-from dataprep.shards import BUILD_JSON, REJECTS, iter_shard, read_shards_json
+from dataprep.core.sample import SPLITS
+from dataprep.core.shards import BUILD_JSON, REJECTS, iter_shard, read_shards_json
 
 log = logging.getLogger(__name__)
 EXAMPLES = 3

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.sample import (
+from dataprep.core.sample import (
     KIND_LLM_PREFIX,
     KIND_NLPAUG_PREFIX,
     KIND_ORIGINAL,

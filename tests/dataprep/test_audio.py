@@ -15,8 +15,8 @@ import soundfile as sf
 import torch
 
 from dataprep.audio import AudioError, decode, load_segments, segment_starts
-from dataprep.config import AudioConfig
-from dataprep.sample import SampleRef
+from dataprep.core.config import AudioConfig
+from dataprep.core.sample import SampleRef
 
 _spec = importlib.util.spec_from_file_location(
     "layout_builders", Path(__file__).resolve().parents[1] / "fixtures" / "layouts" / "builders.py"

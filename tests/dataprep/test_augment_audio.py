@@ -11,7 +11,7 @@ import soundfile as sf
 
 from dataprep.augment import AudioAugmenter
 from dataprep.augment.audio import TRANSFORMS, load_noise_pool
-from dataprep.config import AugmentConfig
+from dataprep.core.config import AugmentConfig
 
 SR = 16000
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataprep.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, ExperimentConfig
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
-from dataprep.sample import META, SampleRef
+from dataprep.core.sample import META, SampleRef
 
 
 def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> None:

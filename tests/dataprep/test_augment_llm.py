@@ -22,7 +22,7 @@ import pytest
 from dataprep.augment import TextAugmenter
 from dataprep.augment.llm import llm_available
 from dataprep.augment.validate import lost_content_words, numbers_of
-from dataprep.config import AugmentConfig, LLMConfig
+from dataprep.core.config import AugmentConfig, LLMConfig
 
 GOOD = "a dog can be heard barking two times while a man talks"
 SOURCE_META = {

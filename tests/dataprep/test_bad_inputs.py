@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from dataprep.audio import AudioError, Segment, load_segments
-from dataprep.config import AudioConfig, CorpusConfig, FilterConfig
+from dataprep.core.config import AudioConfig, CorpusConfig, FilterConfig
 from dataprep.corpora import read_corpus
 from dataprep.dedup import DedupIndex, audio_fingerprint, pcm_sha1
 from dataprep.filters import audio_error_reject, audio_flags, check_audio, check_text
-from dataprep.sample import Reject, SampleRef, sample_key
+from dataprep.core.sample import Reject, SampleRef, sample_key
 from dataprep.text import normalize_text
 
 _spec = importlib.util.spec_from_file_location(

@@ -21,9 +21,9 @@ import fsspec
 import pytest
 
 from dataprep.audio import load_segments
-from dataprep.config import AudioConfig, ConfigError, CorpusConfig
+from dataprep.core.config import AudioConfig, ConfigError, CorpusConfig
 from dataprep.corpora import READERS, get_reader, read_corpus
-from dataprep.sample import Reject, SampleRef
+from dataprep.core.sample import Reject, SampleRef
 
 _spec = importlib.util.spec_from_file_location(
     "layout_builders", Path(__file__).resolve().parents[1] / "fixtures" / "layouts" / "builders.py"

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from dataprep.audio import load_segments, resample
-from dataprep.config import AudioConfig, CorpusConfig
+from dataprep.core.config import AudioConfig, CorpusConfig
 from dataprep.corpora import read_corpus
 from dataprep.dedup import (
     DedupIndex,
@@ -32,7 +32,7 @@ from dataprep.dedup import (
     fingerprint_to_hex,
     pcm_sha1,
 )
-from dataprep.sample import SampleRef, sample_key
+from dataprep.core.sample import SampleRef, sample_key
 
 SR = 16000
 THRESHOLD = 0.85  # DedupConfig.near_threshold default

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dataprep.config import FeatureConfig
-from dataprep.features import LogMel, feature_fingerprint, fingerprint_diff, fingerprint_fields
+from dataprep.core.config import FeatureConfig
+from dataprep.core.features import LogMel, feature_fingerprint, fingerprint_diff, fingerprint_fields
 
 CLIPS = [
     "esc50_mini/audio",  # fluidsynth renderings, 16/22.05/44.1 kHz wav

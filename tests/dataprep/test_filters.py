@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from dataprep.audio import AudioError, load_segments
-from dataprep.config import AudioConfig, FilterConfig
+from dataprep.core.config import AudioConfig, FilterConfig
 from dataprep.filters import (
     audio_error_reject,
     audio_flags,
@@ -19,7 +19,7 @@ from dataprep.filters import (
     resolve_language,
     text_flags,
 )
-from dataprep.sample import SampleRef
+from dataprep.core.sample import SampleRef
 
 SR = 16000
 

@@ -1,7 +1,7 @@
 """dataprep.loader over real shards: split/shuffle/resume, fingerprint check, corrupt input.
 
 Shards here are made from real bundled audio (ESC-50-style and AudioCaps-style clips decoded
-with soundfile, featurized by dataprep.features.log_mel, written with write_tar_atomic), so the
+with soundfile, featurized by dataprep.core.features.log_mel, written with write_tar_atomic), so the
 loader sees exactly the member layout of the shard contract. ``make_shards`` is also used by
 tests/jobs/test_pretrain*.py.
 """
@@ -23,11 +23,11 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from dataprep.config import FeatureConfig
-from dataprep.features import feature_fingerprint, fingerprint_fields, log_mel
+from dataprep.core.config import FeatureConfig
+from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel
 from dataprep.loader import FingerprintMismatch, ShardLoader, epoch_segments, iter_shard_texts
-from dataprep.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
-from dataprep.shards import atomic_write_json, shard_name, write_tar_atomic
+from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
+from dataprep.core.shards import atomic_write_json, shard_name, write_tar_atomic
 from dataprep.tokenizer import Tokenizer, train_tokenizer
 
 FEATURES = FeatureConfig()
@@ -277,7 +277,7 @@ def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
 
 def test_non_finite_mel_is_a_bad_sample(shard_root) -> None:
     from dataprep.loader import prepare_sample
-    from dataprep.shards import encode_npy
+    from dataprep.core.shards import encode_npy
 
     ld = _loader(shard_root[0])
     meta = json.dumps({"texts": [{"text": "x", "kind": "original"}]}).encode()

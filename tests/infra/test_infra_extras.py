@@ -3,7 +3,7 @@ documented config examples, and that this machine can run the network-namespace 
 
 * Presets: `infra/deepspeed/launch.sh` turns a preset into trailing `train.*` overrides (one of
   them `train.ds_config=<json>`). Here those exact strings go through
-  `dataprep.config.load_config` (the path `jobs/pretrain.py` uses), then `make_ds_config` and
+  `dataprep.core.config.load_config` (the path `jobs/pretrain.py` uses), then `make_ds_config` and
   DeepSpeed's own `DeepSpeedConfig` with the world sizes of 1 and 2 nodes x 8 GPUs.
 * Docs: the YAML blocks of `infra/STORAGE.md` and of `infra/README.md`'s vLLM section are loaded
   with `load_config`, so a renamed key under `build.augment.llm` breaks this test, not a user.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataprep.config import load_config
+from dataprep.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -111,7 +111,7 @@ def test_storage_doc_example_is_a_valid_config(tmp_path):
 def test_remote_build_out_is_refused_before_any_work(tmp_path, out):
     """The tar writer renames temp files into place; an object store has no atomic rename, and a
     URI taken as a path would silently create a local folder named `s3:`."""
-    from dataprep.config import ConfigError
+    from dataprep.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="build.out must be a local or shared POSIX path"):
         load_config(REPO / "configs" / "test_small.yaml", [f"build.out={out}"])
@@ -170,9 +170,9 @@ def test_corpus_root_on_an_object_store_reads_through_fsspec(corpora_root):
     import numpy as np
 
     from dataprep.audio import decode
-    from dataprep.config import CorpusConfig
+    from dataprep.core.config import CorpusConfig
     from dataprep.corpora import read_corpus
-    from dataprep.sample import SampleRef
+    from dataprep.core.sample import SampleRef
 
     src = corpora_root / "esc50_mini"
     bucket = f"memory://polyclap-test-{uuid.uuid4().hex[:8]}/esc50"

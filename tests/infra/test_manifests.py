@@ -198,7 +198,7 @@ def test_kuberay_raycluster():
 
 @checks("infra/ray/kuberay-rayjob.yaml")
 def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
-    from dataprep.config import load_config
+    from dataprep.core.config import load_config
 
     job = _docs(INFRA / "ray/kuberay-rayjob.yaml")[0]
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
@@ -229,7 +229,7 @@ def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
 
 @checks("infra/vllm/vllm-server.yaml")
 def test_vllm_server_matches_the_llm_config():
-    from dataprep.config import LLMConfig
+    from dataprep.core.config import LLMConfig
 
     docs = {d["kind"]: d for d in _docs(INFRA / "vllm/vllm-server.yaml")}
     dep, svc = docs["Deployment"], docs["Service"]

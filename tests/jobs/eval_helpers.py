@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from dataprep.config import load_config
-from dataprep.shards import atomic_write_bytes
+from dataprep.core.config import load_config
+from dataprep.core.shards import atomic_write_bytes
 from dataprep.tokenizer import train_tokenizer
 from model.checkpoint import config_yaml
 from model.clap import build_model

@@ -21,12 +21,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_helpers import make_export
 
-from dataprep.config import CorpusConfig, load_config
+from dataprep.core.config import CorpusConfig, load_config
 from dataprep.evaluation import runner
 from dataprep.evaluation.data import load_eval_set, select
 from dataprep.evaluation.embed import Embedder, windows
 from dataprep.evaluation.tasks import Defaults, TaskConfig, load_tasks
-from dataprep.features import feature_fingerprint
+from dataprep.core.features import feature_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = REPO / "jobs" / "evaluate.py"

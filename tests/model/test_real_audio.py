@@ -10,8 +10,8 @@ import torch
 import torchaudio
 from model_helpers import tiny_config
 
-from dataprep.config import FeatureConfig
-from dataprep.features import LogMel
+from dataprep.core.config import FeatureConfig
+from dataprep.core.features import LogMel
 from model.clap import build_model
 from model.gradcache import BATCH_KEYS, cached_step
 from model.losses import ContrastiveLoss

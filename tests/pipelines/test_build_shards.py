@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dataprep import shards
+from dataprep.core import shards
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "test_small.yaml"

@@ -30,15 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataprep.config import CorpusConfig, load_config
+from dataprep.core.config import CorpusConfig, load_config
 from dataprep.corpora import read_corpus
-from dataprep.features import feature_fingerprint
+from dataprep.core.features import feature_fingerprint
 from dataprep.process import SampleProcessor
 from dataprep.report.collect import assemble, shard_jobs, summarize_shard
 from dataprep.report.render import PLOTS, SECTIONS, render_html
 from dataprep.report.stats import EDGES, Partial
-from dataprep.sample import Reject, SampleRef
-from dataprep.shards import atomic_write_json, write_tar_atomic
+from dataprep.core.sample import Reject, SampleRef
+from dataprep.core.shards import atomic_write_json, write_tar_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "pipelines" / "quality_report.py"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from dataprep import shards
+from dataprep.core import shards
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from dataprep.sample import META, MEL, TEXT
+from dataprep.core.sample import META, MEL, TEXT
 
 SHARDS_JSON = "shards.json"
 INDEX = "index.parquet"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from dataprep.config import FeatureConfig
+from dataprep.core.config import FeatureConfig
 
 
 def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
