@@ -116,11 +116,31 @@ class CorpusRoot:
         except PathEscape:
             return False
 
-    def read_text(self, rel: str, encoding: str = "utf-8") -> str:
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes of a metadata file under the root (raises PathEscape, OSError)."""
         with self.fs.open(self.join(rel), "rb") as fh:
-            data = fh.read()
+            return fh.read()
+
+    def read_text(self, rel: str, encoding: str = "utf-8") -> str:
+        data = self.read_bytes(rel)
         # utf-8-sig: a BOM written by spreadsheet tools must not become part of a column name.
         return data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+
+    def read_metadata(self, cfg: CorpusConfig, rel: str) -> bytes | Reject:
+        """The bytes of one metadata file, or a reader Reject naming it when it cannot be read.
+
+        A manifest that is a symlink out of the root, missing, or unreadable is one recorded row
+        (``path_escape`` / ``unreadable_metadata``); the other metadata files still get read.
+        """
+        try:
+            return self.read_bytes(rel)
+        except PathEscape as err:
+            return reader_reject(cfg, rel, "path_escape", f"metadata file {rel}: {err}")
+        except (OSError, ValueError) as err:
+            # FileNotFoundError, IsADirectoryError, a dangling symlink, a permission error.
+            return reader_reject(
+                cfg, rel, "unreadable_metadata", f"metadata file {rel}: {type(err).__name__}: {err}"
+            )
 
     def walk_files(
         self, rel_dir: str = "", extensions: tuple[str, ...] = AUDIO_EXTENSIONS
@@ -194,9 +214,30 @@ def read_table(text: str, delimiter: str) -> Iterator[dict[str, str]]:
         yield {(k or "").strip(): (v if v is not None else "") for k, v in row.items()}
 
 
-def read_jsonl(text: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """``(line_number, row or None, error)`` for every non-blank line."""
-    for i, line in enumerate(text.splitlines(), start=1):
+def _lines(data: str | bytes) -> Iterator[tuple[int, str | None, str]]:
+    """``(line_number, line or None, error)``: bytes are decoded line by line, so one byte that
+    is not UTF-8 costs its own line (named in the error), never the whole file."""
+    if isinstance(data, str):
+        for i, line in enumerate(data.splitlines(), start=1):
+            yield i, line, ""
+        return
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    # Split on b"\n" only: str.splitlines would also cut at U+2028 & co. inside JSON strings.
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield i, raw.decode("utf-8").removesuffix("\r"), ""
+        except UnicodeDecodeError as err:
+            bad = raw[err.start : err.start + 1].hex()
+            yield i, None, f"line {i} is not valid UTF-8 (byte 0x{bad} at column {err.start + 1})"
+
+
+def read_jsonl(data: str | bytes) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """``(line_number, row or None, error)`` for every non-blank line (text or raw bytes)."""
+    for i, line, decode_err in _lines(data):
+        if line is None:
+            yield i, None, decode_err
+            continue
         if not line.strip():
             continue
         try:

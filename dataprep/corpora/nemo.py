@@ -9,8 +9,15 @@ and ``..`` are rejected as ``path_escape``), ``text``, ``duration`` (s), optiona
 
 ``cfg.splits`` names the manifests (``train_manifest`` or ``train_manifest.jsonl``; default:
 every ``*.jsonl``/``*.json`` in the root). Split: ``train``/``dev|val``/``test`` from the
-manifest name. Rows with a negative or non-numeric duration are ``invalid_metadata``; a row
-repeating an earlier ``(audio_filepath, offset)`` is ``duplicate_row``.
+manifest name. Rows with a negative or non-numeric duration are ``invalid_metadata``, and so
+is a line that is not valid UTF-8 (the reject names the manifest and line; the other lines are
+read); a row repeating an earlier ``(audio_filepath, offset)`` is ``duplicate_row``. A manifest
+that cannot be read (a symlink leaving the root: ``path_escape``; missing or unreadable:
+``unreadable_metadata``) is one reject row naming it, and the other manifests are still read.
+
+``text`` is a transcript (NeMo manifests are ASR manifests): the characters-per-second bounds
+of the filters apply to it unless the row's ``task`` (or ``options.default_task``) declares a
+caption.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
@@ -30,7 +38,6 @@ from dataprep.corpora._common import (
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
 OPTIONS = {"license", "check_exists", "default_task"}
 KNOWN = {"audio_filepath", "text", "duration", "offset", "lang", "speaker", "label", "labels"}
@@ -58,7 +65,11 @@ def read_nemo(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
     seen: set[tuple[str, float]] = set()
     for manifest in manifests:
         folder = posixpath.dirname(manifest)
-        for line_no, row, err in read_jsonl(root.read_text(manifest)):
+        data = root.read_metadata(cfg, manifest)
+        if isinstance(data, Reject):
+            yield data
+            continue
+        for line_no, row, err in read_jsonl(data):
             where = f"{manifest}:{line_no}"
             if row is None:
                 yield reader_reject(cfg, where, "invalid_metadata", err)
