@@ -2,8 +2,14 @@
 
 Evaluation audio goes through exactly the code training audio went through (decode, resample,
 loudness-normalize, trim, segment, log-mel with the model's feature config), so the feature
-fingerprint of an evaluation set equals the model's by construction. Text augmentation and
-deduplication are off: an evaluation set is scored as published, every clip counted.
+fingerprint of an evaluation set equals the model's by construction. Text augmentation,
+deduplication and the training *filters* are off: an evaluation set is scored as published,
+every item the reader lists counted. A 1-s keyword that trims to 0.28 s is still a test item
+(the benchmark scores it), so no duration, silence, clipping or text-rate bound drops it. An item
+the processor still cannot turn into features (undecodable audio, a hard text check) stays in
+the set with ``error`` set and no mels: the tasks score it as wrong and the table lists it.
+Rows the reader itself rejects (no usable metadata, so no label to score against) are kept in
+``EvalSet.rejects`` and listed too.
 
 The featurized set is cached under ``<cache_dir>/<fingerprint>/<corpus-hash>.npz`` (+ ``.json``):
 the file name hashes the corpus config, the audio/filter settings and what the reader lists
@@ -26,15 +32,29 @@ from typing import Any
 import numpy as np
 
 from dataprep.core.config import CorpusConfig, ExperimentConfig
-from dataprep.corpora import read_corpus
 from dataprep.core.features import feature_fingerprint
-from dataprep.process import _SPLIT_ALIASES, SampleProcessor
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
 from dataprep.core.shards import atomic_write_bytes, atomic_write_json
+from dataprep.corpora import read_corpus
+from dataprep.process import _SPLIT_ALIASES, SampleProcessor
+from dataprep.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when what is stored per item changes
+CACHE_VERSION = 2  # bump when what is stored per item changes (2: undecodable items kept)
+
+# Filters that never reject: evaluation scores what the benchmark lists, not what training keeps.
+_NO_FILTERS = {
+    "min_duration_s": 0.0,
+    "max_source_duration_s": 1e12,
+    "silence_dbfs": -1e9,
+    "max_clip_ratio": 1.0,
+    "min_chars_per_s": 0.0,
+    "max_chars_per_s": 1e12,
+    "min_text_chars": 0,
+    "require_text": False,
+    "lang_mismatch": "ignore",
+}
 
 
 @dataclass
@@ -49,7 +69,12 @@ class EvalItem:
     speaker: str | None
     group: str
     attributes: dict[str, Any]
+    error: str | None = None  # why no features exist ("decode:not_audio: ..."); scored as wrong
     mels: list[np.ndarray] = field(default_factory=list)  # one [n_mels, T] per segment
+
+    @property
+    def scorable(self) -> bool:
+        return bool(self.mels)
 
 
 @dataclass
@@ -67,10 +92,15 @@ def _mapped_split(split: str | None) -> str | None:
 
 
 def eval_processing_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The model's config with deduplication off (an eval set keeps every clip)."""
+    """The model's config with deduplication and filters off (an eval set keeps every clip).
+
+    Decoding, normalization, trimming, segmenting and features stay exactly the model's.
+    """
     b = cfg.build
     dedup = b.dedup.model_copy(update={"exact": False, "near": False, "decontaminate": False})
-    return cfg.model_copy(update={"build": b.model_copy(update={"dedup": dedup})})
+    filters = b.filters.model_copy(update=_NO_FILTERS)
+    build = b.model_copy(update={"dedup": dedup, "filters": filters})
+    return cfg.model_copy(update={"build": build})
 
 
 def _listing_digest(listing: list[SampleRef | Reject]) -> str:
@@ -104,11 +134,29 @@ def _item_from_sample(ref: SampleRef, meta: dict[str, Any]) -> EvalItem:
     originals = [t["text"] for t in meta.get("texts", []) if t.get("kind") == KIND_ORIGINAL and t["text"]]
     if ref.text is None and not ref.captions:
         originals = []  # label-only clips: the label text is not a reference caption
+    return _item(ref, originals, meta.get("lang") or ref.lang)
+
+
+def _failed_item(ref: SampleRef, rejects: list[Reject]) -> EvalItem:
+    """An item without features: its references (same normalization as the processor's) stay,
+    so a retrieval query for it still exists and is scored as a miss."""
+    texts = []
+    for t in (ref.text, *ref.captions):
+        norm = normalize_text(t, ref.lang) if t else None
+        if norm and norm not in texts:
+            texts.append(norm)
+    why = "; ".join(f"{r.stage}:{r.reason}: {r.detail}" for r in rejects) or "no segments"
+    item = _item(ref, texts, ref.lang)
+    item.error = why
+    return item
+
+
+def _item(ref: SampleRef, texts: list[str], lang: str | None) -> EvalItem:
     return EvalItem(
         source_id=ref.source_id,
         labels=list(ref.labels),
-        texts=originals,
-        lang=meta.get("lang") or ref.lang,
+        texts=texts,
+        lang=lang,
         split=_mapped_split(ref.split),
         speaker=ref.speaker,
         group=str(ref.extra_dict().get("group") or ref.speaker or ref.source_id),
@@ -173,8 +221,8 @@ def load_eval_set(
                 rejects.append(ref.as_row())
                 continue
             res = proc(ref, _mapped_split(ref.split) or "test")
-            rejects.extend(r.as_row() for r in res.rejects)
             if not res.samples:
+                items.append(_failed_item(ref, res.rejects))
                 continue
             item = _item_from_sample(ref, res.samples[0][META])
             for s in res.samples:
@@ -186,8 +234,13 @@ def load_eval_set(
         proc.close()
     es = EvalSet(corpus.name, fp, items, rejects, str(path) if path else None, False)
     if rejects:
-        log.warning("eval set %s: %d inputs rejected (%s)", corpus.name, len(rejects),
+        log.warning("eval set %s: %d rows rejected by the reader (%s)", corpus.name, len(rejects),
                     sorted({r["reason"] for r in rejects}))
+    failed = [it for it in items if not it.scorable]
+    if failed:
+        named = "; ".join(f"{it.source_id} ({it.error})" for it in failed[:5])
+        log.warning("eval set %s: %d items have no features and are scored as wrong: %s",
+                    corpus.name, len(failed), named)
     if path is not None and items:
         _save(path, es)
     log.info("eval set %s: %d items featurized", corpus.name, len(items))

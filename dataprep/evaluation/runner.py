@@ -4,6 +4,8 @@ Every task returns ``{metric: Estimate}`` for one model ("column"); :func:`evalu
 tasks for every column (the checkpoint, a seeded random-init model of the same architecture,
 and optionally a previous checkpoint) and :func:`markdown_table` renders the comparison.
 Accuracy-type metrics carry a 95% bootstrap interval over test items (or queries).
+Every item of the selected split is scored: one without features (undecodable audio, see
+``EvalItem.error``) is a wrong prediction, a retrieval miss, and is listed in the table's notes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ def _h(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha1("\x00".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
+def _audio(emb: Embedder, items: list[EvalItem]) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the scorable items (zero rows for the others) and the scorable mask."""
+    ok = np.asarray([it.scorable for it in items], dtype=bool)
+    if not ok.any():
+        raise TaskError(f"none of the {len(items)} items could be decoded")
+    good = emb.audio([it for it in items if it.scorable])
+    x = np.zeros((len(items), good.shape[1]), dtype=good.dtype)
+    x[ok] = good
+    return x, ok
+
+
+def _argmax_or_wrong(scores: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Predicted class per row; -1 (never a class: always wrong) where the item has no audio."""
+    return np.where(ok, np.argmax(scores, axis=1), -1)
+
+
 # ------------------------------------------------------------------------- classification ---
 def _label(it: EvalItem) -> str:
     if not it.labels:
@@ -64,8 +82,8 @@ def _display(task: TaskConfig, lang: str, label: str) -> str:
 
 
 def _zero_shot_preds(
-    task: TaskConfig, emb: Embedder, audio: np.ndarray, classes: list[str], langs: list[str],
-    names: Callable[[str, str], str],
+    task: TaskConfig, emb: Embedder, audio: np.ndarray, ok: np.ndarray, classes: list[str],
+    langs: list[str], names: Callable[[str, str], str],
 ) -> dict[str, np.ndarray]:
     """Predicted class index per item for each language's templates and for all together."""
     temps = task.prompt_templates()
@@ -77,12 +95,12 @@ def _zero_shot_preds(
         per_lang[lang] = emb.class_embeddings(prompts)
     if not per_lang:
         raise TaskError(f"no templates for languages {langs}; have {sorted(temps)}")
-    out = {lang: np.argmax(audio @ ce.T, axis=1) for lang, ce in per_lang.items()}
+    out = {lang: _argmax_or_wrong(audio @ ce.T, ok) for lang, ce in per_lang.items()}
     if len(per_lang) > 1:
         # ensemble over languages: mean of the per-language class embeddings
         ens = np.mean(np.stack(list(per_lang.values())), axis=0)
         ens /= np.maximum(np.linalg.norm(ens, axis=1, keepdims=True), 1e-12)
-        out["all"] = np.argmax(audio @ ens.T, axis=1)
+        out["all"] = _argmax_or_wrong(audio @ ens.T, ok)
     else:
         out["all"] = next(iter(out.values()))
     return out
@@ -94,9 +112,11 @@ def task_zero_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: De
     if len(classes) < 2:
         raise TaskError(f"zero-shot needs >= 2 classes, found {classes}")
     y = np.asarray([classes.index(lab) for lab in labels])
-    audio = emb.audio(items)
+    audio, ok = _audio(emb, items)
     langs = sorted(task.prompt_templates())
-    preds = _zero_shot_preds(task, emb, audio, classes, langs, lambda lang, c: _display(task, lang, c))
+    preds = _zero_shot_preds(
+        task, emb, audio, ok, classes, langs, lambda lang, c: _display(task, lang, c)
+    )
     out = {"accuracy": M.bootstrap_mean(M.accuracy_per_item(y, preds["all"]), d.n_boot, d.seed)}
     if task.type == "emotion":
         out["uar"] = M.bootstrap_stat(y, preds["all"], "uar", d.n_boot, d.seed)
@@ -113,7 +133,7 @@ def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         by_lang[(it.lang or "und").split("-")[0].lower()].append(i)
-    audio = emb.audio(items)
+    audio, ok = _audio(emb, items)
     temps = task.prompt_templates()
     correct = np.zeros(len(items))
     out: dict[str, M.Estimate] = {}
@@ -131,7 +151,7 @@ def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder
         tl = lang if lang in temps else ("en" if "en" in temps else next(iter(temps)))
         prompts = [[t.format(task.class_names.get(lang, {}).get(c, spoken[c])) for t in temps[tl]] for c in classes]
         ce = emb.class_embeddings(prompts)
-        pred = np.argmax(audio[idx] @ ce.T, axis=1)
+        pred = _argmax_or_wrong(audio[idx] @ ce.T, ok[idx])
         y = np.asarray([classes.index(lab) for lab in labels])
         acc = M.accuracy_per_item(y, pred)
         correct[idx] = acc
@@ -155,20 +175,25 @@ def task_retrieval(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: De
         for c in it.texts:
             captions.append(c)
             owner.append(i)
-    audio = emb.audio(items)
+    audio, ok = _audio(emb, items)
     text = emb.text(captions)
     out: dict[str, M.Estimate] = {}
     for direction in task.directions:
         if direction == "t2a":
             scores = M.cosine_scores(text, audio)
+            scores[:, ~ok] = -np.inf  # a clip without audio is never retrieved
             relevant = [[o] for o in owner]
+            hit_possible = ok[np.asarray(owner)]  # a caption of such a clip is a miss
         else:
             scores = M.cosine_scores(audio, text)
             relevant = [[j for j, o in enumerate(owner) if o == i] for i in range(len(items))]
+            hit_possible = ok
         ranks = M.ranks_of_relevant(scores, relevant)
         for k in task.recall_ks:
-            out[f"{direction}_R@{k}"] = M.bootstrap_mean(M.recall_at_k(ranks, k), d.n_boot, d.seed)
-        out[f"{direction}_mAP@10"] = M.bootstrap_mean(M.average_precision_at_k(ranks, 10), d.n_boot, d.seed)
+            per_query = M.recall_at_k(ranks, k) * hit_possible
+            out[f"{direction}_R@{k}"] = M.bootstrap_mean(per_query, d.n_boot, d.seed)
+        per_query = M.average_precision_at_k(ranks, 10) * hit_possible
+        out[f"{direction}_mAP@10"] = M.bootstrap_mean(per_query, d.n_boot, d.seed)
     return out
 
 
@@ -194,19 +219,21 @@ def task_linear_probe(task: TaskConfig, items: list[EvalItem], emb: Embedder, d:
     if len(classes) < 2:
         raise TaskError(f"linear probe needs >= 2 classes, found {classes}")
     y = np.asarray([classes.index(lab) for lab in labels])
-    x = emb.audio(items).astype(np.float64)
+    x, ok = _audio(emb, items)
+    x = x.astype(np.float64)
     folds = fold_ids(task, items)
     pred = np.full(len(items), -1)
+    scored = np.zeros(len(items), dtype=bool)
     for f in sorted(set(folds.tolist())):
         test = folds == f
-        train = ~test
+        train = ~test & ok  # an item without audio teaches nothing; as a test item it is wrong
         if len(set(y[train].tolist())) < 2:
             log.warning("%s: fold %s has < 2 training classes; skipped", task.name, f)
             continue
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=task.probe_c, max_iter=2000, random_state=d.seed))
         clf.fit(x[train], y[train])
-        pred[test] = clf.predict(x[test])
-    scored = pred >= 0
+        pred[test & ok] = clf.predict(x[test & ok])
+        scored |= test
     if not scored.any():
         raise TaskError("no fold could be scored")
     return {
@@ -226,7 +253,7 @@ def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Def
     if len(usable) < 2:
         raise TaskError(f"few-shot k={task.k} needs >= 2 classes with > k items; counts {dict(counts)}")
     keep = np.isin(y, usable)
-    x = emb.audio(items)
+    x, ok = _audio(emb, items)
     hits = np.zeros(len(items))
     seen = np.zeros(len(items))
     for e in range(task.episodes):
@@ -234,12 +261,17 @@ def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Def
         support = np.zeros(len(items), dtype=bool)
         protos = []
         for c in usable:
-            members = np.flatnonzero(y == c)
+            members = np.flatnonzero((y == c) & ok)
+            if members.size < task.k:
+                raise TaskError(
+                    f"few-shot k={task.k}: class {classes[c]} has {members.size} decodable items"
+                )
             support[rng.choice(members, size=task.k, replace=False)] = True
             p = x[support & (y == c)].mean(axis=0)
             protos.append(p / max(float(np.linalg.norm(p)), 1e-12))
         query = keep & ~support
-        pred = np.asarray(usable)[np.argmax(x[query] @ np.stack(protos).T, axis=1)]
+        idx = _argmax_or_wrong(x[query] @ np.stack(protos).T, ok[query])
+        pred = np.where(idx >= 0, np.asarray(usable)[idx], -1)
         hits[query] += pred == y[query]
         seen[query] += 1
     scored = seen > 0
@@ -280,7 +312,17 @@ def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, 
                 if not items:
                     raise TaskError(f"no items in split {task.split!r} of {task.corpus.name} "
                                     f"({len(es.items)} items, {len(es.rejects)} rejected)")
-                rec.update(n_items=len(items), n_rejected=len(es.rejects), feature_fingerprint=es.fingerprint)
+                rec.update(
+                    n_items=len(items),
+                    n_rejected=len(es.rejects),
+                    feature_fingerprint=es.fingerprint,
+                    undecodable=[
+                        {"source_id": it.source_id, "error": it.error}
+                        for it in items
+                        if not it.scorable
+                    ],
+                    reader_rejects=[f"{r['source']} ({r['reason']})" for r in es.rejects],
+                )
                 for metric, est in TASKS[task.type](task, items, embedders[col.name], d).items():
                     rec["metrics"].setdefault(metric, {})[col.name] = est.as_dict()
             except (TaskError, FileNotFoundError, ValueError) as e:
@@ -315,9 +357,28 @@ def markdown_table(result: dict[str, Any]) -> str:
             cells = " | ".join(_fmt(per_col.get(c)) for c in cols)
             lines.append(f"| {name} | {rec['type']} | {metric} | {n} | {cells} |")
     lines.append("")
-    dropped = [f"{name}: {rec['n_rejected']}" for name, rec in result["tasks"].items() if rec.get("n_rejected")]
-    if dropped:
-        lines.append("Inputs rejected by the training filters (not scored): " + ", ".join(dropped) + ".")
+    lines.extend(_notes(result))
     lines.append("Values: mean [95% bootstrap CI] over test items (retrieval: over queries); "
                  "random-init is the same architecture with seeded random weights.")
     return "\n".join(lines) + "\n"
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    """Every item that did not count as scored normally, named (the scores above include the
+    undecodable ones as wrong; reader rejects carry no label and cannot be scored)."""
+    out = []
+    for name, rec in result["tasks"].items():
+        bad = rec.get("undecodable") or []
+        if bad:
+            listed = "; ".join(f"{b['source_id']} ({b['error']})" for b in bad)
+            out.append(
+                f"{name}: {len(bad)} of {rec['n_items']} items could not be decoded and are "
+                f"scored as wrong: {listed}."
+            )
+        if rec.get("n_rejected"):
+            listed = "; ".join(rec.get("reader_rejects") or [])
+            out.append(
+                f"{name}: {rec['n_rejected']} rows of the corpus metadata were rejected by "
+                f"the reader (no usable item to score): {listed}."
+            )
+    return out

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dataprep.core.config import CorpusConfig
@@ -89,3 +91,98 @@ def test_dangling_or_missing_manifest_is_a_reject(corpora: Path, tmp_path: Path)
         ("unreadable_metadata", "n:test_manifest.jsonl"),
     ]
     assert len(refs) == len(lines)
+
+
+# ------------------------------------------------- defect 7: evaluation scores every test item
+
+
+def _small_cfg():  # type: ignore[no-untyped-def]
+    from dataprep.core.config import load_config
+
+    return load_config(Path(__file__).resolve().parents[2] / "configs" / "test_small.yaml")
+
+
+def test_eval_set_keeps_clips_the_training_filters_would_drop(corpora: Path) -> None:
+    """Speech Commands clips that trim below min_duration_s are still benchmark items."""
+    from dataprep.audio import load_segments
+    from dataprep.evaluation.data import load_eval_set
+
+    cfg = _small_cfg()
+    corpus = CorpusConfig(name="kws", reader="speechcommands", root=str(corpora / "kws_mini"))
+    listed = [r for r in read_corpus(corpus) if isinstance(r, SampleRef)]
+    short = [
+        r.source_id
+        for r in listed
+        if load_segments(r, cfg.build.audio, cfg.features.sample_rate_hz)[0].duration_s
+        < cfg.build.filters.min_duration_s
+    ]
+    assert short, "the fixture must hold clips a training build rejects as too_short"
+    es = load_eval_set(cfg, corpus)
+    assert [it.source_id for it in es.items] == [r.source_id for r in listed]
+    assert not es.rejects and all(it.scorable for it in es.items)
+
+
+class _Oracle:
+    """A perfect embedder (test double for an ideal model): class i <-> one-hot axis i."""
+
+    def __init__(self, axis: dict[str, int], dim: int) -> None:
+        self.axis, self.dim = axis, dim
+
+    def audio(self, items):  # type: ignore[no-untyped-def]
+        assert all(it.mels for it in items), "items without features must never be embedded"
+        out = np.zeros((len(items), self.dim), np.float32)
+        out[np.arange(len(items)), [self.axis[it.source_id] for it in items]] = 1
+        return out
+
+    def class_embeddings(self, prompts_per_class):  # type: ignore[no-untyped-def]
+        return np.eye(len(prompts_per_class), self.dim, dtype=np.float32)
+
+
+def test_undecodable_eval_item_is_scored_wrong_and_listed(corpora: Path, tmp_path: Path) -> None:
+    from dataprep.evaluation import runner
+    from dataprep.evaluation.data import load_eval_set
+    from dataprep.evaluation.tasks import Defaults, TaskConfig, TaskFile
+    from model.checkpoint import load_for_eval
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    from eval_helpers import make_export
+
+    root = tmp_path / "esc"
+    shutil.copytree(corpora / "esc50_mini", root)
+    corpus = CorpusConfig(name="esc50", reader="esc50", root=str(root), options={"eval_folds": [5]})
+    listed = [r for r in read_corpus(corpus) if isinstance(r, SampleRef)]
+    victim = listed[3]
+    Path(victim.audio).write_bytes(b"this is not audio at all\n" * 200)
+    cfg = _small_cfg()
+    es = load_eval_set(cfg, corpus, tmp_path / "cache")
+    assert [it.source_id for it in es.items] == [r.source_id for r in listed]
+    bad = [it for it in es.items if not it.scorable]
+    assert [it.source_id for it in bad] == [victim.source_id] and "not_audio" in bad[0].error
+    again = load_eval_set(cfg, corpus, tmp_path / "cache")  # the failed item survives the cache
+    assert again.from_cache and [it.error for it in again.items] == [it.error for it in es.items]
+
+    # a perfect model scores every decodable item right and the undecodable one wrong
+    classes = sorted({it.labels[0] for it in es.items})
+    oracle = _Oracle({it.source_id: classes.index(it.labels[0]) for it in es.items}, len(classes))
+    d = Defaults(n_boot=20)
+    for ttype, extra in (("zero_shot", {}), ("linear_probe", {}), ("few_shot", {"k": 1})):
+        task = TaskConfig(name=ttype, type=ttype, corpus=corpus, **extra)
+        est = runner.TASKS[ttype](task, es.items, oracle, d)["accuracy"]  # type: ignore[arg-type]
+        assert est.n == len(es.items), ttype
+        if ttype != "few_shot":
+            assert est.value == pytest.approx((len(es.items) - 1) / len(es.items)), ttype
+        else:
+            assert est.value < 1.0
+
+    # the real harness with a tiny random model (seeded, written to tmp): the table names it
+    model, mcfg, tok = load_for_eval(make_export(tmp_path / "m", seed=0))
+    tf = TaskFile(defaults=d, tasks=[TaskConfig(name="esc_zs", type="zero_shot", corpus=corpus)])
+    col = runner.Column("checkpoint", model, mcfg, tok, "tiny random model")
+    result = runner.evaluate(tf, [col], str(tmp_path / "cache2"))
+    rec = result["tasks"]["esc_zs"]
+    assert rec["n_items"] == len(listed) and rec["metrics"]["accuracy"]["checkpoint"]["n"] == len(
+        listed
+    )
+    assert [u["source_id"] for u in rec["undecodable"]] == [victim.source_id]
+    table = runner.markdown_table(result)
+    assert f"1 of {len(listed)} items could not be decoded" in table and victim.source_id in table
