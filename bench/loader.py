@@ -34,7 +34,9 @@ if str(REPO) not in sys.path:
 from dataprep.core.config import FeatureConfig  # noqa: E402
 from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel  # noqa: E402
 from dataprep.loader import ShardLoader, iter_shard_texts  # noqa: E402
-from dataprep.core.shards import atomic_write_json, shard_name, shard_paths, write_tar_atomic  # noqa: E402
+from dataprep.core.atomic import atomic_write_json  # noqa: E402
+from dataprep.core.shards import shard_name, shard_paths  # noqa: E402
+from dataprep.core.tario import write_tar_atomic  # noqa: E402
 from dataprep.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import ray
 
 from dataprep import dedup
-from dataprep.core import features, shards
+from dataprep.core import atomic, features, shards, tario
 from dataprep.core.config import CorpusConfig, ExperimentConfig, config_to_dict
 from dataprep.corpora import read_corpus
 from dataprep.core.sample import META, Reject, SampleRef, SPLITS
@@ -165,7 +165,7 @@ def shard_is_done(out: Path, split: str, name: str) -> bool:
         entry = json.loads(part.read_text())["entry"]
     except (OSError, ValueError, KeyError):
         return False
-    return entry.get("bytes") == tar.stat().st_size and entry.get("sha256") == shards.sha256_file(tar)
+    return entry.get("bytes") == tar.stat().st_size and entry.get("sha256") == atomic.sha256_file(tar)
 
 
 @ray.remote
@@ -219,7 +219,7 @@ def build_shard(
         )
         fps.append({"key": s["__key__"], "pcm": m["audio_sha1"], "fp": m.get("audio_fp", "")})
     out_dir = Path(out)
-    entry = shards.write_tar_atomic(out_dir / split / name, samples)
+    entry = tario.write_tar_atomic(out_dir / split / name, samples)
     wall = time.perf_counter() - t0
     part = {
         "entry": entry,
@@ -234,7 +234,7 @@ def build_shard(
             "host": platform.node(),
         },
     }
-    shards.atomic_write_json(_part_path(out_dir, split, name), part)
+    atomic.atomic_write_json(_part_path(out_dir, split, name), part)
     return {"split": split, "name": name, "samples": len(samples), "rejects": len(rejects), **part["stats"],
             "reject_reasons": dict(Counter(r.reason for r in rejects))}
 
@@ -305,13 +305,13 @@ def finalize_split(out: Path, split: str, names: list[str], scan_rejects: list[d
         "exclude": split_excluded,
     }
     # wids (indexed random access) reads this index; urls are relative to the index file.
-    shards.atomic_write_json(out / split / "wids-index.json", {
+    atomic.atomic_write_json(out / split / "wids-index.json", {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": f"polyclap-{split}",
         "shardlist": [{"url": e["name"], "nsamples": e["samples"]} for e in meta["shards"]],
     })
-    shards.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
+    atomic.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
     return {"samples": meta["samples"] - len(split_excluded), "rejects": len(reject_rows),
             "reject_reasons": dict(Counter(r["reason"] for r in reject_rows))}
 
@@ -383,7 +383,7 @@ def _check_or_write_plan(out: Path, cfg: ExperimentConfig, plan: dict[str, list[
                 "the corpora changed since the first build. Use a new --out directory."
             )
         return
-    shards.atomic_write_json(p, {"signature": sig, "plan_sha256": plan_sha, "shards": {s: len(v) for s, v in plan.items()}})
+    atomic.atomic_write_json(p, {"signature": sig, "plan_sha256": plan_sha, "shards": {s: len(v) for s, v in plan.items()}})
 
 
 def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -477,5 +477,5 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
             for (split, name, _), part in zip(jobs, parts_all)
         ],
     }
-    shards.atomic_write_json(out / shards.BUILD_JSON, record)
+    atomic.atomic_write_json(out / shards.BUILD_JSON, record)
     return record

@@ -29,17 +29,15 @@ equal ids are never each other's negatives, also across ranks), ``keys``, ``text
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import re
 import signal
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +46,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dataprep.core.config import ExperimentConfig, FeatureConfig
 from dataprep.core.features import VERSION_FIELDS, feature_fingerprint, fingerprint_diff, fingerprint_fields
 from dataprep.core.sample import KIND_ORIGINAL, META, MEL, TEXT
+from dataprep.core import tario
 from dataprep.core.shards import BUILD_JSON, read_shards_json
+from dataprep.core.tario import first_member
 from dataprep.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -142,94 +142,23 @@ def check_fingerprint(shard_set: ShardSet, features: FeatureConfig) -> str:
 
 def _first_meta(path: Path) -> dict[str, Any] | None:
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for ti in tar:
-                if ti.isfile() and ti.name.endswith("." + META):
-                    f = tar.extractfile(ti)
-                    return json.loads(f.read()) if f is not None else None
+        data = first_member(path, META)
+        return json.loads(data) if data is not None else None
     except (OSError, tarfile.TarError, ValueError) as err:
         log.warning("cannot read %s for the fingerprint check: %s", path, err)
     return None
 
 
-def _octal(field: bytes) -> int:
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def _tar_files(f: BinaryIO) -> Iterator[tuple[str, int]]:
-    """``(name, size)`` of each regular file of a tar; ``f`` is left at the member's data.
-
-    A lean reader for our USTAR shards (Python's ``tarfile`` spends more time in header objects
-    than the loader spends on everything else): fixed 512-byte headers, checksum verified, GNU
-    long names and pax ``path`` records honoured, other entry types skipped. The next header is
-    found by absolute offset, so the caller may read the data, part of it, or nothing.
-    """
-    offset = 0
-    long_name: bytes | None = None
-    while True:
-        f.seek(offset)
-        hdr = f.read(512)
-        if not hdr or hdr == bytes(512):
-            return
-        if len(hdr) < 512:
-            raise tarfile.ReadError(f"truncated header at byte {offset}")
-        try:
-            if _octal(hdr[148:156]) != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-                raise tarfile.ReadError(f"bad header checksum at byte {offset}")
-            size = _octal(hdr[124:136])
-        except ValueError as err:
-            raise tarfile.ReadError(f"bad header at byte {offset}: {err}") from None
-        name = hdr[:100].split(b"\0", 1)[0]
-        prefix = hdr[345:500].split(b"\0", 1)[0] if hdr[257:262] == b"ustar" else b""
-        if prefix:
-            name = prefix + b"/" + name
-        kind = hdr[156:157]
-        data_at = offset + 512
-        offset = data_at + (size + 511) // 512 * 512
-        if kind in (b"L", b"x"):
-            f.seek(data_at)
-            ext = f.read(size)
-            if kind == b"L":
-                long_name = ext.split(b"\0", 1)[0]
-            else:
-                for rec in ext.split(b"\n"):
-                    _, _, kv = rec.partition(b" ")
-                    if kv.startswith(b"path="):
-                        long_name = kv[5:]
-            continue
-        if kind in (b"0", b"\0", b"7"):
-            f.seek(data_at)
-            yield (long_name or name).decode("utf-8", "replace"), size
-        long_name = None
-
-
 def iter_tar_range(path: Path, lo: int, hi: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     """Yield ``(position, key, {ext: bytes})`` for samples ``lo <= position < hi`` of a tar.
 
-    Members of samples outside the range are seeked over, not read. A missing or corrupt tar is
-    logged and ends the shard (samples already yielded stay yielded).
+    A missing or corrupt tar is logged and ends the shard (samples already yielded stay yielded).
     """
-    pos = -1
-    current: str | None = None
-    members: dict[str, bytes] = {}
+    pos = lo - 1
     try:
         with open(path, "rb") as f:
-            for name, size in _tar_files(f):
-                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-                if key != current:
-                    if current is not None and lo <= pos < hi and members:
-                        yield pos, current, members
-                    current, members, pos = key, {}, pos + 1
-                    if pos >= hi:
-                        return
-                if pos < lo:
-                    continue
-                data = f.read(size)
-                if len(data) != size:
-                    raise tarfile.ReadError(f"member {name} truncated")
-                members[ext] = data
-            if current is not None and lo <= pos < hi and members:
-                yield pos, current, members
+            for pos, key, members in tario.iter_tar_range(f, lo, hi):
+                yield pos, key, members
     except FileNotFoundError:
         log.error("shard missing, skipped: %s", path)
     except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as err:
@@ -339,9 +268,6 @@ def _choose_text(meta: dict[str, Any], txt: str | None, draw: int, train: bool) 
     return texts[draw % len(texts)]
 
 
-_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[a-z]\d+)', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \} *\n")
-
-
 _EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
 
 
@@ -354,19 +280,6 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
-def decode_mel(data: bytes) -> np.ndarray:
-    """``np.load`` of a 2-D C-order ``.npy`` without its ``ast.literal_eval`` header parse (the
-    largest per-sample cost after tar parsing); anything else goes through ``np.load``."""
-    if data[:8] == b"\x93NUMPY\x01\x00":
-        hlen = int.from_bytes(data[8:10], "little")
-        m = _NPY_HEADER.match(data, 10, 10 + hlen)
-        if m is not None:
-            shape = (int(m.group(2)), int(m.group(3)))
-            arr = np.frombuffer(data, dtype=np.dtype(m.group(1).decode()), count=shape[0] * shape[1], offset=10 + hlen)
-            return arr.reshape(shape)
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 def prepare_sample(spec: LoaderSpec, epoch: int, key: str, members: dict[str, bytes]) -> dict[str, Any]:
     """Decode, validate, crop, pick the text. Raises ValueError on a bad sample."""
     if MEL not in members or META not in members:
@@ -375,7 +288,7 @@ def prepare_sample(spec: LoaderSpec, epoch: int, key: str, members: dict[str, by
     fp = meta.get("feature_fingerprint")
     if spec.fingerprint and fp and fp != spec.fingerprint:
         raise ValueError(f"feature fingerprint {fp} != {spec.fingerprint}")
-    mel = decode_mel(members[MEL])
+    mel = tario.decode_npy(members[MEL])
     n_mels = spec.features.n_mels
     if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
         raise ValueError(f"mel shape {mel.shape}, expected [{n_mels}, frames>0]")

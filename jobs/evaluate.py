@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataprep.core.config import ConfigError
     from dataprep.evaluation.runner import Column, evaluate, markdown_table
     from dataprep.evaluation.tasks import load_tasks
-    from dataprep.core.shards import atomic_write_bytes, atomic_write_json
+    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
     from model.checkpoint import load_for_eval
     from model.clap import build_model
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dataprep.core.shards import atomic_write_bytes, atomic_write_json
+from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataprep.report.collect import ReportError, assemble, shard_jobs, summarize_shard
     from dataprep.report.render import render_html
     from dataprep.report.stats import Partial
-    from dataprep.core.shards import atomic_write_bytes, atomic_write_json
+    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 
     try:
         jobs = shard_jobs(args.shards)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import free_port
-from dataprep.core import shards
+from dataprep.core import atomic, shards, tario
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,8 +41,8 @@ def test_build_train_evaluate(tmp_path, subprocess_env):
         meta = json.loads((out / split / shards.SHARDS_JSON).read_text())
         n_tar = 0
         for entry in meta["shards"]:
-            assert shards.sha256_file(out / split / entry["name"]) == entry["sha256"]
-            n_tar += sum(1 for _ in shards.iter_tar_members(out / split / entry["name"]))
+            assert atomic.sha256_file(out / split / entry["name"]) == entry["sha256"]
+            n_tar += sum(1 for _ in tario.iter_tar_members(out / split / entry["name"]))
         assert pq.read_metadata(out / split / shards.INDEX).num_rows == n_tar - len(meta["exclude"])
 
     tok = out / "tokenizer.model"

@@ -34,7 +34,7 @@ import numpy as np
 from dataprep.core.config import CorpusConfig, ExperimentConfig
 from dataprep.core.features import feature_fingerprint
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
-from dataprep.core.shards import atomic_write_bytes, atomic_write_json
+from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 from dataprep.corpora import read_corpus
 from dataprep.process import _SPLIT_ALIASES, SampleProcessor
 from dataprep.text import normalize_text

@@ -14,7 +14,8 @@ from typing import Any
 
 from dataprep.report.stats import Partial, summarize_samples
 from dataprep.core.sample import SPLITS
-from dataprep.core.shards import BUILD_JSON, REJECTS, iter_shard, read_shards_json
+from dataprep.core.shards import BUILD_JSON, REJECTS, read_shards_json
+from dataprep.core.tario import iter_shard
 
 log = logging.getLogger(__name__)
 EXAMPLES = 3

@@ -27,7 +27,9 @@ from dataprep.core.config import FeatureConfig
 from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel
 from dataprep.loader import FingerprintMismatch, ShardLoader, epoch_segments, iter_shard_texts
 from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
-from dataprep.core.shards import atomic_write_json, shard_name, write_tar_atomic
+from dataprep.core.atomic import atomic_write_json
+from dataprep.core.shards import shard_name
+from dataprep.core.tario import write_tar_atomic
 from dataprep.tokenizer import Tokenizer, train_tokenizer
 
 FEATURES = FeatureConfig()
@@ -244,7 +246,7 @@ def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, capl
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
-    from dataprep.loader import _tar_files
+    from dataprep.core.tario import iter_tar_files as _tar_files
 
     path = tmp_path / "x.tar"
     names = ["a.json", "p" * 70 + "/" + "k" * 85 + ".mel.npy", "b.txt", "ünï.txt"]  # ustar prefix
@@ -277,7 +279,7 @@ def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
 
 def test_non_finite_mel_is_a_bad_sample(shard_root) -> None:
     from dataprep.loader import prepare_sample
-    from dataprep.core.shards import encode_npy
+    from dataprep.core.tario import encode_npy
 
     ld = _loader(shard_root[0])
     meta = json.dumps({"texts": [{"text": "x", "kind": "original"}]}).encode()

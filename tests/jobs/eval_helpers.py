@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dataprep.core.config import load_config
-from dataprep.core.shards import atomic_write_bytes
+from dataprep.core.atomic import atomic_write_bytes
 from dataprep.tokenizer import train_tokenizer
 from model.checkpoint import config_yaml
 from model.clap import build_model

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dataprep.core import shards
+from dataprep.core import atomic, shards, tario
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "test_small.yaml"
@@ -63,9 +63,9 @@ def test_artifacts_match_contract(built: Path):
         keys = []
         for entry in meta["shards"]:
             tar = d / entry["name"]
-            assert shards.sha256_file(tar) == entry["sha256"]
+            assert atomic.sha256_file(tar) == entry["sha256"]
             assert tar.stat().st_size == entry["bytes"]
-            samples = list(shards.iter_shard(tar))
+            samples = list(tario.iter_shard(tar))
             assert len(samples) == entry["samples"]
             for s in samples:
                 m = s["json"]
@@ -237,7 +237,7 @@ def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(corpora_root,
     assert all(r["detail"] for r in rejects)
     index = pq.read_table(out / "train" / shards.INDEX).to_pylist()
     kept = {r["key"]: r for r in index}
-    meta = {s["__key__"]: s["json"] for p in shards.shard_paths(out / "train") for s in shards.iter_shard(p)}
+    meta = {s["__key__"]: s["json"] for p in shards.shard_paths(out / "train") for s in tario.iter_shard(p)}
     sources = [m["source_id"] for k, m in meta.items() if k in kept]
     # the duplicate group (byte copy, lossless re-encode, repeated row) is reduced to one sample
     dups = [s for s in sources if s in {"dup_original.wav", "dup_copy_renamed.wav", "dup_reencoded.flac"}]

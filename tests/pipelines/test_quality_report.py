@@ -38,7 +38,8 @@ from dataprep.report.collect import assemble, shard_jobs, summarize_shard
 from dataprep.report.render import PLOTS, SECTIONS, render_html
 from dataprep.report.stats import EDGES, Partial
 from dataprep.core.sample import Reject, SampleRef
-from dataprep.core.shards import atomic_write_json, write_tar_atomic
+from dataprep.core.atomic import atomic_write_json
+from dataprep.core.tario import write_tar_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "pipelines" / "quality_report.py"

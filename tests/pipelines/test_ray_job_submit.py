@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from dataprep.core import shards
+from dataprep.core import atomic, shards
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -68,7 +68,7 @@ def test_ray_job_submit_builds_shards_on_a_loopback_head(tmp_path, subprocess_en
             meta = json.loads((out / split / shards.SHARDS_JSON).read_text())
             assert meta["samples"] > 0
             for entry in meta["shards"]:
-                assert shards.sha256_file(out / split / entry["name"]) == entry["sha256"]
+                assert atomic.sha256_file(out / split / entry["name"]) == entry["sha256"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
