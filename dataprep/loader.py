@@ -44,7 +44,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dataprep.core.config import ExperimentConfig, FeatureConfig
-from dataprep.core.features import VERSION_FIELDS, feature_fingerprint, fingerprint_diff, fingerprint_fields
+from dataprep.core.features import FingerprintMismatch, check_fingerprint, feature_fingerprint
+
+__all__ = ["FingerprintMismatch", "ShardLoader", "epoch_segments", "iter_shard_texts"]
 from dataprep.core.sample import KIND_ORIGINAL, META, MEL, TEXT
 from dataprep.core import tario
 from dataprep.core.shards import BUILD_JSON, read_shards_json
@@ -52,10 +54,6 @@ from dataprep.core.tario import first_member
 from dataprep.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class FingerprintMismatch(ValueError):
-    """The shards were featurized with other settings than the experiment's feature config."""
 
 
 def stable_hash(*parts: Any) -> int:
@@ -99,42 +97,28 @@ def _build_fields(build: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def check_fingerprint(shard_set: ShardSet, features: FeatureConfig) -> str:
-    """Refuse shards featurized differently; returns the expected fingerprint.
-
-    Uses ``<root>/build.json`` (fingerprint + the fields it was computed from, so the message can
-    name what differs) and the ``feature_fingerprint`` of the first readable sample.
+def check_shard_features(shard_set: ShardSet, features: FeatureConfig) -> str:
+    """Refuse shards featurized differently (:func:`check_fingerprint`); returns the expected
+    fingerprint. Checks ``<root>/build.json`` (fingerprint + the fields it was computed from, so
+    the message names what differs) and the first readable sample's ``feature_fingerprint``.
     """
     expected = feature_fingerprint(features)
-    want = fingerprint_fields(features)
+    found = False
     build_path = shard_set.split_dir.parent / BUILD_JSON
-    found: list[tuple[str, str, dict[str, Any] | None]] = []
     if build_path.is_file():
         build = json.loads(build_path.read_text())
-        fp = build.get("feature_fingerprint")
-        if fp:
-            found.append((str(build_path), fp, _build_fields(build)))
+        if build.get("feature_fingerprint"):
+            found = True
+            check_fingerprint(features, build["feature_fingerprint"], where=str(build_path),
+                              fields=_build_fields(build), expected=expected)
     for name, _ in shard_set.shards:
         meta = _first_meta(shard_set.split_dir / name)
         if meta is not None:
             if meta.get("feature_fingerprint"):
-                found.append((f"{name} (first sample)", meta["feature_fingerprint"], None))
+                found = True
+                check_fingerprint(features, meta["feature_fingerprint"], expected=expected,
+                                  where=f"{shard_set.split_dir / name} (first sample)")
             break
-    for where, fp, fields in found:
-        if fp == expected:
-            continue
-        if fields is not None:
-            # fields may be the bare FeatureConfig dump (no versions): compare what is present
-            hashed = [k for k in want if k in fields and k not in VERSION_FIELDS]
-            diff = fingerprint_diff({k: want[k] for k in hashed}, {k: fields[k] for k in hashed})
-            why = "; ".join(diff) if diff else "same fields, different versions/algorithm"
-        else:
-            why = "the differing fields are unknown (no fields recorded in build.json)"
-        raise FingerprintMismatch(
-            f"feature fingerprint mismatch for {shard_set.split_dir}: {where} has {fp}, the "
-            f"experiment's features give {expected} ({why}; left = experiment, right = shards). "
-            f"Rebuild the shards or use the features they were built with."
-        )
     if not found:
         log.warning("%s: no feature fingerprint recorded; cannot verify features", shard_set.split_dir)
     return expected
@@ -285,9 +269,9 @@ def prepare_sample(spec: LoaderSpec, epoch: int, key: str, members: dict[str, by
     if MEL not in members or META not in members:
         raise ValueError(f"missing member(s): has {sorted(members)}")
     meta = json.loads(members[META].decode("utf-8"))  # str: skips json's encoding sniffing
-    fp = meta.get("feature_fingerprint")
-    if spec.fingerprint and fp and fp != spec.fingerprint:
-        raise ValueError(f"feature fingerprint {fp} != {spec.fingerprint}")
+    if spec.fingerprint:  # a FingerprintMismatch is a ValueError: a bad sample, skipped
+        check_fingerprint(spec.features, meta.get("feature_fingerprint"), where=f"sample {key}",
+                          expected=spec.fingerprint)
     mel = tario.decode_npy(members[MEL])
     n_mels = spec.features.n_mels
     if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
@@ -465,7 +449,7 @@ class ShardLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         shard_set = ShardSet.open(split_dir)
-        fingerprint = check_fingerprint(shard_set, features) if check_features else None
+        fingerprint = check_shard_features(shard_set, features) if check_features else None
         self.spec = LoaderSpec(
             shard_set=shard_set, features=features, fingerprint=fingerprint, max_frames=max_frames,
             batch_size=batch_size, tokenizer=tokenizer, max_text_len=max_text_len, rank=rank,

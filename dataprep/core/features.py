@@ -1,8 +1,9 @@
 """Log-mel features and the feature fingerprint.
 
 The fingerprint is a sha256 over the feature config and the algorithm id; the torch/torchaudio
-versions are recorded next to it (see ``VERSION_FIELDS``). Trainer and evaluator refuse shards whose fingerprint differs from the
-model's feature config, naming the differing fields (:func:`fingerprint_diff`).
+versions are recorded next to it (see ``VERSION_FIELDS``). :func:`check_fingerprint` is the one
+check: loader, evaluator and inference refuse features whose fingerprint differs from the model's
+feature config with :class:`FingerprintMismatch`, naming the differing fields.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,43 @@ def fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Human-readable list of fields that differ between two fingerprint field dicts."""
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+class FingerprintMismatch(ValueError):
+    """Data featurized with other settings than the model's feature config."""
+
+
+def check_fingerprint(
+    features: FeatureConfig,
+    found: str | None,
+    *,
+    where: str,
+    fields: Mapping[str, Any] | None = None,
+    expected: str | None = None,
+) -> str:
+    """Refuse ``found`` (a recorded fingerprint) unless it is ``features``' fingerprint.
+
+    ``where`` names the record (``build.json``, a sample key, a cache file); ``fields`` are the
+    feature fields recorded with it (build.json ``feature_fields``, possibly a bare
+    ``FeatureConfig`` dump without versions), so the message can name what differs; ``expected``
+    skips recomputing the fingerprint on hot paths. Returns the expected fingerprint; a missing
+    ``found`` passes (nothing to compare: the caller decides whether to warn).
+    """
+    expected = expected or feature_fingerprint(features)
+    if not found or found == expected:
+        return expected
+    if fields is not None:
+        want = fingerprint_fields(features)
+        hashed = [k for k in want if k in fields and k not in VERSION_FIELDS]
+        diff = fingerprint_diff({k: want[k] for k in hashed}, {k: fields[k] for k in hashed})
+        why = "; ".join(diff) if diff else "same fields, different versions/algorithm"
+    else:
+        why = "the differing fields are unknown: no feature fields recorded there"
+    raise FingerprintMismatch(
+        f"feature fingerprint mismatch: {where} has {found}, the model's features give {expected} "
+        f"({why}; left = model, right = data). Rebuild the data with the model's features or "
+        f"use the features it was built with."
+    )
 
 
 class LogMel:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dataprep.core.config import CorpusConfig, ExperimentConfig
-from dataprep.core.features import feature_fingerprint
+from dataprep.core.features import check_fingerprint, feature_fingerprint
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
 from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 from dataprep.corpora import read_corpus
@@ -210,6 +210,7 @@ def load_eval_set(
     if path is not None:
         cached = _load(path)
         if cached is not None:
+            check_fingerprint(cfg.features, cached.fingerprint, where=f"eval cache {path}", expected=fp)
             log.info("eval set %s: %d items from cache %s", corpus.name, len(cached.items), path)
             return cached
     proc = SampleProcessor(eval_processing_config(cfg), augment=False)
@@ -226,8 +227,9 @@ def load_eval_set(
                 continue
             item = _item_from_sample(ref, res.samples[0][META])
             for s in res.samples:
-                if s[META]["feature_fingerprint"] != fp:  # cannot happen unless process changes
-                    raise RuntimeError(f"{s['__key__']}: fingerprint {s[META]['feature_fingerprint']} != {fp}")
+                # equal by construction; refused by name should the processor ever diverge
+                check_fingerprint(cfg.features, s[META]["feature_fingerprint"],
+                                  where=f"eval sample {s['__key__']}", expected=fp)
                 item.mels.append(np.asarray(s[MEL]))
             items.append(item)
     finally:

@@ -8,7 +8,14 @@ import pytest
 import soundfile as sf
 
 from dataprep.core.config import FeatureConfig
-from dataprep.core.features import LogMel, feature_fingerprint, fingerprint_diff, fingerprint_fields
+from dataprep.core.features import (
+    FingerprintMismatch,
+    LogMel,
+    check_fingerprint,
+    feature_fingerprint,
+    fingerprint_diff,
+    fingerprint_fields,
+)
 
 CLIPS = [
     "esc50_mini/audio",  # fluidsynth renderings, 16/22.05/44.1 kHz wav
@@ -61,3 +68,20 @@ def test_fingerprint_changes_with_any_feature_field_and_names_it():
     diff = fingerprint_diff(fingerprint_fields(a), fingerprint_fields(b))
     assert diff == ["n_mels: 64 != 128"]
     assert feature_fingerprint(FeatureConfig(hop_length=320)) != feature_fingerprint(a)
+
+
+def test_check_fingerprint_is_the_one_refusal_and_names_fields():
+    model, data = FeatureConfig(), FeatureConfig(n_mels=80, f_max_hz=7000.0)
+    fp = feature_fingerprint(model)
+    assert check_fingerprint(model, fp, where="x") == fp
+    assert check_fingerprint(model, None, where="x") == fp  # nothing recorded: caller decides
+    with pytest.raises(FingerprintMismatch) as err:
+        check_fingerprint(model, feature_fingerprint(data), where="build.json",
+                          fields=fingerprint_fields(data))
+    msg = str(err.value)
+    assert "build.json" in msg and "n_mels: 64 != 80" in msg and "f_max_hz: 8000.0 != 7000.0" in msg
+    # a bare FeatureConfig dump (no versions, no algorithm) still names the field
+    with pytest.raises(FingerprintMismatch, match="n_mels: 64 != 80"):
+        check_fingerprint(model, "0" * 16, where="old", fields=data.model_dump(mode="json"))
+    with pytest.raises(FingerprintMismatch, match="fields are unknown"):
+        check_fingerprint(model, "0" * 16, where="sample k")
