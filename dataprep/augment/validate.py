@@ -6,9 +6,16 @@ Checks, in order (the first failure is the reason recorded):
 - ``llm_length``: outside ``[min_chars, max_chars]`` or more than ``max_len_ratio`` times
   longer/shorter than the source;
 - ``llm_refusal``: "I'm sorry", "as an AI", "I cannot"... (English and a few other languages);
-- ``llm_copy``: the source again (ignoring case, spaces and punctuation), or the prompt echoed;
+- ``llm_copy``: the source or any text the sample already has (its transcript, its template
+  captions) again, compared after Unicode NFKC, case folding and dropping spaces and
+  punctuation ("... at six:" copies "... at six."), or the prompt echoed;
 - ``llm_wrong_language``: :func:`dataprep.text.detect_language` names another language with
-  confidence >= 0.5 (short texts with a low confidence pass: LID cannot tell);
+  confidence >= 0.5;
+- ``llm_unverifiable_language``: the meaning checks below are English-only (MiniLM, WordNet;
+  no multilingual sentence model ships offline with a package here), so an output that LID
+  does not call English, at any confidence, cannot be checked and is rejected, unless it is a
+  translation verified by translating it back (``back_translate``). Off with
+  ``semantic_check: false``;
 - ``llm_number_change``: the numbers and counts differ from the source ("twice" -> "three
   times", "2 dogs" -> "3 dogs"; English number words, multiplicatives and digits; for other
   languages digits only);
@@ -69,7 +76,8 @@ def numbers_of(text: str, english: bool) -> Counter:
 
 
 def _squash(text: str) -> str:
-    return "".join(ch for ch in unicodedata.normalize("NFKC", text).lower() if ch.isalnum())
+    """The text without case, spaces and punctuation: what "the same text" means for copies."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold() if ch.isalnum())
 
 
 def parse_caption(content: str) -> str | None:
@@ -134,10 +142,12 @@ def validate(
     cfg: Any,
     task: str,
     prompt: str = "",
+    copies: tuple[str, ...] = (),
 ) -> tuple[str | None, Verdict]:
     """``(caption, verdict)`` for one reply (see the module docstring for the checks).
 
     ``prompt``: the instruction text without the source (an output found inside it is an echo).
+    ``copies``: the sample's existing texts; an output equal to one of them adds nothing.
     """
     caption = parse_caption(content)
     if caption is None:
@@ -156,8 +166,12 @@ def validate(
         )
     if _REFUSAL.search(caption):
         return caption, Verdict(False, "llm_refusal", f"refusal: {caption[:120]!r}")
-    if _squash(caption) == _squash(source):
-        return caption, Verdict(False, "llm_copy", "output repeats the input")
+    squashed = _squash(caption)
+    copied = next((c for c in (source, *copies) if c and _squash(c) == squashed), None)
+    if copied is not None:
+        return caption, Verdict(
+            False, "llm_copy", f"output repeats {copied[:80]!r} up to case and punctuation"
+        )
     examples = [_squash(x) for x in _EXAMPLE.findall(prompt or "")]
     if (
         _PLACEHOLDER.match(caption)
@@ -176,6 +190,15 @@ def validate(
     if cfg.check_language and exp and got_lang and got_lang != exp and conf >= 0.5:
         return caption, Verdict(
             False, "llm_wrong_language", f"expected {exp}, detected {got_lang} ({conf:.2f})", checks
+        )
+    back_translated = task == "translate" and exp not in (None, "en") and cfg.back_translate
+    if cfg.semantic_check and got_lang != "en" and not back_translated:
+        return caption, Verdict(
+            False,
+            "llm_unverifiable_language",
+            f"language ID says {got_lang} ({conf:.2f}), not English: the meaning checks are "
+            "English-only and no multilingual model is installed",
+            checks,
         )
     if task != "caption":
         # Compare like with like: number words only when both sides are English.

@@ -210,6 +210,8 @@ def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> 
         (caption("a dog barks twice at a cat while a man talks"), "llm_invented_detail"),
         (caption("the quarterly stock market report was published twice"), "llm_semantic_drift"),
         (caption("dog"), "llm_length"),
+        # LID: Spanish at 0.44, under the wrong-language bar; English tools cannot check it
+        (caption("A justo punto en la conferencia."), "llm_unverifiable_language"),
     ],
 )
 def test_bad_outputs_become_rejects(
@@ -219,6 +221,56 @@ def test_bad_outputs_become_rejects(
     out, rejects = _run(_cfg(server.url, tmp_path, max_retries=1))
     assert out == []
     assert [(r.stage, r.reason) for r in rejects] == [("augment", reason)], rejects
+
+
+def test_bad_json_and_server_errors_share_one_retry_budget(
+    server: Scripted, tmp_path: Path
+) -> None:
+    # 500, a reply that is not the JSON asked for, 500, ...: the old client retried HTTP errors
+    # inside the bad-JSON loop, (r + 1)**2 requests; one budget means r + 1.
+    server.script = lambda body, n: (
+        (500, {"error": "busy"}, 0.0) if n % 2 else (200, chat("no json here"), 0.0)
+    )
+    out, rejects = _run(_cfg(server.url, tmp_path, max_retries=3))
+    assert out == [] and len(rejects) == 1 and len(server.bodies) == 4
+    assert rejects[0].reason in ("llm_http_error", "llm_malformed_json")
+    seeds = [b["seed"] for b in server.bodies]
+    assert seeds[0] == seeds[1] != seeds[2] == seeds[3]  # only a bad reply moves to the next seed
+
+
+SPEECH_META = {
+    "id": "commonvoice-0001", "corpus": "commonvoice", "source_id": "cv1.mp3", "lang": "en",
+    "labels": [], "speaker": "s1", "gender": "female",
+    "texts": [{"text": "We are meeting at the train station at six.", "lang": "en",
+               "kind": "original", "provenance": {"source": "corpus"}}],
+    "attributes": {"task": "asr", "gender": "female"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "reply,lang,reason",
+    [
+        # issue 19: a caption of speech that is its transcript up to punctuation
+        ("We are meeting at the train station at six:", "en", "llm_copy"),
+        ("we are MEETING at the train-station at six!!", "en", "llm_copy"),
+        # nonsense Spanish for a Spanish transcript: no English tool can check it
+        ("A justo punto en la conferencia.", "es", "llm_unverifiable_language"),
+    ],
+)
+def test_caption_of_speech_copy_or_unverifiable(
+    server: Scripted, tmp_path: Path, reply: str, lang: str, reason: str
+) -> None:
+    meta = json.loads(json.dumps(SPEECH_META))
+    if lang == "es":
+        meta["lang"] = "es"
+        meta["texts"][0].update(
+            text="Actualmente hay otro participante en la conferencia.", lang="es"
+        )
+    server.script = lambda body, n: (200, caption(reply), 0.0)
+    out, rejects = _run(_cfg(server.url, tmp_path, tasks=("caption",), max_retries=0), meta)
+    assert out == [] and [(r.stage, r.reason) for r in rejects] == [("augment", reason)], rejects
+    (body,) = server.bodies
+    assert meta["texts"][0]["text"] in body["messages"][-1]["content"]  # the facts carry it
 
 
 def test_cache_hit_on_rerun_sends_nothing_and_is_identical(
