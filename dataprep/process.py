@@ -88,7 +88,7 @@ class SampleProcessor:
         self.fcfg = cfg.features
         self.bcfg = cfg.build
         self.fingerprint = features.feature_fingerprint(self.fcfg)
-        self.logmel = features.LogMel(self.fcfg)
+        self.logmel = features.make_featurizer(self.fcfg)
         self.multirate = [features.LogMel(self.fcfg, hop) for hop in self.fcfg.multirate_hops]
         self.eval_index = eval_index
         dc = self.bcfg.dedup

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 
 from model.config import ModelConfig, TrainConfig
 
@@ -26,9 +28,39 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeatureConfig(Section):
-    """Log-mel parameters. The single source of truth: fingerprinted, never restated."""
+# What each pretrained audio tower's own transformers feature extractor computes (see
+# dataprep.core.feature_presets). ``fixed`` fields are the extractor's algorithm and may not be
+# changed; ``defaults`` fill fields left unset and may be overridden (a checkpoint's
+# preprocessor_config.json may differ: Whisper large-v3 has 128 mel bins, LAION-CLAP uses
+# 50-14000 Hz where ClapFeatureExtractor's own default is 0-14000 Hz).
+FEATURE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "htsat": {
+        "fixed": {"sample_rate_hz": 48000, "n_fft": 1024, "win_length": 1024, "hop_length": 480,
+                  "mel_scale": "slaney"},
+        "defaults": {"n_mels": 64, "f_min_hz": 50.0, "f_max_hz": 14000.0},
+    },
+    "whisper": {
+        "fixed": {"sample_rate_hz": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160,
+                  "mel_scale": "slaney", "f_min_hz": 0.0, "f_max_hz": 8000.0},
+        "defaults": {"n_mels": 80},
+    },
+    "ast": {
+        "fixed": {"sample_rate_hz": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160,
+                  "mel_scale": "htk", "f_min_hz": 20.0, "f_max_hz": 8000.0},
+        "defaults": {"n_mels": 128},
+    },
+}
 
+
+class FeatureConfig(Section):
+    """Log-mel parameters. The single source of truth: fingerprinted, never restated.
+
+    ``preset`` other than ``logmel`` selects the exact input of a pretrained audio tower
+    (``htsat``: ClapFeatureExtractor with rand_trunc; ``whisper``; ``ast``) and pins the fields
+    that algorithm fixes (:data:`FEATURE_PRESETS`); a conflicting explicit value is an error.
+    """
+
+    preset: Literal["logmel", "htsat", "whisper", "ast"] = "logmel"
     sample_rate_hz: int = 16000
     n_fft: int = 400  # 25 ms at 16 kHz
     win_length: int = 400
@@ -40,6 +72,26 @@ class FeatureConfig(Section):
     log_offset: float = 1e-6
     dtype: Literal["float16", "float32"] = "float16"
     multirate_hops: tuple[int, ...] = ()  # extra hop lengths for CALM multirate views
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset", "logmel") == "logmel":
+            return data
+        preset = FEATURE_PRESETS.get(data["preset"])
+        if preset is None:
+            return data  # the Literal check names the allowed presets
+        out = dict(data)
+        for key, want in preset["fixed"].items():
+            if key in out and out[key] != want:
+                raise ValueError(f"features.{key}={out[key]!r} conflicts with "
+                                 f"features.preset={data['preset']} (which fixes {want!r})")
+            out[key] = want
+        for key, default in preset["defaults"].items():
+            out.setdefault(key, default)
+        if out.get("multirate_hops"):
+            raise ValueError(f"features.multirate_hops needs preset=logmel, not {data['preset']}")
+        return out
 
     @field_validator("f_max_hz")
     @classmethod

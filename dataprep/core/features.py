@@ -1,4 +1,4 @@
-"""Log-mel features and the feature fingerprint.
+"""Log-mel features, the preset featurizers' entry point and the feature fingerprint.
 
 The fingerprint is a sha256 over the feature config and the algorithm id; the torch/torchaudio
 versions are recorded next to it (see ``VERSION_FIELDS``). :func:`check_fingerprint` is the one
@@ -19,6 +19,7 @@ import torch
 import torchaudio
 
 from dataprep.core.config import FeatureConfig
+from dataprep.core.feature_presets import ALGORITHMS, preset_featurizer
 
 
 def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
@@ -26,14 +27,22 @@ def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
     fields = cfg.model_dump(mode="json")
     fields["torch"] = torch.__version__.split("+")[0]
     fields["torchaudio"] = torchaudio.__version__.split("+")[0]
-    fields["algorithm"] = "torchaudio.MelSpectrogram/power2/log(x+offset)/v1"
+    if cfg.preset == "logmel":
+        # The default keeps the fields (and so the fingerprint) it had before presets existed.
+        del fields["preset"]
+        fields["algorithm"] = "torchaudio.MelSpectrogram/power2/log(x+offset)/v1"
+    else:
+        import transformers
+
+        fields["transformers"] = transformers.__version__
+        fields["algorithm"] = ALGORITHMS[cfg.preset]
     return fields
 
 
 # Recorded beside the fingerprint (build.json ``feature_fields``) but not hashed: a GPU node runs
 # a different torch build than the CPU pipeline workers, and the log-mel numbers agree to float
 # rounding across these versions; refusing such shards would make them unusable fleet-wide.
-VERSION_FIELDS = ("torch", "torchaudio")
+VERSION_FIELDS = ("torch", "torchaudio", "transformers")
 
 
 def feature_fingerprint(cfg: FeatureConfig) -> str:
@@ -129,6 +138,17 @@ class LogMel:
         mel = torch.log(mel + self.cfg.log_offset)
         mel = mel[:, : self.n_frames(n)]
         return mel.numpy().astype(self._dtype)
+
+
+def make_featurizer(cfg: FeatureConfig, hop_length: int | None = None) -> Any:
+    """The featurizer of ``cfg.preset``: :class:`LogMel` by default, else the pretrained
+    tower's exact input (``dataprep.core.feature_presets``). Each maps a mono waveform to
+    ``[n_mels, frames]`` in ``cfg.dtype``."""
+    if cfg.preset == "logmel":
+        return LogMel(cfg, hop_length)
+    if hop_length is not None:
+        raise ValueError(f"features.preset={cfg.preset} has no multirate views")
+    return preset_featurizer(cfg)
 
 
 @lru_cache(maxsize=8)
