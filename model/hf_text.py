@@ -16,43 +16,17 @@ model, a slow-only tokenizer, or a tokenizer whose ids do not fit the model's vo
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from model.hf_common import HFLoadError, load_hf_config, load_hf_model, offline_env
 from model.layers import masked_mean
 
-log = logging.getLogger(__name__)
-
 POOLINGS = ("cls", "mean", "pooler", "last")
-
-
-class HFLoadError(ValueError):
-    """A local transformers directory that cannot serve as a tower (one line: what, where)."""
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def load_hf_config(path: str | os.PathLike[str]) -> Any:
-    """The ``PretrainedConfig`` of a local directory, or :class:`HFLoadError`."""
-    _offline()
-    from transformers import AutoConfig
-
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise HFLoadError(f"{p}: not a transformers model directory (no config.json)")
-    try:
-        return AutoConfig.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise HFLoadError(f"{p}: config.json is not a loadable transformers config: {err}") from None
 
 
 def is_decoder_only(config: Any) -> bool:
@@ -94,7 +68,7 @@ class HFTokenizer:
 
     def _get(self) -> Any:
         if self._tok is None:
-            _offline()
+            offline_env()
             from transformers import AutoTokenizer
 
             try:
@@ -133,25 +107,6 @@ class HFTokenizer:
         enc = self._get()(list(texts), padding="max_length", truncation=True,
                           max_length=self.max_length(max_len), return_tensors="pt")
         return enc["input_ids"].long(), enc["attention_mask"].bool()
-
-
-def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | None) -> nn.Module:
-    """``AutoModel`` (the base model, no LM head) from a local directory. Weights are read
-    from ``model.safetensors`` (or a ``.bin`` through transformers' default
-    ``torch.load(weights_only=True)``), so nothing arbitrary is unpickled."""
-    _offline()
-    from transformers import AutoModel
-
-    if dropout is not None:
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop",
-                    "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout"):
-            if hasattr(config, key):
-                setattr(config, key, dropout)
-    try:
-        return AutoModel.from_pretrained(str(path), config=config, local_files_only=True,
-                                         weights_only=True)
-    except (OSError, ValueError) as err:
-        raise HFLoadError(f"{path}: cannot load the model weights: {err}") from None
 
 
 def last_token_index(mask: Tensor) -> Tensor:

@@ -68,3 +68,66 @@ def tiny_xlmr(out: Path) -> Path:
                            max_position_embeddings=66, pad_token_id=tok.pad_token_id)
     XLMRobertaModel(cfg).save_pretrained(str(out))
     return out
+
+
+def tiny_clap_config():
+    """TINY RANDOM ClapConfig (ENVIRONMENT.md): 1-layer RoBERTa text, 4x1-block HTSAT."""
+    from transformers import ClapConfig
+
+    return ClapConfig(
+        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "vocab_size": 300, "max_position_embeddings": 66},
+        audio_config={"depths": [1, 1, 1, 1], "num_attention_heads": [2, 2, 2, 2],
+                      "patch_embeds_hidden_size": 16, "hidden_size": 128},
+        projection_dim=32,
+    )
+
+
+def tiny_clap(out: Path) -> Path:
+    """TINY RANDOM ClapModel + a byte-level BPE RoBERTa tokenizer, saved to ``out``."""
+    from transformers import ClapModel
+
+    train_bpe(out, "roberta")
+    torch.manual_seed(0)
+    model = ClapModel(tiny_clap_config())
+    # BatchNorm running stats start at 0/1; give them values so the test sees them used.
+    bn = model.audio_model.audio_encoder.batch_norm
+    bn.running_mean.normal_(-40.0, 5.0)
+    bn.running_var.uniform_(100.0, 400.0)
+    model.save_pretrained(str(out))
+    return out
+
+
+def tiny_clap_audio(out: Path) -> Path:
+    """TINY RANDOM ClapAudioModel (HTSAT) alone."""
+    from transformers import ClapAudioModel
+
+    torch.manual_seed(0)
+    ClapAudioModel(tiny_clap_config().audio_config).save_pretrained(str(out))
+    return out
+
+
+def tiny_whisper(out: Path) -> Path:
+    """TINY RANDOM WhisperModel (1 encoder + 1 decoder layer, 32 wide, 80 mel bins)."""
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                        max_source_positions=1500, max_target_positions=32, vocab_size=100,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                        suppress_tokens=None, begin_suppress_tokens=None)
+    WhisperModel(cfg).save_pretrained(str(out))
+    return out
+
+
+def tiny_ast(out: Path) -> Path:
+    """TINY RANDOM ASTModel (1 layer, 32 wide, 128 mel bins x 1024 frames)."""
+    from transformers import ASTConfig, ASTModel
+
+    torch.manual_seed(0)
+    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64)
+    ASTModel(cfg).save_pretrained(str(out))
+    return out

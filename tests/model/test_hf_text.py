@@ -13,7 +13,8 @@ import torch
 from hf_helpers import tiny_gpt2, tiny_xlmr
 
 from model.config import TextEncoderConfig
-from model.hf_text import HFLoadError, HFText, HFTokenizer, last_token_index
+from model.hf_common import HFLoadError
+from model.hf_text import HFText, HFTokenizer, last_token_index
 from model.text_encoder import MiniLMText, minilm_path
 
 TEXTS = ["A dog barks several times", "rain", "a man talks after a dog barks nearby and a car"]

@@ -1,0 +1,60 @@
+"""Loading transformers models from a local directory only (shared by the HF towers).
+
+``local_files_only=True`` and ``HF_HUB_OFFLINE=1``: nothing is downloaded at run time. Errors
+are one :class:`HFLoadError` line naming what and where (the entry scripts exit 2 on it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+# Config attributes that hold a dropout probability, across the families we load.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop",
+                "attn_pdrop", "dropout", "attention_dropout", "activation_dropout")
+
+
+class HFLoadError(ValueError):
+    """A local transformers directory that cannot serve as a tower (one line: what, where)."""
+
+
+def offline_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def load_hf_config(path: str | os.PathLike[str]) -> Any:
+    """The ``PretrainedConfig`` of a local directory, or :class:`HFLoadError`."""
+    offline_env()
+    from transformers import AutoConfig
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise HFLoadError(f"{p}: not a transformers model directory (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise HFLoadError(f"{p}: config.json is not a loadable transformers config: {err}") from None
+
+
+def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | None,
+                  cls: Any = None) -> nn.Module:
+    """``AutoModel`` (the base model, no LM head) from a local directory. Weights are read
+    from ``model.safetensors`` (or a ``.bin`` through transformers' default
+    ``torch.load(weights_only=True)``), so nothing arbitrary is unpickled."""
+    offline_env()
+    from transformers import AutoModel
+
+    cls = cls or AutoModel
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    try:
+        return cls.from_pretrained(str(path), config=config, local_files_only=True,
+                                   weights_only=True)
+    except (OSError, ValueError) as err:
+        raise HFLoadError(f"{path}: cannot load the model weights: {err}") from None
