@@ -10,7 +10,6 @@ Exit status 0 when sound (or repaired), 1 when problems remain.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,42 +17,47 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dataprep.core import shards  # noqa: E402
-from dataprep.core.sample import SPLITS  # noqa: E402
+from dataprep.core import shards
+from dataprep.core.sample import SPLITS
 
 
-def verify_all(out: Path) -> tuple[list[str], dict[str, list[str]]]:
-    problems: list[str] = []
-    broken: dict[str, list[str]] = {}
-    splits = [s for s in SPLITS if (out / s).is_dir()]
-    if not splits:
-        return [f"{out} holds no split directories ({', '.join(SPLITS)})"], {}
-    for split in splits:
-        probs, bad = shards.verify_split(out / split)
-        problems += [f"{split}/{p}" for p in probs]
-        if bad:
-            broken[split] = bad
-    return problems, broken
+def report(out: Path, decode: bool = True) -> tuple[list[str], dict[str, list[str]], str]:
+    """``(problems, broken shard names per split, count summary)`` of the shard set ``out``."""
+    checks = shards.verify_set(out, decode)
+    if not checks:
+        return [f"{out} holds no split directories ({', '.join(SPLITS)})"], {}, ""
+    problems = [f"{c.split}/{p}" for c in checks for p in c.problems]
+    broken = {c.split: c.broken for c in checks if c.broken}
+    return problems, broken, shards.describe_counts(checks)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", help="shard set root (holds train/, val/, build.json)")
-    p.add_argument("--repair", action="store_true", help="rebuild broken/missing shards (needs --config)")
+    p.add_argument(
+        "--repair", action="store_true", help="rebuild broken/missing shards (needs --config)"
+    )
     p.add_argument("--config", help="the config the set was built with (for --repair)")
-    p.add_argument("overrides", nargs="*", help="config overrides used for the build: section.key=value")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides used for the build: section.key=value"
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     out = Path(args.out)
-    problems, broken = verify_all(out)
+    problems, broken, counts = report(out)
     for prob in problems:
         print(f"problem: {prob}")
     if not problems:
-        n = sum(json.loads((out / s / shards.SHARDS_JSON).read_text())["samples"] for s in SPLITS if (out / s / shards.SHARDS_JSON).exists())
-        print(f"ok: {out} is sound ({n} samples)")
+        print(f"ok: {out} is sound: {counts}")
         return 0
     if not args.repair:
-        print(f"{len(problems)} problem(s); rerun with --repair --config FILE to rebuild the broken shards")
+        print(
+            f"{len(problems)} problem(s); rerun with --repair --config FILE to rebuild the broken shards"
+        )
         return 1
     if not args.config:
         print("error: --repair needs --config (the config the set was built with)", file=sys.stderr)
@@ -70,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     rc = build_shards.main(["--config", args.config, "--out", str(out), *args.overrides])
     if rc != 0:
         return rc
-    problems, _ = verify_all(out)
+    problems, _, counts = report(out)
     for prob in problems:
         print(f"problem after repair: {prob}")
     if not problems:
-        print(f"repaired: {out} is sound")
+        print(f"repaired: {out} is sound: {counts}")
     return 0 if not problems else 1
 
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dataprep.core.atomic import sha256_file
+from dataprep.core.sample import SPLITS
 from dataprep.core.tario import iter_shard
 
 SHARDS_JSON = "shards.json"
@@ -48,59 +51,123 @@ def shard_paths(split_dir: str | os.PathLike[str]) -> list[Path]:
     return [Path(split_dir) / s["name"] for s in meta["shards"]]
 
 
-def verify_split(
-    split_dir: str | os.PathLike[str], decode: bool = True
-) -> tuple[list[str], list[str]]:
-    """Check every shard of a split against shards.json and the index.
+@dataclass
+class SplitCheck:
+    """What :func:`verify_split` found. ``samples`` is the split's sample count as training
+    sees it and the build reports it: samples in the tars minus the keys ``shards.json``
+    excludes (cross-shard duplicates, left in their tar so finished shards never change)."""
 
-    Returns ``(problems, broken_shard_names)``; empty lists mean the split is sound. Checks:
-    tar present, size and sha256 as recorded, every member decodes, sample counts, and that
-    ``index.parquet`` lists exactly the tar keys minus the excluded duplicates.
-    """
+    split: str
+    problems: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    in_tars: int = 0
+    excluded: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.in_tars - self.excluded
+
+
+def _check_shard(
+    split_dir: Path, entry: dict[str, Any], decode: bool, keys: set[str]
+) -> str | None:
+    """One shard against its shards.json entry; the problem, or None. Adds its keys to ``keys``."""
+    name = entry["name"]
+    tar = split_dir / name
+    if not tar.is_file():
+        return f"{name}: missing"
+    if tar.stat().st_size != entry["bytes"] or sha256_file(tar) != entry["sha256"]:
+        return f"{name}: sha256/size differs from shards.json (corrupt or modified)"
+    if not decode:
+        return None
+    n = 0
+    try:
+        for sample in iter_shard(tar):
+            keys.add(sample["__key__"])
+            n += 1
+    except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{name}: member does not decode ({type(e).__name__}: {e})"
+    if n != entry["samples"]:
+        return f"{name}: {n} samples in tar, shards.json says {entry['samples']}"
+    return None
+
+
+def _check_index(split_dir: Path, keys: set[str], exclude: set[str]) -> str | None:
     import pyarrow.parquet as pq
 
+    index_path = split_dir / INDEX
+    if not index_path.is_file():
+        return f"{INDEX} missing"
+    idx_keys = set(pq.read_table(index_path, columns=["key"]).column("key").to_pylist())
+    expected = keys - exclude
+    if idx_keys != expected:
+        return (
+            f"{INDEX}: {len(idx_keys ^ expected)} keys differ from the tars "
+            f"(index {len(idx_keys)}, tars minus excluded {len(expected)})"
+        )
+    return None
+
+
+def verify_split(split_dir: str | os.PathLike[str], decode: bool = True) -> SplitCheck:
+    """Check every shard of a split against shards.json and the index.
+
+    Checks: tar present, size and sha256 as recorded, every member decodes, sample counts, and
+    that ``index.parquet`` lists exactly the tar keys minus the excluded duplicates. No problems
+    and no broken shards mean the split is sound.
+    """
     split_dir = Path(split_dir)
-    problems: list[str] = []
-    broken: list[str] = []
+    check = SplitCheck(split_dir.name)
     try:
         meta = read_shards_json(split_dir)
     except (FileNotFoundError, ValueError) as e:
-        return [str(e)], []
+        check.problems.append(str(e))
+        return check
     keys: set[str] = set()
     for entry in meta["shards"]:
-        name = entry["name"]
-        tar = split_dir / name
-        if not tar.is_file():
-            problems.append(f"{name}: missing")
-            broken.append(name)
-            continue
-        if tar.stat().st_size != entry["bytes"] or sha256_file(tar) != entry["sha256"]:
-            problems.append(f"{name}: sha256/size differs from shards.json (corrupt or modified)")
-            broken.append(name)
-            continue
-        if decode:
-            n = 0
-            try:
-                for sample in iter_shard(tar):
-                    keys.add(sample["__key__"])
-                    n += 1
-            except Exception as e:  # any decode failure marks the shard broken
-                problems.append(f"{name}: member does not decode ({type(e).__name__}: {e})")
-                broken.append(name)
-                continue
-            if n != entry["samples"]:
-                problems.append(f"{name}: {n} samples in tar, shards.json says {entry['samples']}")
-                broken.append(name)
-    index_path = split_dir / INDEX
-    if decode and not broken:
-        if not index_path.is_file():
-            problems.append(f"{INDEX} missing")
-        else:
-            idx_keys = set(pq.read_table(index_path, columns=["key"]).column("key").to_pylist())
-            expected = keys - set(meta.get("exclude", []))
-            if idx_keys != expected:
-                problems.append(
-                    f"{INDEX}: {len(idx_keys ^ expected)} keys differ from the tars "
-                    f"(index {len(idx_keys)}, tars minus excluded {len(expected)})"
-                )
-    return problems, broken
+        problem = _check_shard(split_dir, entry, decode, keys)
+        if problem is not None:
+            check.problems.append(problem)
+            check.broken.append(entry["name"])
+    exclude = set(meta.get("exclude", []))
+    if decode:
+        check.in_tars, check.excluded = len(keys), len(keys & exclude)
+    else:
+        check.in_tars = sum(int(e["samples"]) for e in meta["shards"])
+        check.excluded = len(exclude)
+    if decode and not check.broken:
+        problem = _check_index(split_dir, keys, exclude)
+        if problem is not None:
+            check.problems.append(problem)
+    return check
+
+
+def verify_set(out: str | os.PathLike[str], decode: bool = True) -> list[SplitCheck]:
+    """:func:`verify_split` for every split under ``out``, plus agreement with ``build.json``:
+    its per-split ``samples`` must equal what the tars hold minus the excluded keys."""
+    out = Path(out)
+    checks = [verify_split(out / s, decode) for s in SPLITS if (out / s).is_dir()]
+    build_path = out / BUILD_JSON
+    counts = json.loads(build_path.read_text()).get("counts", {}) if build_path.is_file() else {}
+    for check in checks:
+        recorded = (counts.get(check.split) or {}).get("samples")
+        if recorded is not None and not check.broken and recorded != check.samples:
+            check.problems.append(
+                f"{BUILD_JSON} reports {recorded} samples, the tars hold {check.in_tars} of which "
+                f"{check.excluded} are excluded: {check.samples}"
+            )
+    return checks
+
+
+def describe_counts(checks: list[SplitCheck]) -> str:
+    """``130 samples (train 90, val 16, test 24); the tars hold 133: 3 excluded ...``."""
+    total = sum(c.samples for c in checks)
+    per_split = ", ".join(f"{c.split} {c.samples}" for c in checks)
+    text = f"{total} samples ({per_split})"
+    excluded = sum(c.excluded for c in checks)
+    if excluded:
+        where = ", ".join(f"{c.split} {c.excluded}" for c in checks if c.excluded)
+        text += (
+            f"; the tars hold {total + excluded}: {excluded} cross-shard duplicates ({where}) stay "
+            f"in their tars but are excluded by shards.json, as the build counts them"
+        )
+    return text
