@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +27,8 @@ from typing import Any
 
 import httpx
 import tenacity
+
+from dataprep.core.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,4 @@ class DiskCache:
     def put(self, key: str, entry: dict[str, Any]) -> None:
         if self.root is None:
             return
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry, f, ensure_ascii=False, sort_keys=True)
-        os.replace(tmp, p)
+        atomic_write_json(self._path(key), entry)  # a kill never leaves half an entry
