@@ -61,6 +61,24 @@ def spec_augment(mel: Tensor, lengths: Tensor, cfg: SpecAugmentConfig) -> Tensor
     return torch.where(keep, mel, fill[:, None, None].to(mel.dtype))
 
 
+def build_audio_tower(cfg: AudioEncoderConfig, n_mels: int) -> nn.Module:
+    """``cfg.kind``: ``patch`` (this module) or a transformers tower (``model.hf_audio``), whose
+    mel bin count must be the feature config's and whose input length must fit ``max_frames``."""
+    if cfg.kind == "patch":
+        return AudioEncoder(cfg, n_mels)
+    from model.hf_audio import build_hf_audio
+    from model.hf_common import HFLoadError
+
+    tower = build_hf_audio(cfg.kind, cfg.path, cfg.dropout)
+    if tower.n_mels != n_mels:
+        raise HFLoadError(f"{cfg.path}: the {cfg.kind} tower reads {tower.n_mels} mel bins, the "
+                          f"features have {n_mels} (features.preset={cfg.kind} gives the tower's)")
+    if cfg.max_frames < tower.frames:
+        raise HFLoadError(f"audio.max_frames={cfg.max_frames} crops below the {cfg.kind} "
+                          f"tower's fixed input of {tower.frames} frames: set it >= {tower.frames}")
+    return tower
+
+
 class AudioEncoder(nn.Module):
     """Patch transformer returning pooled features ``[B, dim]`` (see module docstring)."""
 
@@ -72,6 +90,7 @@ class AudioEncoder(nn.Module):
             raise ValueError("sinusoidal 2-D positions need dim divisible by 4")
         self.cfg = cfg
         self.n_mels = n_mels
+        self.out_dim = cfg.dim
         self.freq_patches = -(-n_mels // cfg.patch_freq)
         self.max_time_patches = -(-cfg.max_frames // cfg.patch_time)
         d = cfg.dim

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.audio_encoder import AudioEncoder
+from model.audio_encoder import build_audio_tower
 from model.config import ModelConfig
 from model.text_encoder import TextEncoder
 
@@ -65,17 +65,36 @@ class SharedCodebook(nn.Module):
         return sparsemax(affinity) @ codes
 
 
+class ProjectionMLP(nn.Module):
+    """LAION-CLAP's projection head (``ClapProjectionLayer``: Linear, ReLU, Linear)."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_out)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(d_out, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.activation(self.linear1(x)))
+
+
+def projection(kind: str, d_in: int, d_out: int) -> nn.Module:
+    return ProjectionMLP(d_in, d_out) if kind == "mlp" else nn.Linear(d_in, d_out, bias=False)
+
+
 class CLAP(nn.Module):
     def __init__(self, cfg: ModelConfig, n_mels: int) -> None:
         super().__init__()
         if cfg.init_temperature <= 0 or cfg.max_logit_scale <= 1:
             raise ValueError("init_temperature must be > 0 and max_logit_scale > 1")
         self.cfg = cfg
-        self.audio = AudioEncoder(cfg.audio, n_mels)
+        self.audio = build_audio_tower(cfg.audio, n_mels)
         self.text = TextEncoder(cfg.text)
-        self.audio_proj = nn.Linear(cfg.audio.dim, cfg.embed_dim, bias=False)
+        audio_dim = int(self.audio.out_dim)
+        self.audio_proj = projection(cfg.projection, audio_dim, cfg.embed_dim)
         if cfg.text.project:
-            self.text_proj: nn.Module = nn.Linear(self.text.out_dim, cfg.embed_dim, bias=False)
+            self.text_proj: nn.Module = projection(cfg.projection, self.text.out_dim,
+                                                   cfg.embed_dim)
         elif self.text.out_dim != cfg.embed_dim:
             raise ValueError(f"text.project=false needs embed_dim == text width "
                              f"{self.text.out_dim}, got {cfg.embed_dim}")
@@ -87,12 +106,12 @@ class CLAP(nn.Module):
         self.codebook: SharedCodebook | None = None
         if cfg.loss.codebook_size > 0:
             self.codebook = SharedCodebook(cfg.loss.codebook_size, cfg.embed_dim)
-            self.frame_proj = nn.Linear(cfg.audio.dim, cfg.embed_dim)
+            self.frame_proj = nn.Linear(audio_dim, cfg.embed_dim)
             self.word_proj = nn.Linear(self.text.out_dim, cfg.embed_dim)
 
     @property
     def uses_own_tokenizer(self) -> bool:
-        """True when the text tower needs its own tokenizer (``text.kind: minilm``)."""
+        """True when the text tower needs its own tokenizer (``text.kind: minilm | hf``)."""
         return self.text.uses_own_tokenizer
 
     def logit_scale(self) -> Tensor:

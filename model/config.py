@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -23,6 +23,11 @@ class SpecAugmentConfig(_Section):
 
 
 class AudioEncoderConfig(_Section):
+    # patch: the project's patch transformer (fields below). htsat | whisper | ast: a transformers
+    # tower from the local directory ``path`` (model.hf_audio); it reads features.preset of the
+    # same name, ``dropout`` overrides its checkpoint's dropout, the patch fields are unused.
+    kind: Literal["patch", "htsat", "whisper", "ast"] = "patch"
+    path: str | None = None
     dim: int = 192
     depth: int = 4
     heads: int = 3
@@ -37,9 +42,19 @@ class AudioEncoderConfig(_Section):
     local_window: int | None = None  # MGA-CLAP locality-aware attention window (patches)
     specaugment: SpecAugmentConfig | None = SpecAugmentConfig()
 
+    @model_validator(mode="after")
+    def _hf_needs_path(self) -> AudioEncoderConfig:
+        if self.kind != "patch" and not self.path:
+            raise ValueError(f"audio.kind={self.kind} needs audio.path (a local model directory)")
+        return self
+
 
 class TextEncoderConfig(_Section):
-    kind: Literal["transformer", "minilm"] = "transformer"
+    # transformer: ours over sentencepiece ids; minilm: the packaged all-MiniLM-L6-v2;
+    # hf: a transformers text model from the local directory ``path`` with its own tokenizer
+    # (model.hf_text); pooling there defaults to the model's kind (cls, or last for GPT-2-like).
+    kind: Literal["transformer", "minilm", "hf"] = "transformer"
+    path: str | None = None
     vocab_size: int = 4000
     dim: int = 192
     depth: int = 4
@@ -47,11 +62,26 @@ class TextEncoderConfig(_Section):
     mlp_ratio: float = 4.0
     max_len: int = 64
     dropout: float = 0.1
-    pooling: Literal["cls", "mean"] = "mean"
-    freeze: bool = False  # for kind=minilm: keep the pretrained text tower frozen
+    pooling: Literal["cls", "mean", "pooler", "last", "auto"] = "mean"
+    freeze: bool = False  # for kind=minilm|hf: keep the pretrained text tower frozen
     # False: no text projection — the audio tower is aligned INTO the text tower's space
     # (CALM with a frozen MiniLM); needs model.embed_dim == the text width (384 for MiniLM).
     project: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_pooling_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "hf" and "pooling" not in data:
+            data = {**data, "pooling": "auto"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> TextEncoderConfig:
+        if self.kind == "hf" and not self.path:
+            raise ValueError("text.kind=hf needs text.path (a local model directory)")
+        if self.kind != "hf" and self.pooling not in ("cls", "mean"):
+            raise ValueError(f"text.pooling={self.pooling} needs text.kind=hf")
+        return self
 
 
 class LossConfig(_Section):
@@ -68,6 +98,8 @@ class ModelConfig(_Section):
     audio: AudioEncoderConfig = AudioEncoderConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     embed_dim: int = 256
+    # linear: one bias-free Linear per tower; mlp: LAION-CLAP's Linear-ReLU-Linear (with biases)
+    projection: Literal["linear", "mlp"] = "linear"
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     loss: LossConfig = LossConfig()

@@ -43,7 +43,7 @@ def _clap_audio(path: str | os.PathLike[str], config: Any, dropout: float | None
             for key in DROPOUT_KEYS:
                 if hasattr(config.audio_config, key):
                     setattr(config.audio_config, key, dropout)
-        return load_hf_model(path, config, None, ClapModel).audio_model
+        return load_hf_model(path, config, None, ClapModel, part="audio_model.").audio_model
     if config.model_type != "clap_audio_model":
         raise HFLoadError(f"{path}: audio.kind=htsat needs a ClapModel or ClapAudioModel "
                           f"directory, found model_type {config.model_type!r}")

@@ -41,10 +41,12 @@ def load_hf_config(path: str | os.PathLike[str]) -> Any:
 
 
 def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | None,
-                  cls: Any = None) -> nn.Module:
+                  cls: Any = None, part: str = "") -> nn.Module:
     """``AutoModel`` (the base model, no LM head) from a local directory. Weights are read
     from ``model.safetensors`` (or a ``.bin`` through transformers' default
-    ``torch.load(weights_only=True)``), so nothing arbitrary is unpickled."""
+    ``torch.load(weights_only=True)``), so nothing arbitrary is unpickled. A missing or
+    shape-mismatched weight is an error; ``part`` (a key prefix such as ``text_model.``) limits
+    that check to the half of a two-tower checkpoint the caller keeps."""
     offline_env()
     from transformers import AutoModel
 
@@ -54,7 +56,16 @@ def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | No
             if hasattr(config, key):
                 setattr(config, key, dropout)
     try:
-        return cls.from_pretrained(str(path), config=config, local_files_only=True,
-                                   weights_only=True)
+        model, info = cls.from_pretrained(str(path), config=config, local_files_only=True,
+                                          weights_only=True, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise HFLoadError(f"{path}: cannot load the model weights: {err}") from None
+    # transformers initialises missing weights at random and only logs it: a tower that
+    # silently starts half-random is worse than an error.
+    bad = {k: sorted(str(x) for x in info.get(k) or () if str(x).startswith(part))
+           for k in ("missing_keys", "mismatched_keys")}
+    if any(bad.values()):
+        raise HFLoadError(f"{path}: checkpoint does not match {type(model).__name__}: "
+                          f"missing {bad['missing_keys'][:8]}, "
+                          f"shape-mismatched {bad['mismatched_keys'][:8]}")
+    return model

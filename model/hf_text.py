@@ -23,10 +23,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.hf_common import HFLoadError, load_hf_config, load_hf_model, offline_env
+from model.hf_common import DROPOUT_KEYS, HFLoadError, load_hf_config, load_hf_model, offline_env
 from model.layers import masked_mean
 
 POOLINGS = ("cls", "mean", "pooler", "last")
+
+
+def text_config_of(config: Any) -> Any:
+    """A whole ``ClapModel`` directory serves its text half (RoBERTa) as a text tower."""
+    return config.text_config if config.model_type == "clap" else config
+
+
+def _load_text_model(path: str | os.PathLike[str], config: Any, dropout: float | None) -> nn.Module:
+    if config.model_type != "clap":
+        return load_hf_model(path, config, dropout)
+    from transformers import ClapModel
+
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config.text_config, key):
+                setattr(config.text_config, key, dropout)
+    return load_hf_model(path, config, None, ClapModel, part="text_model.").text_model
 
 
 def is_decoder_only(config: Any) -> bool:
@@ -60,7 +77,7 @@ class HFTokenizer:
 
     def __init__(self, path: str | os.PathLike[str], model_config: Any | None = None) -> None:
         self.path = str(path)
-        config = model_config if model_config is not None else load_hf_config(path)
+        config = text_config_of(model_config if model_config is not None else load_hf_config(path))
         self.model_max = max_positions(config)
         self.model_vocab = int(config.vocab_size)
         self._tok: Any = None
@@ -122,21 +139,34 @@ class HFText(nn.Module):
     contract of :class:`model.text_encoder.TextEncoder`'s implementations."""
 
     def __init__(self, path: str | os.PathLike[str], pooling: str | None = None,
-                 dropout: float | None = None, model: nn.Module | None = None) -> None:
+                 dropout: float | None = None, freeze: bool = False,
+                 model: nn.Module | None = None) -> None:
         super().__init__()
-        config = model.config if model is not None else load_hf_config(path)
+        full = model.config if model is not None else load_hf_config(path)
+        config = text_config_of(full)
         self.decoder_only = is_decoder_only(config)
-        pooling = pooling or ("last" if self.decoder_only else "cls")
+        if pooling in (None, "auto"):
+            pooling = "last" if self.decoder_only else "cls"
         if pooling not in POOLINGS:
             raise HFLoadError(f"text pooling {pooling!r} is not one of {POOLINGS}")
         if self.decoder_only and pooling in ("cls", "pooler"):
             raise HFLoadError(f"{path}: {config.model_type} is decoder-only (causal): the first "
                               f"token sees nothing else; use pooling last or mean")
         self.pooling = pooling
-        self.model = model if model is not None else load_hf_model(path, config, dropout)
+        self.model = model if model is not None else _load_text_model(path, full, dropout)
+        self.freeze = freeze
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
         if pooling == "pooler" and getattr(self.model, "pooler", None) is None:
             raise HFLoadError(f"{path}: {type(self.model).__name__} has no pooler")
         self.out_dim = int(config.hidden_size)
+
+    def train(self, mode: bool = True) -> HFText:
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()  # a frozen tower applies no dropout either
+        return self
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if ids.dim() != 2 or ids.shape != mask.shape:

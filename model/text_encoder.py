@@ -16,6 +16,9 @@ shapes)::
               return_tensors="pt")
     batch["ids"], batch["mask"] = enc["input_ids"], enc["attention_mask"]
 
+``kind: hf`` — any transformers text model from a local directory (``model.hf_text``), with its
+own tokenizer (``model.hf_text.HFTokenizer``).
+
 ``TextEncoder.uses_own_tokenizer`` tells the trainer which path applies.
 """
 
@@ -118,8 +121,15 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextEncoderConfig) -> None:
         super().__init__()
-        self.uses_own_tokenizer = cfg.kind == "minilm"
-        self.impl: nn.Module = MiniLMText(cfg) if cfg.kind == "minilm" else TransformerText(cfg)
+        self.uses_own_tokenizer = cfg.kind in ("minilm", "hf")
+        if cfg.kind == "hf":
+            from model.hf_text import HFText
+
+            self.impl: nn.Module = HFText(cfg.path, cfg.pooling, cfg.dropout, cfg.freeze)
+        elif cfg.kind == "minilm":
+            self.impl = MiniLMText(cfg)
+        else:
+            self.impl = TransformerText(cfg)
         self.out_dim: int = self.impl.out_dim
 
     def forward(
