@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import ray
+    from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)}}
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         refs = [task.remote(split, tar, exclude) for split, tar, exclude in jobs]
         merged = Partial()
         problems: list[str] = []
-        for ref in refs:  # merge in shard order: the result does not depend on completion order
+        # merge in shard order: the result does not depend on completion order; the bar shows
+        # on a terminal only (disable=None), the log line below is the record
+        for ref in tqdm(refs, desc="report: shards", unit="shard", disable=None):
             part, probs = ray.get(ref)
             merged.merge(part)
             problems.extend(probs)

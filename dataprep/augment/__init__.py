@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 from dataprep.augment.audio import AudioAugmenter
-from dataprep.core.sample import Reject, TextEntry
+from dataprep.core.sample import TEXT_REJECT_STAGE, Reject, TextEntry
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _as_reject(meta: dict[str, Any], r: Any) -> Reject:
     corpus = str(meta.get("corpus", ""))
     return Reject(
         source=f"{corpus}:{meta.get('source_id', meta.get('id', ''))}",
-        stage="augment",
+        stage=TEXT_REJECT_STAGE,
         reason=reason,
         detail=detail,
         corpus=corpus,

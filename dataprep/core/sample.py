@@ -8,6 +8,7 @@ builder turns each into one or more samples (plain dicts keyed by WebDataset ext
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -60,7 +61,9 @@ class SampleRef:
 
 @dataclass(frozen=True)
 class Reject:
-    """Why one input did not become a sample. Every input ends as samples or one Reject."""
+    """Why one input did not become a sample (every input ends as samples or one Reject), or,
+    with ``stage`` :data:`TEXT_REJECT_STAGE`, why one generated text of a kept sample was
+    dropped (:func:`is_text_reject`; counted apart from rejected inputs)."""
 
     source: str  # "<corpus>:<source_id>" or a URI when no id exists yet
     stage: str  # reader | decode | normalize | filter | dedup | augment | features
@@ -77,6 +80,17 @@ class Reject:
             "reason": self.reason,
             "detail": self.detail,
         }
+
+
+# Rejects of this stage are generated texts (LLM, templates, nlpaug) that failed validation or
+# whose augmenter failed: the sample was kept, so they are not rejected inputs.
+TEXT_REJECT_STAGE = "augment"
+
+
+def is_text_reject(r: Reject | Mapping[str, Any]) -> bool:
+    """Whether a reject (or its ``rejects.parquet`` row) is a dropped generated text."""
+    stage = r.stage if isinstance(r, Reject) else r.get("stage")
+    return stage == TEXT_REJECT_STAGE
 
 
 class TextEntry(TypedDict):

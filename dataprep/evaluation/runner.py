@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dataprep.evaluation import metrics as M
 from dataprep.evaluation.data import EvalItem, load_eval_set, select
@@ -301,7 +302,8 @@ def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, 
     }
     timings: dict[str, float] = {}
     embedders = {c.name: Embedder(c.model, c.cfg, c.tokenizer, d.batch_size, device) for c in columns}
-    for task in task_file.tasks:
+    # A bar on a terminal, nothing in logs or tests (disable=None: off when not a TTY).
+    for task in tqdm(task_file.tasks, desc="evaluate", unit="task", disable=None):
         rec: dict[str, Any] = {"type": task.type, "corpus": task.corpus.name, "reader": task.corpus.reader,
                                "root": task.corpus.root, "split": task.split, "metrics": {}, "errors": {}}
         t0 = time.perf_counter()

@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dataprep.report.stats import Partial, summarize_samples
-from dataprep.core.sample import SPLITS
+from dataprep.core.sample import SPLITS, is_text_reject
 from dataprep.core.shards import BUILD_JSON, REJECTS, read_shards_json
 from dataprep.core.tario import iter_shard
+from dataprep.report.stats import Partial, summarize_samples
 
 log = logging.getLogger(__name__)
 EXAMPLES = 3
@@ -73,22 +73,35 @@ def rejects_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]
             for r in pq.read_table(path).to_pylist():
                 rows.append({**r, "split": split})
     by_reason: dict[str, int] = {}
+    text_by_reason: dict[str, int] = {}
     by_corpus: dict[str, int] = {}
     by_stage: dict[str, int] = {}
     examples: dict[str, list[dict[str, str]]] = {}
     for r in sorted(rows, key=lambda r: (r["stage"], r["reason"], r["source"])):
         k = f"{r['stage']}/{r['reason']}"
-        by_reason[k] = by_reason.get(k, 0) + 1
-        by_corpus[r["corpus"] or "?"] = by_corpus.get(r["corpus"] or "?", 0) + 1
         by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+        if is_text_reject(r):
+            # A rejected generated text: its sample was kept, so it is no input reject.
+            text_by_reason[r["reason"]] = text_by_reason.get(r["reason"], 0) + 1
+        else:
+            by_reason[k] = by_reason.get(k, 0) + 1
+            by_corpus[r["corpus"] or "?"] = by_corpus.get(r["corpus"] or "?", 0) + 1
         ex = examples.setdefault(k, [])
         if len(ex) < EXAMPLES:
             ex.append({"source": r["source"], "detail": r["detail"], "split": r["split"]})
+    n_texts = sum(text_by_reason.values())
+
+    def ranked(d: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))
+
     return {
-        "total": len(rows),
-        "by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "total": len(rows),  # rows of rejects.parquet: inputs + generated texts
+        "inputs": len(rows) - n_texts,  # inputs that gave no sample
+        "generated_texts": n_texts,  # generated texts (LLM...) rejected; their samples kept
+        "by_reason": ranked(by_reason),  # input rejects
+        "text_by_reason": ranked(text_by_reason),
         "by_stage": dict(sorted(by_stage.items())),
-        "by_corpus": dict(sorted(by_corpus.items())),
+        "by_corpus": dict(sorted(by_corpus.items())),  # input rejects
         "examples": examples,
         "_rows": rows,  # consumed by assemble (duplicates, LLM), not written
     }
@@ -140,7 +153,7 @@ def assemble(shards_dir: str | Path, partial: Partial, problems: list[str]) -> d
                               "build": build_section(shards_dir)}
     report.update(summarize_samples(partial))
     accepted = sum(n for k, n in report["augmentation"]["kinds"].items() if k.startswith("llm:"))
-    llm_rejected = sum(1 for r in rows if r["stage"] == "augment")
+    llm_rejected = sum(1 for r in rows if is_text_reject(r))
     report["augmentation"]["llm"] = {
         "accepted": accepted, "rejected": llm_rejected,
         "acceptance_rate": round(accepted / (accepted + llm_rejected), 6) if accepted + llm_rejected else None,

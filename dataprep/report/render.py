@@ -1,5 +1,8 @@
 """The self-contained HTML page: tables of the report JSON plus PNG plots embedded as data URIs.
 
+The markup is a jinja2 template (``templates/report.html.j2``, autoescaped); this module draws
+the plots and shapes table rows.
+
 matplotlib's Agg backend draws the plots (no display, no fonts or scripts from the network);
 the page has no external references at all, so it opens from a file or an email attachment.
 Plots are drawn with fixed sizes, fonts and metadata, so the same JSON gives the same bytes.
@@ -8,11 +11,12 @@ Plots are drawn with fixed sizes, fonts and metadata, so the same JSON gives the
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import itertools
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -69,7 +73,15 @@ def _hist_axes(ax: Any, summary: dict[str, Any], title: str) -> None:
     edges = summary["edges"]
     counts = summary["hist"][1:-1]  # in-range bins; under/overflow are in the table
     widths = [b - a for a, b in itertools.pairwise(edges)]
-    ax.bar(edges[:-1], counts, width=widths, align="edge", color="#55a868", edgecolor="#333", linewidth=0.3)
+    ax.bar(
+        edges[:-1],
+        counts,
+        width=widths,
+        align="edge",
+        color="#55a868",
+        edgecolor="#333",
+        linewidth=0.3,
+    )
     ax.set_title(f"{title} (n={summary['count']})", fontsize=9)
     ax.tick_params(labelsize=7)
 
@@ -93,7 +105,9 @@ def plots(r: dict[str, Any]) -> dict[str, str]:
     """Plot name -> base64 PNG."""
     out: dict[str, str] = {}
     corp = r["by_corpus"]
-    out["corpus_hours"] = _bar(list(corp), [corp[c]["hours"] for c in corp], "hours per corpus", "hours")
+    out["corpus_hours"] = _bar(
+        list(corp), [corp[c]["hours"] for c in corp], "hours per corpus", "hours"
+    )
     edges = r["duration_edges"]
     fig, ax = plt.subplots(figsize=(8, 3))
     bottom = [0] * (len(edges) - 1)
@@ -109,13 +123,22 @@ def plots(r: dict[str, Any]) -> dict[str, str]:
     fig.tight_layout()
     out["duration_hist"] = _png(fig)
     langs = r["by_lang"]
-    out["lang_samples"] = _bar(list(langs), [langs[k]["samples"] for k in langs], "samples per language", "samples")
+    out["lang_samples"] = _bar(
+        list(langs), [langs[k]["samples"] for k in langs], "samples per language", "samples"
+    )
     out["audio_hists"] = _grid(r["audio"])
     out["text_hists"] = _grid({k: r["text"][k] for k in ("text_chars", "chars_per_s")}, cols=2)
     fam = r["augmentation"]["families"]
-    out["text_kinds"] = _bar(list(fam) or ["(none)"], list(fam.values()) or [0], "texts by kind", "texts")
+    out["text_kinds"] = _bar(
+        list(fam) or ["(none)"], list(fam.values()) or [0], "texts by kind", "texts"
+    )
     reasons = r["rejects"]["by_reason"]
-    out["reject_reasons"] = _bar(list(reasons) or ["(none)"], list(reasons.values()) or [0], "rejects by stage/reason", "inputs")
+    out["reject_reasons"] = _bar(
+        list(reasons) or ["(none)"],
+        list(reasons.values()) or [0],
+        "input rejects by stage/reason",
+        "inputs",
+    )
     labels, values = [], []
     for split, s in r["shards"].items():
         for e in s["list"]:
@@ -125,92 +148,49 @@ def plots(r: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    th = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
-    body = []
-    for row in rows:
-        tds = "".join(f'<td class="l">{_e(v)}</td>' if i < left else f"<td>{_e(_num(v))}</td>" for i, v in enumerate(row))
-        body.append(f"<tr>{tds}</tr>")
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
-
-
 def _num(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "–" if v is None else v
 
 
-def _img(name: str, b64: str) -> str:
-    return f'<img data-plot="{name}" alt="{name}" src="data:image/png;base64,{b64}">'
+def _shard_row(split: str, v: dict[str, Any]) -> list[Any]:
+    b, n = v["bytes"], v["samples"]
+    return [split, v["count"], round(v["total_bytes"] / 1e6, 3), b and b["max_over_mean"],
+            b and b["cv"], n and n["min"], n and n["max"]]  # fmt: skip
+
+
+# Row builders the template maps over report sections (data shaping here, markup there).
+STAT_COLS = ["metric", "count", "mean", "min", "p05", "p50", "p95", "max"]
+_FILTERS = {
+    "num": _num,
+    "group_row": lambda kv: [kv[0], kv[1]["samples"], kv[1]["hours"], kv[1]["speakers"]],
+    "stat_row": lambda kv: [kv[0], *[kv[1][c] for c in STAT_COLS[1:]]],
+    "distinct_row": lambda kv: [kv[0], kv[1]["texts"], kv[1]["distinct_1"], kv[1]["distinct_2"]],
+    "source_detail": lambda x: [x["source"], x["detail"]],
+    "example_rows": lambda ex: [[k, x["source"], x["detail"]] for k, xs in ex.items() for x in xs],
+    "outlier_row": lambda x: [x["key"], x["corpus"], x["source"], x["value"]],
+    "shard_row": lambda kv: _shard_row(*kv),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dataprep.report", "templates"),
+        autoescape=True,  # every value of the report is escaped (corpus text, file names)
+        undefined=jinja2.StrictUndefined,  # a renamed report key fails loudly, not blank
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(_FILTERS)
+    return env
 
 
 def render_html(r: dict[str, Any]) -> str:
-    imgs = plots(r)
-    body: dict[str, str] = {}
-    t, b = r["totals"], r["build"]
-    body["overview"] = _table(["figure", "value"], [
-        ["shard set", r["shards_dir"]], ["build config", b.get("name")], ["feature fingerprint", b.get("feature_fingerprint")],
-        ["splits", ", ".join(r["splits"])], ["samples", t["samples"]], ["hours", t["hours"]],
-        ["speakers", t["speakers"]], ["corpora", t["corpora"]], ["languages", t["languages"]],
-        ["inputs rejected", r["rejects"]["total"]], ["unreadable shards", len(r["problems"])],
-    ]) + "".join(f"<p>problem: {_e(p)}</p>" for p in r["problems"])
-
-    def group_table(g: dict[str, Any], name: str) -> str:
-        return _table([name, "samples", "hours", "speakers"], [[k, v["samples"], v["hours"], v["speakers"]] for k, v in g.items()])
-
-    body["corpora"] = group_table(r["by_corpus"], "corpus") + group_table(r["by_split"], "split")
-    body["languages"] = group_table(r["by_lang"], "language")
-    stat_cols = ["metric", "count", "mean", "min", "p05", "p50", "p95", "max"]
-    body["audio"] = _table(stat_cols, [[m, *[s[c] for c in stat_cols[1:]]] for m, s in r["audio"].items()]) + (
-        "<p>SNR: percentile estimate from the log-mel (90th - 10th percentile frame energy). "
-        "Quantiles are histogram bin upper edges.</p>"
-    ) + _table(["flag", "samples"], [[k, v] for k, v in r["flags"].items()])
-    tx = r["text"]
-    lid = tx["lid"]
-    body["text"] = _table(stat_cols, [[m, *[tx[m][c] for c in stat_cols[1:]]] for m in ("text_chars", "chars_per_s")]) + _table(
-        ["language ID", "value"], [["checked", lid["checked"]], ["mismatch", lid["mismatch"]], ["agreement", lid["agreement"]]]
-    ) + _table(["vocabulary", "distinct tokens"], [[k, v] for k, v in tx["vocab"].items()]) + _table(
-        ["kind family", "texts", "distinct-1", "distinct-2"],
-        [[f, d["texts"], d["distinct_1"], d["distinct_2"]] for f, d in tx["distinct"].items()],
+    """The page for one report JSON (``templates/report.html.j2``); same JSON, same bytes."""
+    page = _env().get_template("report.html.j2")
+    return page.render(
+        r=r, imgs=plots(r), sections=SECTIONS, plots=PLOTS, style=_STYLE, stat_cols=STAT_COLS
     )
-    aug = r["augmentation"]
-    llm = aug["llm"]
-    body["augmentation"] = _table(["kind", "texts"], [[k, v] for k, v in aug["kinds"].items()]) + _table(
-        ["family", "share"], [[k, v] for k, v in aug["shares"].items()]
-    ) + _table(["LLM captions", "value"], [["accepted", llm["accepted"]], ["rejected", llm["rejected"]],
-                                           ["acceptance rate", llm["acceptance_rate"]]])
-    d = r["duplicates"]
-    body["duplicates"] = _table(["figure", "value"], [
-        ["identical audio groups in the set", len(d["audio_groups"])], ["duplicate samples in the set", d["duplicate_samples"]],
-        ["rejected as duplicate", d["rejected_duplicate"]], ["rejected as eval overlap", d["rejected_eval_overlap"]],
-    ]) + _table(["rejected example", "detail"], [[x["source"], x["detail"]] for x in d["duplicate_examples"] + d["eval_overlap_examples"]], left=2) + "".join(
-        f"<p>same audio: {_e(', '.join(g))}</p>" for g in d["audio_groups"][:20]
-    )
-    rj = r["rejects"]
-    ex_rows = [[k, x["source"], x["detail"]] for k, xs in rj["examples"].items() for x in xs]
-    body["rejects"] = _table(["stage/reason", "inputs"], [[k, v] for k, v in rj["by_reason"].items()]) + _table(
-        ["corpus", "inputs"], [[k, v] for k, v in rj["by_corpus"].items()]
-    ) + _table(["stage/reason", "example source", "detail"], ex_rows, left=3)
-    body["shards"] = _table(["split", "shards", "MB", "bytes max/mean", "bytes cv", "samples min", "samples max"], [
-        [s, v["count"], round(v["total_bytes"] / 1e6, 3), v["bytes"]["max_over_mean"] if v["bytes"] else None,
-         v["bytes"]["cv"] if v["bytes"] else None, v["samples"]["min"] if v["samples"] else None,
-         v["samples"]["max"] if v["samples"] else None] for s, v in r["shards"].items()
-    ])
-    body["outliers"] = "".join(
-        f"<h3>{_e(c)}</h3>" + _table(["key", "corpus", "source @ segment (s)", "value"],
-                                    [[x["key"], x["corpus"], x["source"], x["value"]] for x in xs], left=3)
-        for c, xs in r["outliers"].items() if xs
-    ) + "<p>Keys are sample keys (<code>index.parquet</code> gives the shard); the source is the file the clip was cut from.</p>"
-
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>polyclap data-quality report</title>", f"<style>{_STYLE}</style></head><body>",
-             "<h1>polyclap data-quality report</h1>", "<nav>" + " · ".join(f'<a href="#{s}">{_e(t)}</a>' for s, t in SECTIONS) + "</nav>"]
-    for sid, title in SECTIONS:
-        pics = "".join(_img(n, imgs[n]) for n in PLOTS.get(sid, ()))
-        parts.append(f'<section id="{sid}"><h2>{_e(title)}</h2>{body[sid]}{pics}</section>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

@@ -237,9 +237,14 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
     assert report["duplicates"]["duplicate_samples"] == sum(len(g) - 1 for g in groups_)
     assert report["duplicates"]["rejected_eval_overlap"] == sum(r["reason"] == "eval_overlap" for r in rej)
     assert report["duplicates"]["rejected_duplicate"] == sum(r["reason"] == "duplicate" for r in rej)
+    # generated texts (stage augment) are rejected apart from inputs: their samples were kept
+    inputs = [r for r in rej if r["stage"] != "augment"]
+    texts = [r for r in rej if r["stage"] == "augment"]
     assert report["rejects"]["total"] == len(rej)
-    assert report["rejects"]["by_reason"] == dict(Counter(f"{r['stage']}/{r['reason']}" for r in rej))
-    assert report["rejects"]["by_corpus"] == dict(Counter(r["corpus"] or "?" for r in rej))
+    assert (report["rejects"]["inputs"], report["rejects"]["generated_texts"]) == (len(inputs), len(texts))
+    assert report["rejects"]["by_reason"] == dict(Counter(f"{r['stage']}/{r['reason']}" for r in inputs))
+    assert report["rejects"]["text_by_reason"] == dict(Counter(r["reason"] for r in texts))
+    assert report["rejects"]["by_corpus"] == dict(Counter(r["corpus"] or "?" for r in inputs))
     for k, ex in report["rejects"]["examples"].items():
         assert 1 <= len(ex) <= 3 and all(f"{r['stage']}/{r['reason']}" == k for r in rej for x in ex if r["source"] == x["source"])
     for split, s in report["shards"].items():
@@ -284,9 +289,10 @@ def test_every_figure_matches_a_recount(handmade: Path) -> None:
     assert report["duplicates"]["duplicate_samples"] == 1 and report["duplicates"]["rejected_eval_overlap"] == 1
     assert "ghost" not in report["by_corpus"]  # the excluded key is not counted
     assert report["rejects"]["by_reason"] == {
-        "augment/llm_copy": 1, "augment/llm_refusal": 1, "decode/empty_file": 1, "decode/not_audio": 1,
-        "dedup/eval_overlap": 1, "filter/too_short": 1,
+        "decode/empty_file": 1, "decode/not_audio": 1, "dedup/eval_overlap": 1, "filter/too_short": 1,
     }
+    assert report["rejects"]["text_by_reason"] == {"llm_copy": 1, "llm_refusal": 1}
+    assert (report["rejects"]["inputs"], report["rejects"]["generated_texts"]) == (4, 2)
     assert report["flags"] == {"clipping": 1, "lang_mismatch": 1}
     assert report["outliers"]["most_clipped"][0]["key"].startswith("bad-")
     assert report["problems"] == []
@@ -320,6 +326,18 @@ def test_html_has_every_section_and_its_images_and_no_network(handmade: Path) ->
     assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from anywhere
     assert "http://" not in page and "https://" not in page
     assert render_html(_in_process(handmade)) == page
+    # the overview counts rejected inputs and rejected generated texts apart
+    assert '<td class="l">inputs rejected</td><td>4</td>' in page
+    assert '<td class="l">generated texts rejected (their samples kept)</td><td>2</td>' in page
+
+
+def test_html_escapes_what_the_data_says(handmade: Path) -> None:
+    report = _in_process(handmade)
+    report["rejects"]["examples"]["augment/llm_copy"][0]["detail"] = '<script>alert("x")</script>'
+    report["problems"] = ["shard <b>7</b> & more"]
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "problem: shard &lt;b&gt;7&lt;/b&gt; &amp; more" in page
 
 
 def test_corrupt_shard_is_listed_not_fatal(handmade: Path, tmp_path: Path) -> None:
