@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataprep.core.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
 from dataprep.core.sample import META, SampleRef
@@ -59,7 +59,7 @@ def refs(per_corpus: int) -> list[SampleRef]:
     return out
 
 
-def run(cfg: ExperimentConfig, augment: bool, items: list[SampleRef]) -> dict[str, float]:
+def run(cfg: DataConfig, augment: bool, items: list[SampleRef]) -> dict[str, float]:
     proc = SampleProcessor(cfg, augment=augment)
     c0, w0 = time.process_time(), time.perf_counter()
     samples = texts = 0
@@ -175,7 +175,7 @@ def main() -> int:
     torch.set_num_threads(1)
     items = refs(args.per_corpus)
     rain = sorted(str(p) for p in (CORPORA / "esc50_mini" / "audio").glob("*-10.wav"))
-    cfg = ExperimentConfig.model_validate(
+    cfg = DataConfig.model_validate(
         {"build": {"augment": {
             "templates": True, "template_langs": args.langs.split(","),
             "nlpaug": ["keyboard", "synonym", "random_word_swap"], "nlpaug_per_sample": 2,

@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from dataprep.loader import ShardLoader, iter_shard_texts  # noqa: E402
 from dataprep.core.atomic import atomic_write_json  # noqa: E402
 from dataprep.core.shards import shard_name, shard_paths  # noqa: E402
 from dataprep.core.tario import write_tar_atomic  # noqa: E402
-from dataprep.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from model.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
 def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndarray]]:
@@ -97,8 +98,8 @@ def raw_read(split_dir: Path) -> int:
 
 
 def ours(split_dir: Path, features: FeatureConfig, tok: Tokenizer, workers: int) -> int:
-    ld = ShardLoader(split_dir, features=features, max_frames=1024, batch_size=32, tokenizer=tok,
-                     max_text_len=64, num_workers=workers, drop_last=False, pad_multiple=16)
+    ld = ShardLoader(split_dir, features=features, max_frames=1024, batch_size=32,
+                     tokenize=partial(tok.encode_batch, max_len=64), num_workers=workers, drop_last=False, pad_multiple=16)
     return sum(len(b["keys"]) for b in ld.iter_epoch())
 
 

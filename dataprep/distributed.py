@@ -30,7 +30,7 @@ import ray
 
 from dataprep import dedup
 from dataprep.core import atomic, features, shards, tario
-from dataprep.core.config import CorpusConfig, ExperimentConfig, config_to_dict
+from dataprep.core.config import CorpusConfig, DataConfig, config_to_dict
 from dataprep.corpora import read_corpus
 from dataprep.core.sample import META, Reject, SampleRef, SPLITS
 
@@ -99,7 +99,7 @@ def scan_corpus(corpus: CorpusConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
 # ---------------------------------------------------------------------------------- plan ---
 def plan_shards(
-    rows: list[dict[str, Any]], cfg: ExperimentConfig
+    rows: list[dict[str, Any]], cfg: DataConfig
 ) -> dict[str, list[list[dict[str, Any]]]]:
     """Assign refs to splits and cut each split into shards by estimated bytes.
 
@@ -109,7 +109,7 @@ def plan_shards(
 
     sc = cfg.build.splits
     f = cfg.features
-    bytes_per_s = f.n_mels * 2 * f.sample_rate_hz / f.hop_length * (1 + len(f.multirate_hops))
+    bytes_per_s = f.n_mels * 2 * f.sample_rate_hz / f.hop_length
     if cfg.build.audio.keep_audio:
         bytes_per_s += f.sample_rate_hz * 1.2  # flac of 16-bit PCM
     views = 1 + cfg.build.augment.audio_views
@@ -138,7 +138,7 @@ def plan_shards(
     return plan
 
 
-def build_signature(cfg: ExperimentConfig) -> dict[str, Any]:
+def build_signature(cfg: DataConfig) -> dict[str, Any]:
     """What must match for a rerun to continue writing into an existing output directory."""
     b = config_to_dict(cfg.build)
     b.pop("out", None)
@@ -178,7 +178,7 @@ def build_shard(
     logging.basicConfig(level=logging.INFO)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    cfg = DataConfig.model_validate_json(cfg_json)
     # One task per reserved CPU: torch's intra-op pool would otherwise start a thread per core
     # in every worker and oversubscribe the node (resampling and the STFT run in torch).
     import torch
@@ -244,7 +244,7 @@ def fingerprint_eval_corpus(cfg_json: str, corpus: CorpusConfig) -> list[tuple[s
     """Decode one evaluation corpus and return (source, pcm_sha1, fingerprint) per segment."""
     from dataprep import audio as audio_mod
 
-    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    cfg = DataConfig.model_validate_json(cfg_json)
     sr = cfg.features.sample_rate_hz
     out = []
     for item in read_corpus(corpus):
@@ -361,7 +361,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _check_or_write_plan(out: Path, cfg: ExperimentConfig, plan: dict[str, list[list[dict[str, Any]]]]) -> None:
+def _check_or_write_plan(out: Path, cfg: DataConfig, plan: dict[str, list[list[dict[str, Any]]]]) -> None:
     sig = build_signature(cfg)
     plan_summary = {
         split: [[r["corpus"] + ":" + r["source_id"] + f"@{r.get('start_s')}" for r in shard] for shard in shard_list]
@@ -386,7 +386,7 @@ def _check_or_write_plan(out: Path, cfg: ExperimentConfig, plan: dict[str, list[
     atomic.atomic_write_json(p, {"signature": sig, "plan_sha256": plan_sha, "shards": {s: len(v) for s, v in plan.items()}})
 
 
-def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
+def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     """Scan, plan, execute and finalize a shard set under ``out``. Returns the build record."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +418,7 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
     eval_index = None
     if b.eval_corpora and b.dedup.decontaminate:
         eval_index = dedup.DedupIndex(near_threshold=b.dedup.near_threshold)
-        cfg_json = cfg.model_dump_json()
+        cfg_json = DataConfig.view(cfg).model_dump_json()
         results = ray.get([fingerprint_eval_corpus.remote(cfg_json, c) for c in b.eval_corpora])
         n = 0
         for src, pcm, fp in sorted((x for res in results for x in res), key=lambda x: x[0]):
@@ -428,7 +428,7 @@ def run_build(cfg: ExperimentConfig, out: str | os.PathLike[str]) -> dict[str, A
     timings["eval_index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cfg_json = cfg.model_dump_json()
+    cfg_json = DataConfig.view(cfg).model_dump_json()
     eval_ref = ray.put(eval_index)
     opts = {"num_cpus": b.shards.num_cpus_per_task, "max_retries": 2}
     max_inflight = b.shards.max_parallel_tasks or max(1, int(ray.available_resources().get("CPU", 1) / b.shards.num_cpus_per_task)) * 2

@@ -21,9 +21,11 @@ Each rank is an endless stream over epochs (ranks never wait for each other at a
 a skipped corrupt sample cannot desynchronize the collectives of a training step).
 
 Batch: ``mel`` ``[B, n_mels, T]`` in the features' dtype (float16 by default) (zero beyond ``mel_lengths``), ``mel_lengths`` long,
-``ids``/``mask`` from the tokenizer, ``groups`` long (stable hash of the sample's ``group``:
-equal ids are never each other's negatives, also across ranks), ``keys``, ``texts``,
-``duration_s``.
+``ids``/``mask`` from the injected ``tokenize`` callable (``texts -> (ids, mask)``; the loader
+never picks or loads a tokenizer: the model side owns that, see ``model/tokenizer.py``),
+``groups`` long (stable hash of the sample's ``group``: equal ids are never each other's
+negatives, also across ranks), ``labels`` (each sample's class-label tuple, possibly empty),
+``keys``, ``texts``, ``duration_s``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import logging
 import os
 import signal
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dataprep.core.config import ExperimentConfig, FeatureConfig
+from dataprep.core.config import FeatureConfig, LoaderConfig
 from dataprep.core.features import FingerprintMismatch, check_fingerprint, feature_fingerprint
 
 __all__ = ["FingerprintMismatch", "ShardLoader", "epoch_segments", "iter_shard_texts"]
@@ -51,9 +53,11 @@ from dataprep.core.sample import KIND_ORIGINAL, META, MEL, TEXT
 from dataprep.core import tario
 from dataprep.core.shards import BUILD_JSON, read_shards_json
 from dataprep.core.tario import first_member
-from dataprep.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# texts -> (ids LongTensor[B, L], mask BoolTensor[B, L]); picklable (sent to worker processes)
+Tokenize = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
 def stable_hash(*parts: Any) -> int:
@@ -219,8 +223,7 @@ class LoaderSpec:
     fingerprint: str | None
     max_frames: int
     batch_size: int
-    tokenizer: Tokenizer | None
-    max_text_len: int
+    tokenize: Tokenize | None
     rank: int
     world_size: int
     num_workers: int
@@ -292,6 +295,7 @@ def prepare_sample(spec: LoaderSpec, epoch: int, key: str, members: dict[str, by
         "mel": mel,
         "text": _choose_text(meta, txt, draw & 0x7FFFFFFF, spec.train),
         "group": stable_hash(meta.get("group") or key),
+        "labels": tuple(str(x) for x in meta.get("labels") or ()),
         "duration_s": float(mel.shape[1] * hop_s),
     }
 
@@ -313,12 +317,13 @@ def collate(spec: LoaderSpec, samples: list[dict[str, Any]]) -> dict[str, Any]:
         "mel": torch.from_numpy(mel),
         "mel_lengths": torch.tensor([min(n, width) for n in lengths], dtype=torch.long),
         "groups": torch.tensor([s["group"] for s in samples], dtype=torch.long),
+        "labels": [s["labels"] for s in samples],
         "keys": [s["key"] for s in samples],
         "texts": texts,
         "duration_s": torch.tensor([s["duration_s"] for s in samples], dtype=torch.float32),
     }
-    if spec.tokenizer is not None:
-        batch["ids"], batch["mask"] = spec.tokenizer.encode_batch(texts, spec.max_text_len)
+    if spec.tokenize is not None:
+        batch["ids"], batch["mask"] = spec.tokenize(texts)
     return batch
 
 
@@ -430,8 +435,7 @@ class ShardLoader:
         features: FeatureConfig,
         max_frames: int,
         batch_size: int,
-        tokenizer: Tokenizer | None = None,
-        max_text_len: int = 64,
+        tokenize: Tokenize | None = None,
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
@@ -452,7 +456,7 @@ class ShardLoader:
         fingerprint = check_shard_features(shard_set, features) if check_features else None
         self.spec = LoaderSpec(
             shard_set=shard_set, features=features, fingerprint=fingerprint, max_frames=max_frames,
-            batch_size=batch_size, tokenizer=tokenizer, max_text_len=max_text_len, rank=rank,
+            batch_size=batch_size, tokenize=tokenize, rank=rank,
             world_size=world_size, num_workers=num_workers, seed=seed, train=train,
             shuffle_buffer=shuffle_buffer, bucket=bucket, bucket_batches=bucket_batches,
             pad_multiple=pad_multiple, drop_last=drop_last,
@@ -464,17 +468,18 @@ class ShardLoader:
 
     @classmethod
     def from_config(
-        cls, cfg: ExperimentConfig, split_dir: str | os.PathLike[str], tokenizer: Tokenizer | None,
-        *, rank: int = 0, world_size: int = 1, train: bool = True, batch_size: int | None = None,
+        cls, config: LoaderConfig, split_dir: str | os.PathLike[str], *,
+        features: FeatureConfig, tokenize: Tokenize | None, max_frames: int, batch_size: int,
+        pad_multiple: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
+        train: bool = True,
     ) -> ShardLoader:
-        t = cfg.train
+        """The loader of a ``loader:`` section. What the model dictates (crop length, padding
+        multiple, tokenization) is passed in by the caller; this module never reads it."""
         return cls(
-            split_dir, features=cfg.features, max_frames=cfg.model.audio.max_frames,
-            batch_size=batch_size or t.micro_batch, tokenizer=tokenizer,
-            max_text_len=min(t.max_text_len, cfg.model.text.max_len), rank=rank,
-            world_size=world_size, num_workers=t.num_workers, seed=t.seed, train=train,
-            shuffle_buffer=t.shuffle_buffer, bucket=t.bucket_by_length,
-            pad_multiple=cfg.model.audio.patch_time, drop_last=train,
+            split_dir, features=features, max_frames=max_frames, batch_size=batch_size,
+            tokenize=tokenize, rank=rank, world_size=world_size, num_workers=config.num_workers,
+            seed=seed, train=train, shuffle_buffer=config.shuffle_buffer,
+            bucket=config.bucket_by_length, pad_multiple=pad_multiple, drop_last=train,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
         )
 

@@ -17,7 +17,7 @@ import numpy as np
 from dataprep import audio as audio_mod
 from dataprep import dedup, filters, text as text_mod
 from dataprep.core import features
-from dataprep.core.config import ExperimentConfig
+from dataprep.core.config import DataConfig
 from dataprep.core.sample import (
     KIND_ORIGINAL,
     MEL,
@@ -79,7 +79,7 @@ class SampleProcessor:
 
     def __init__(
         self,
-        cfg: ExperimentConfig,
+        cfg: DataConfig,
         augment: bool = True,
         eval_index: Any | None = None,
         split_of: Any | None = None,
@@ -89,7 +89,6 @@ class SampleProcessor:
         self.bcfg = cfg.build
         self.fingerprint = features.feature_fingerprint(self.fcfg)
         self.logmel = features.make_featurizer(self.fcfg)
-        self.multirate = [features.LogMel(self.fcfg, hop) for hop in self.fcfg.multirate_hops]
         self.eval_index = eval_index
         dc = self.bcfg.dedup
         self.local_index = (
@@ -222,8 +221,6 @@ class SampleProcessor:
 
     def _pack(self, key: str, meta: SampleMeta, wave: np.ndarray) -> dict[str, Any]:
         sample: dict[str, Any] = {"__key__": key, MEL: self.logmel(wave), META: meta}
-        for hop, lm in zip(self.fcfg.multirate_hops, self.multirate):
-            sample[f"mel_h{hop}.npy"] = lm(wave)
         texts = meta["texts"]
         sample[TEXT] = texts[0]["text"] if texts else ""
         if self.bcfg.audio.keep_audio:

@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the launcher runs this file directly
@@ -38,14 +39,21 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from dataprep.core.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from dataprep.core.config import ConfigError  # noqa: E402
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
-from dataprep.tokenizer import MiniLMTokenizer, Tokenizer, train_tokenizer  # noqa: E402
 from model import training as tr  # noqa: E402
 from model.checkpoint import export_final, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from model.clap import build_model  # noqa: E402
-from model.gradcache import cached_step  # noqa: E402
-from model.losses import ContrastiveLoss  # noqa: E402
+from model.config import ExperimentConfig, load_config  # noqa: E402
+from model.gradcache import cached_step, plain_step  # noqa: E402
+from model.losses import ContrastiveLoss, loss_groups  # noqa: E402
+from model.tokenizer import (  # noqa: E402
+    TextTokenizer,
+    load_tokenizer,
+    make_tokenize,
+    tokenizer_path,
+    train_tokenizer,
+)
 
 log = logging.getLogger("pretrain")
 
@@ -53,7 +61,7 @@ log = logging.getLogger("pretrain")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="experiment YAML (sections features/model/train...)")
-    ap.add_argument("--shards", help="shard set root (holds train/ [val/]); overrides train.shards")
+    ap.add_argument("--shards", help="shard set root (holds train/ [val/]); overrides loader.shards")
     ap.add_argument("--out", help="run directory; overrides train.out")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -80,32 +88,41 @@ def split_dirs(shards: Path) -> tuple[Path, Path | None]:
     raise AssertionError
 
 
-def resolve_tokenizer(cfg: ExperimentConfig, train_dir: Path, out: Path, rank: int) -> tuple[Tokenizer | MiniLMTokenizer, Path | None]:
-    """The text tower's tokenizer: train.tokenizer, else <shards>/tokenizer.model, else one
-    trained now on the training texts (rank 0) into <out>/tokenizer.model."""
-    t = cfg.train
-    if cfg.model.text.kind == "minilm":
-        return MiniLMTokenizer(), None
-    path = Path(t.tokenizer) if t.tokenizer else train_dir.parent / "tokenizer.model"
-    if t.tokenizer and not path.is_file():
-        fail(f"train.tokenizer={path} does not exist")
-    if not path.is_file():
-        path = out / "tokenizer.model"
-        if rank == 0 and not path.is_file():
+def resolve_tokenizer(
+    cfg: ExperimentConfig, train_dir: Path, out: Path, rank: int
+) -> tuple[TextTokenizer, Path | None]:
+    """The text tower's tokenizer (rules: ``model.tokenizer.tokenizer_path``); when none exists
+    yet, rank 0 trains one on the training texts into <out>/tokenizer.model."""
+    if cfg.model.text.kind != "transformer":  # minilm / hf towers bring their own tokenizer
+        return load_tokenizer(cfg.model.text, None), None
+    try:
+        path, must_train = tokenizer_path(cfg.tokenizer.path, train_dir.parent, out)
+        if must_train and rank == 0:
             log.info("no tokenizer in the shard set: training one into %s", path)
             train_tokenizer(iter_shard_texts(train_dir), path, vocab_size=cfg.model.text.vocab_size)
-        dist.barrier()
-    tok = Tokenizer(path)
-    if tok.vocab_size > cfg.model.text.vocab_size:
-        fail(f"tokenizer {path} has {tok.vocab_size} pieces > model.text.vocab_size={cfg.model.text.vocab_size}")
-    return tok, path
+        dist.barrier()  # every rank: must_train differs between ranks once rank 0 has trained
+        return load_tokenizer(cfg.model.text, path), path
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+        raise AssertionError from err
+
+
+def make_loader(cfg: ExperimentConfig, split_dir: Path, tok: TextTokenizer, rank: int, world: int,
+                train: bool) -> ShardLoader:
+    """The loader of one split; the model dictates crop length, padding and tokenization."""
+    a = cfg.model.audio
+    return ShardLoader.from_config(
+        cfg.loader, split_dir, features=cfg.features, tokenize=make_tokenize(tok, cfg.model.text),
+        max_frames=a.max_frames, batch_size=cfg.train.micro_batch, pad_multiple=a.patch_time,
+        seed=cfg.train.seed, rank=rank, world_size=world, train=train,
+    )
 
 
 def main() -> None:
     # ---------------------------------------------------------------- config
     args = parse_args()
     overrides = list(args.overrides)
-    overrides += [f"train.shards={args.shards}"] if args.shards else []
+    overrides += [f"loader.shards={args.shards}"] if args.shards else []
     overrides += [f"train.out={args.out}"] if args.out else []
     try:
         cfg = load_config(args.config, overrides)
@@ -113,7 +130,7 @@ def main() -> None:
         fail(str(err))
     t = cfg.train
     out = Path(t.out)
-    train_dir, val_dir = split_dirs(Path(t.shards))
+    train_dir, val_dir = split_dirs(Path(cfg.loader.shards))
 
     # ---------------------------------------------------------------- distributed init
     deepspeed.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
@@ -133,9 +150,9 @@ def main() -> None:
     # ---------------------------------------------------------------- data
     tokenizer, tokenizer_path = resolve_tokenizer(cfg, train_dir, out, rank)
     try:
-        loader = ShardLoader.from_config(cfg, train_dir, tokenizer, rank=rank, world_size=world)
+        loader = make_loader(cfg, train_dir, tokenizer, rank, world, train=True)
         val_loader = (
-            ShardLoader.from_config(cfg, val_dir, tokenizer, rank=rank, world_size=world, train=False)
+            make_loader(cfg, val_dir, tokenizer, rank, world, train=False)
             if val_dir is not None else None
         )
     except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
@@ -146,7 +163,6 @@ def main() -> None:
     tr.seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.features.n_mels)
     n_params = sum(p.numel() for p in model.parameters())
-    tr.patch_scalar_param_broadcast()  # DeepSpeed bug with the 0-dim temperature parameter
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=tr.param_groups(model, t), config=tr.make_ds_config(t, world)
     )
@@ -203,23 +219,23 @@ def main() -> None:
             audio_s += float(batch["duration_s"].sum())
             inputs = {k: batch[k].to(device, non_blocking=True) for k in ("mel", "mel_lengths", "ids", "mask")}
             inputs["mel"] = inputs["mel"].to(dtype)  # float16 from the shards -> the engine's dtype
-            groups = batch["groups"].to(device, non_blocking=True)
-            if t.chunk_size:  # gradient cache: exact global-batch gradients in chunks
-                seen: dict[str, torch.Tensor] = {}
+            groups = loss_groups(batch["groups"], batch["labels"], cfg.model.loss)
+            inputs["groups"] = groups.to(device, non_blocking=True)
+            seen: dict[str, torch.Tensor] = {}
 
-                def global_loss(**feats: torch.Tensor) -> dict[str, torch.Tensor]:
+            def recorded(fn: Any) -> Any:
+                def loss(**feats: torch.Tensor) -> dict[str, torch.Tensor]:
                     seen["scale"] = feats["logit_scale"].detach()  # for the temperature log
-                    return loss_fn.loss_from_features(**feats)
+                    return fn(**feats)
+                return loss
 
-                terms = cached_step(engine, {**inputs, "groups": groups}, global_loss, t.chunk_size)
-                scale = seen["scale"]
+            # Both steps call engine.step(); DeepSpeed steps the optimizer at the accumulation
+            # boundary only. The cache's loss sees already gathered features.
+            if t.chunk_size:  # gradient cache: exact global-batch gradients in chunks
+                terms = cached_step(engine, inputs, recorded(loss_fn.loss_from_features), t.chunk_size)
             else:
-                fwd = engine(**inputs)
-                extra = {k: v for k, v in fwd.items() if k.endswith("_codes")}
-                terms = loss_fn(fwd["audio_emb"], fwd["text_emb"], fwd["logit_scale"], groups, **extra)
-                engine.backward(terms["loss"])
-                engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-                scale = fwd["logit_scale"]
+                terms = plain_step(engine, inputs, recorded(loss_fn))
+            scale = seen["scale"]
         step += 1
         elapsed = time.perf_counter() - t_start
         over_budget = t.time_budget_s is not None and elapsed >= t.time_budget_s

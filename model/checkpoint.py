@@ -214,9 +214,10 @@ def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cp
     The tokenizer has ``encode_batch(texts, max_len) -> (ids, mask)``; for ``text.kind: minilm``
     it is the packaged MiniLM WordPiece tokenizer behind the same interface.
     """
-    from dataprep.core.config import ConfigError, ExperimentConfig, load_config
-    from dataprep.tokenizer import load_tokenizer
+    from dataprep.core.config import ConfigError
     from model.clap import build_model
+    from model.config import ExperimentConfig, load_config
+    from model.tokenizer import load_tokenizer
 
     d = _resolve(Path(path))
     try:
@@ -232,5 +233,5 @@ def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cp
     model = build_model(cfg.model, cfg.features.n_mels)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
-    tok = load_tokenizer(cfg, d / TOKENIZER)
+    tok = load_tokenizer(cfg.model.text, d / TOKENIZER)
     return model, cfg, tok

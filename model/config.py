@@ -1,4 +1,8 @@
-"""Typed model and training configuration (sections ``model:`` and ``train:`` of the YAML).
+"""Typed model and training configuration, and the whole experiment file.
+
+Sections ``model:``, ``tokenizer:`` and ``train:`` live here; :class:`ExperimentConfig` is the
+data side's :class:`dataprep.core.config.DataConfig` (``features``, ``build``, ``loader``) plus
+those three, loaded through the one loader :func:`load_config` (same error formatter).
 
 The mel parameters are NOT here: the audio encoder reads ``n_mels`` from the feature config
 (``dataprep.core.config.FeatureConfig``), which is fingerprinted and shared with the data pipeline.
@@ -6,13 +10,15 @@ The mel parameters are NOT here: the audio encoder reads ``n_mels`` from the fea
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from dataprep.core.config import DataConfig, Section
+from dataprep.core.config import load_config as _load_config
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section
 
 
 class SpecAugmentConfig(_Section):
@@ -88,10 +94,18 @@ class LossConfig(_Section):
     kind: Literal["infonce", "mga"] = "infonce"
     label_smoothing: float = 0.0
     mask_same_group: bool = True  # two views / captions of one clip are not negatives
+    # samples with the same (non-empty) class-label set are not negatives either (ESC-50: two
+    # "dog" clips in one batch); needs mask_same_group
     mask_same_label: bool = False
     hard_negative_beta: float = 0.0  # MGA-CLAP hard-negative weighting strength (0: off)
     codebook_size: int = 0  # MGA-CLAP shared codebook (0: off)
     codebook_weight: float = 0.1
+
+    @model_validator(mode="after")
+    def _label_mask_needs_group_mask(self) -> LossConfig:
+        if self.mask_same_label and not self.mask_same_group:
+            raise ValueError("mask_same_label needs mask_same_group: true (labels are masked as groups)")
+        return self
 
 
 class ModelConfig(_Section):
@@ -105,10 +119,19 @@ class ModelConfig(_Section):
     loss: LossConfig = LossConfig()
 
 
+class TokenizerConfig(_Section):
+    """The text tower's tokenizer (resolved by ``model.tokenizer.tokenizer_path``)."""
+
+    # sentencepiece .model; None: <shards>/tokenizer.model, else one trained on the training
+    # texts into <train.out>/tokenizer.model. Only for text.kind=transformer (minilm and hf
+    # towers bring their own tokenizer).
+    path: str | None = None
+
+
 class TrainConfig(_Section):
-    shards: str = "outputs/shards"  # shard set root (holds train/ and val/)
+    """The run: output directory, optimizer/schedule, DeepSpeed engine, logging, checkpoints."""
+
     out: str = "outputs/run"
-    tokenizer: str | None = None  # sentencepiece .model (default: <shards>/tokenizer.model)
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -125,16 +148,55 @@ class TrainConfig(_Section):
     time_budget_s: float | None = None
     grad_clip: float = 1.0
     seed: int = 0
-    num_workers: int = 0
     save_every: int = 100
     keep_last: int = 2
     log_every: int = 10
     eval_every: int = 0  # 0: validation only at the end
-    max_text_len: int = 64
     ds_config: dict[str, Any] = Field(default_factory=dict)  # raw DeepSpeed overrides
-    # --- loader / trainer additions (issue 8); defaults keep earlier configs valid ---
-    shuffle_buffer: int = 256  # per-worker shuffle buffer (samples)
-    bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)
     no_decay: tuple[str, ...] = ("logit_scale", "pos", "cls", "norm", "bias")  # + all 1-D params
     tensorboard: bool = True
     val_batches: int = 0  # per rank for the periodic validation (0: the whole val split)
+
+
+_MOVED = "moved to {}: the loader's settings live in the loader: section"
+_EXPERIMENT_REMOVED = {
+    **DataConfig.removed_keys,
+    "train.shards": _MOVED.format("loader.shards"),
+    "train.num_workers": _MOVED.format("loader.num_workers"),
+    "train.shuffle_buffer": _MOVED.format("loader.shuffle_buffer"),
+    "train.bucket_by_length": _MOVED.format("loader.bucket_by_length"),
+    "train.tokenizer": "moved to tokenizer.path",
+    "train.max_text_len": "removed: captions are cut to model.text.max_len tokens (the text "
+    "tower's length; the smaller of the two was used)",
+    "eval": "removed (it was never read): evaluation tasks live in a task file, "
+    "jobs/evaluate.py --tasks configs/tasks/*.yaml",
+}
+
+
+class ExperimentConfig(DataConfig):
+    """The whole YAML file: the data sections plus model, tokenizer and training."""
+
+    removed_keys: ClassVar[dict[str, str]] = _EXPERIMENT_REMOVED
+
+    model: ModelConfig = ModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _tokenizer_fits_tower(self) -> ExperimentConfig:
+        kind = self.model.text.kind
+        if self.tokenizer.path is not None and kind != "transformer":
+            raise ValueError(
+                f"tokenizer.path is set but model.text.kind={kind} uses its own tokenizer "
+                "(minilm: the packaged WordPiece; hf: the one in text.path): remove tokenizer.path"
+            )
+        return self
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type[BaseModel] = ExperimentConfig,
+) -> Any:
+    """:func:`dataprep.core.config.load_config` with the whole experiment file as default view."""
+    return _load_config(path, overrides, cls)

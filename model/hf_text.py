@@ -68,7 +68,7 @@ def max_positions(config: Any) -> int | None:
 
 
 class HFTokenizer:
-    """A directory's fast tokenizer behind :class:`dataprep.tokenizer.Tokenizer`'s interface.
+    """A directory's fast tokenizer behind :class:`model.tokenizer.Tokenizer`'s interface.
 
     ``encode_batch(texts, max_len)`` -> ``ids [B, max_len]`` int64, ``mask`` bool; padded on the
     tokenizer's own side; ``max_len`` is capped at the model's maximum. Decoder-only tokenizers

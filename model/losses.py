@@ -13,8 +13,8 @@ Terms:
 - groups (int64 ``[B]``): two samples with the same group id are never negatives of each
   other (two views / captions of one clip, or one class when labels say so); their logits are
   masked to -inf. Group ids must be globally unique per clip (e.g. a hash of the sample key).
-  ``mask_same_label`` is honoured by whoever builds ``groups`` (the trainer / loader): with it on,
-  samples sharing a class label get the same group id; the loss only sees ``groups``.
+  ``mask_same_label``: :func:`loss_groups` (called by the trainer on each batch) gives samples
+  with the same non-empty class-label set one shared group id; the loss only sees ``groups``.
 - ``label_smoothing``: the target puts ``1 - eps`` on the positive and ``eps`` spread over the
   unmasked candidates (masked ones never receive mass, so the loss stays finite).
 - ``kind: mga`` with ``hard_negative_beta > 0``: MGA-CLAP / HCL hard-negative weighting. Each
@@ -26,6 +26,9 @@ Terms:
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -75,6 +78,22 @@ def all_gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
 def all_gather_no_grad(x: Tensor, sizes: list[int] | None = None) -> Tensor:
     sizes = sizes or gather_sizes(x.shape[0], x.device)
     return _gather_padded(x, sizes)
+
+
+def loss_groups(groups: Tensor, labels: Sequence[Sequence[str]], cfg: LossConfig) -> Tensor:
+    """The group ids the loss masks by. With ``cfg.mask_same_label`` every sample that carries
+    class labels gets an id derived from its sorted label set (the same on every rank and run),
+    so two clips of one class are not each other's negatives; unlabelled samples keep theirs."""
+    if not cfg.mask_same_label:
+        return groups
+    if len(labels) != groups.shape[0]:
+        raise ValueError(f"{len(labels)} label sets for {groups.shape[0]} group ids")
+    out = groups.clone()
+    for i, lab in enumerate(labels):
+        if lab:
+            blob = "\x00".join(["label", *sorted(set(lab))]).encode()
+            out[i] = int.from_bytes(hashlib.sha1(blob).digest()[:8], "little") >> 1
+    return out
 
 
 class ContrastiveLoss(nn.Module):

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.config import TrainConfig
+from model.metrics import paired_recall
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +84,6 @@ def make_ds_config(t: TrainConfig, world_size: int) -> dict[str, Any]:
     elif t.precision == "fp16":
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 12}
     return deep_merge(cfg, t.ds_config)
-
-
-def patch_scalar_param_broadcast() -> None:
-    """DeepSpeed 0.19.8 broadcasts each parameter as ``p.data.view(torch.uint8)``, which fails
-    for 0-dim parameters (a learnable temperature): "self.dim() cannot be 0 to view Float as
-    Byte". Give such parameters a 1-element shape for the broadcast only."""
-    from deepspeed.runtime.engine import DeepSpeedEngine
-
-    orig = DeepSpeedEngine._broadcast_model
-    if getattr(orig, "_polyclap_scalar_safe", False):
-        return
-
-    def _broadcast_model(self: Any) -> None:
-        scalars = [p for p in self.module.parameters() if p.dim() == 0]
-        for p in scalars:
-            p.data = p.data.reshape(1)
-        try:
-            orig(self)
-        finally:
-            for p in scalars:
-                p.data = p.data.reshape(())
-
-    _broadcast_model._polyclap_scalar_safe = True  # type: ignore[attr-defined]
-    DeepSpeedEngine._broadcast_model = _broadcast_model  # type: ignore[method-assign]
 
 
 def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
@@ -204,7 +181,7 @@ def flops_per_sample(cfg: Any) -> float:
     n_patches = max(1, cfg.features.n_mels // a.patch_freq) * max(1, a.max_frames // a.patch_time) + 1
     fwd = tower(a.dim, a.depth, a.mlp_ratio, n_patches) + 2 * a.patch_freq * a.patch_time * a.dim * n_patches
     if t.kind == "transformer":
-        fwd += tower(t.dim, t.depth, t.mlp_ratio, min(cfg.train.max_text_len, t.max_len))
+        fwd += tower(t.dim, t.depth, t.mlp_ratio, t.max_len)
     return 3.0 * fwd
 
 
@@ -273,18 +250,6 @@ def progress_line(step: int, max_steps: int, row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def recall_at(sim: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Row i's positive is column i; recall@k for rows (a->t) and columns (t->a)."""
-    n = sim.shape[0]
-    target = torch.arange(n)
-    out = {}
-    for name, s in (("a2t", sim), ("t2a", sim.t())):
-        rank = (s > s[target, target].unsqueeze(1)).sum(1)  # how many beat the positive
-        for k in ks:
-            out[f"val_{name}_r{k}"] = float((rank < k).float().mean())
-    return out
-
-
 @torch.no_grad()
 def validate(engine: Any, batches: list[dict[str, Any]], device: torch.device | str, dtype: torch.dtype) -> dict[str, float]:
     """Embed the rank's val batches, gather on every rank, retrieval recall over the union.
@@ -321,4 +286,5 @@ def validate(engine: Any, batches: list[dict[str, Any]], device: torch.device | 
         gathered = [local]
     a = torch.cat([g[0] for g in gathered])
     t = torch.cat([g[1] for g in gathered])
-    return {**recall_at(a @ t.t()), "val_samples": float(a.shape[0])}
+    recall = paired_recall((a @ t.t()).numpy())
+    return {**{f"val_{k}": v for k, v in recall.items()}, "val_samples": float(a.shape[0])}

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataprep.core.config import ConfigError, check_local_out, load_config  # noqa: E402
+from dataprep.core.config import ConfigError, check_local_out  # noqa: E402
+from model.config import load_config  # noqa: E402  (the whole file is validated, as every entry point does)
 
 log = logging.getLogger("polyclap.build")
 

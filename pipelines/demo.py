@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     _run("build_shards", [py, "pipelines/build_shards.py", "--config", args.config, "--out", str(shards)], timings, env)
     sys.path.insert(0, str(REPO))
-    from dataprep.core.config import load_config
+    from model.config import load_config
 
     vocab = load_config(REPO / args.config if not Path(args.config).is_absolute() else args.config).model.text.vocab_size
     _run("train_tokenizer", [py, "pipelines/train_tokenizer.py", "--shards", str(shards), "--out", str(shards / "tokenizer.model"),

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # runnable as a plain script from any directory
     sys.path.insert(0, str(REPO))
 
 from dataprep.loader import iter_shard_texts  # noqa: E402
-from dataprep.tokenizer import train_tokenizer  # noqa: E402
+from model.tokenizer import train_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

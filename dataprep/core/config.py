@@ -3,6 +3,15 @@
 Every section is a frozen pydantic model that forbids unknown keys, so a typo fails before any
 work with a message naming the key. One YAML file (e.g. ``configs/demo.yaml``) holds all
 sections; each entry point validates the whole file and uses the sections it needs.
+
+This module owns the data side's sections and :class:`DataConfig` (``name``, ``features``,
+``build``, ``loader``: what the shard build and the loader read), the ONE loader
+(:func:`load_config`) and its error formatter. The model layer extends :class:`DataConfig` into
+``model.config.ExperimentConfig`` (adding ``model``, ``tokenizer``, ``train``) and loads it
+through the same :func:`load_config`; nothing here imports the model layer (ARCHITECTURE.md).
+
+Keys that were removed or moved are listed in a config class's ``removed_keys``; the error for
+such a key names its replacement instead of just "unknown key".
 """
 
 from __future__ import annotations
@@ -10,14 +19,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
-
-from model.config import ModelConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -71,7 +78,6 @@ class FeatureConfig(Section):
     mel_scale: Literal["htk", "slaney"] = "htk"
     log_offset: float = 1e-6
     dtype: Literal["float16", "float32"] = "float16"
-    multirate_hops: tuple[int, ...] = ()  # extra hop lengths for CALM multirate views
 
     @model_validator(mode="before")
     @classmethod
@@ -89,8 +95,6 @@ class FeatureConfig(Section):
             out[key] = want
         for key, default in preset["defaults"].items():
             out.setdefault(key, default)
-        if out.get("multirate_hops"):
-            raise ValueError(f"features.multirate_hops needs preset=logmel, not {data['preset']}")
         return out
 
     @field_validator("f_max_hz")
@@ -111,7 +115,6 @@ class CorpusConfig(Section):
     splits: tuple[str, ...] | None = None  # reader-specific subsets (e.g. CV tsv names)
     options: dict[str, Any] = Field(default_factory=dict)  # reader-specific settings
     max_items: int | None = None
-    role: Literal["train", "eval"] = "train"  # eval corpora are decontamination sources
 
 
 class AudioConfig(Section):
@@ -260,15 +263,44 @@ class BuildConfig(Section):
         return check_local_out(v)
 
 
-class ExperimentConfig(Section):
-    """The whole YAML file."""
+class LoaderConfig(Section):
+    """The training loader's settings (``dataprep.loader.ShardLoader.from_config``).
+
+    What the model dictates (crop length ``model.audio.max_frames``, padding multiple
+    ``model.audio.patch_time``, the tokenizer) is passed in by the training job, not read here.
+    """
+
+    shards: str = "outputs/shards"  # shard set root (holds train/ and val/); --shards overrides
+    num_workers: int = 0  # DataLoader worker processes per rank (0: read in the trainer process)
+    shuffle_buffer: int = 256  # per-worker shuffle buffer (samples); <= 1: no shuffle buffer
+    bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)
+
+
+# Old key (dotted, ``*`` for a list index) -> what to write instead. Shown by load_config.
+_DATA_REMOVED = {
+    "features.multirate_hops": "removed: the extra mel members it wrote were never read",
+    "build.corpora.*.role": "removed (it was never read): list decontamination sources under "
+    "build.eval_corpora",
+    "build.eval_corpora.*.role": "removed (it was never read): every build.eval_corpora entry "
+    "is a decontamination source",
+}
+
+
+class DataConfig(Section):
+    """The data side's view of an experiment file: what the shard build and the loader read."""
+
+    removed_keys: ClassVar[dict[str, str]] = _DATA_REMOVED
 
     name: str = "polyclap"
     features: FeatureConfig = FeatureConfig()
     build: BuildConfig = BuildConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    eval: dict[str, Any] = Field(default_factory=dict)
+    loader: LoaderConfig = LoaderConfig()
+
+    @classmethod
+    def view(cls, cfg: DataConfig) -> DataConfig:
+        """Only the data sections of ``cfg`` (e.g. of an ExperimentConfig), as a DataConfig:
+        what a build task is sent, so a worker validates exactly the sections it uses."""
+        return cls.model_validate({k: getattr(cfg, k) for k in cls.model_fields})
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -292,11 +324,16 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return tree
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(
+    err: ValidationError, source: str, removed: dict[str, str] | None = None
+) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        pattern = ".".join("*" if isinstance(p, int) else str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden" and removed and pattern in removed:
+            lines.append(f"  key {loc!r} is no longer accepted: {removed[pattern]}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown key {loc!r}")
         else:
             lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
@@ -306,11 +343,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 def load_config(
     path: str | os.PathLike[str] | None,
     overrides: list[str] | tuple[str, ...] = (),
-    cls: type[BaseModel] = ExperimentConfig,
+    cls: type[BaseModel] = DataConfig,
 ) -> Any:
-    """Load a YAML file into ``cls``; relative ``root``/``out`` paths stay as written.
+    """Load a YAML (or JSON) file into ``cls``; relative ``root``/``out`` paths stay as written.
 
-    Raises :class:`ConfigError` naming the file and the offending key.
+    ``cls`` is the view to validate: :class:`DataConfig` for a data-only file, or
+    ``model.config.ExperimentConfig`` for a whole experiment file (``model.config.load_config``
+    defaults to it). Raises :class:`ConfigError` naming the file and the offending key.
     """
     tree: dict[str, Any] = {}
     source = "<defaults>"
@@ -329,7 +368,8 @@ def load_config(
     try:
         return cls.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        removed = getattr(cls, "removed_keys", None)
+        raise ConfigError(_format_validation_error(err, source, removed)) from None
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

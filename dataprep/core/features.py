@@ -25,6 +25,9 @@ from dataprep.core.feature_presets import ALGORITHMS, preset_featurizer
 def fingerprint_fields(cfg: FeatureConfig) -> dict[str, Any]:
     """Everything that changes the feature numbers: config + torch/torchaudio versions."""
     fields = cfg.model_dump(mode="json")
+    # The removed ``multirate_hops`` (always empty in practice) stays in the hash as its old
+    # default, so every existing shard set keeps its fingerprint and new builds stay byte-identical.
+    fields["multirate_hops"] = []
     fields["torch"] = torch.__version__.split("+")[0]
     fields["torchaudio"] = torchaudio.__version__.split("+")[0]
     if cfg.preset == "logmel":

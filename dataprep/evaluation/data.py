@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.core.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.core.features import check_fingerprint, feature_fingerprint
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
 from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
@@ -91,7 +91,7 @@ def _mapped_split(split: str | None) -> str | None:
     return _SPLIT_ALIASES.get(split.lower(), split) if split else None
 
 
-def eval_processing_config(cfg: ExperimentConfig) -> ExperimentConfig:
+def eval_processing_config(cfg: DataConfig) -> DataConfig:
     """The model's config with deduplication and filters off (an eval set keeps every clip).
 
     Decoding, normalization, trimming, segmenting and features stay exactly the model's.
@@ -116,7 +116,7 @@ def _listing_digest(listing: list[SampleRef | Reject]) -> str:
     return h.hexdigest()
 
 
-def cache_key(cfg: ExperimentConfig, corpus: CorpusConfig, listing: list[SampleRef | Reject]) -> str:
+def cache_key(cfg: DataConfig, corpus: CorpusConfig, listing: list[SampleRef | Reject]) -> str:
     blob = json.dumps(
         {
             "v": CACHE_VERSION,
@@ -201,7 +201,7 @@ def _load(path: Path) -> EvalSet | None:
 
 
 def load_eval_set(
-    cfg: ExperimentConfig, corpus: CorpusConfig, cache_dir: str | Path | None = None
+    cfg: DataConfig, corpus: CorpusConfig, cache_dir: str | Path | None = None
 ) -> EvalSet:
     """Every item of ``corpus`` featurized with ``cfg``'s features (from cache when present)."""
     fp = feature_fingerprint(cfg.features)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dataprep.evaluation.data import EvalItem
+from model.tokenizer import make_tokenize
 
 
 def windows(mel: np.ndarray, max_frames: int) -> list[np.ndarray]:
@@ -36,7 +37,7 @@ class Embedder:
         self.batch_size = batch_size
         self.device = device
         self.max_frames = int(cfg.model.audio.max_frames)
-        self.max_text_len = int(min(cfg.train.max_text_len, cfg.model.text.max_len))
+        self.tokenize = make_tokenize(tokenizer, cfg.model.text)  # exactly as the trainer
         # Several tasks share one eval set (ESC-50: zero-shot, probe, few-shot): embed it once.
         # Keyed by the mel bytes themselves, so a hit is the same input by construction.
         self._memo: dict[str, np.ndarray] = {}
@@ -86,7 +87,7 @@ class Embedder:
             raise ValueError("no text to embed")
         embs = []
         for b in range(0, len(texts), self.batch_size):
-            ids, mask = self.tokenizer.encode_batch(list(texts[b : b + self.batch_size]), self.max_text_len)
+            ids, mask = self.tokenize(list(texts[b : b + self.batch_size]))
             e = self.model.encode_text(ids.to(self.device), mask.to(self.device))
             embs.append(e.float().cpu().numpy())
         return np.concatenate(embs).astype(np.float32)

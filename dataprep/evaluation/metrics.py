@@ -19,6 +19,14 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 
+# Ranking metrics have one owner below this layer, shared with training validation.
+from model.metrics import (  # noqa: F401  (re-exported for the runner: M.recall_at_k, ...)
+    average_precision_at_k,
+    cosine_scores,
+    ranks_of_relevant,
+    recall_at_k,
+)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -112,50 +120,6 @@ def unweighted_average_recall(labels: np.ndarray, preds: np.ndarray) -> float:
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         warnings.filterwarnings("ignore", message="A single label was found")
         return float(balanced_accuracy_score(labels, preds))
-
-
-def cosine_scores(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """``[Q, N]`` similarities of L2-normalized rows (renormalized here, so any input works)."""
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    it = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
-    return q @ it.T
-
-
-def ranks_of_relevant(scores: np.ndarray, relevant: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Per query, the sorted 1-based ranks of its relevant items. A tie with an irrelevant item
-    ranks the relevant one last (pessimistic), so a constant model never gets credit for a
-    lucky tie order; ties among relevant items cost nothing (they are interchangeable)."""
-    out = []
-    for qi, rel in enumerate(relevant):
-        s = scores[qi]
-        is_rel = np.zeros(s.shape[0], dtype=bool)
-        is_rel[list(rel)] = True
-        other = np.sort(s[~is_rel])
-        rel_scores = np.sort(s[is_rel])[::-1]
-        # irrelevant items scoring >= the i-th best relevant item, plus the i better relevant ones
-        above = other.size - np.searchsorted(other, rel_scores, side="left")
-        out.append((np.arange(rel_scores.size) + 1 + above).astype(np.int64))
-    return out
-
-
-def recall_at_k(ranks: list[np.ndarray], k: int) -> np.ndarray:
-    """Per query 1.0 when any relevant item is within the top ``k`` (AudioCaps/Clotho R@k)."""
-    return np.asarray([1.0 if r.size and r[0] <= k else 0.0 for r in ranks])
-
-
-def average_precision_at_k(ranks: list[np.ndarray], k: int = 10) -> np.ndarray:
-    """Per query AP@k: mean of precision@rank over relevant items ranked within ``k``, divided
-    by ``min(#relevant, k)`` (with one relevant item this is 1/rank, DCASE's mAP@10)."""
-    out = []
-    for r in ranks:
-        hits = r[r <= k]
-        if r.size == 0:
-            out.append(0.0)
-            continue
-        # the i-th relevant hit (1-based) at rank r_i has precision i / r_i
-        prec = np.arange(1, hits.size + 1) / hits
-        out.append(float(prec.sum() / min(r.size, k)))
-    return np.asarray(out)
 
 
 def accuracy_per_item(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataprep.core.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
 from dataprep.core.sample import META, SampleRef
@@ -20,7 +20,7 @@ def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> No
         cfg = CorpusConfig(name=name, reader=reader, root=str(corpora_root / name))
         refs += [r for r in read_corpus(cfg) if isinstance(r, SampleRef)][:2]
     rain = sorted(str(p) for p in (corpora_root / "esc50_mini" / "audio").glob("*-10.wav"))
-    cfg = ExperimentConfig.model_validate(
+    cfg = DataConfig.model_validate(
         {"build": {"augment": {
             "template_langs": ["en", "de", "zh", "hi"], "nlpaug": ["keyboard", "synonym", "random_word_swap"],
             "nlpaug_per_sample": 2, "audio_views": 1, "noise_dirs": rain, "seed": 4,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from dataprep.augment import TextAugmenter
-from dataprep.core.config import AugmentConfig, CorpusConfig, ExperimentConfig, LLMConfig
+from dataprep.core.config import AugmentConfig, CorpusConfig, DataConfig, LLMConfig
 from dataprep.core.sample import META, SampleRef
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
@@ -176,7 +176,7 @@ def test_server_dying_mid_build_then_rerun_reuses_the_cache(
 
     def build(url: str) -> list[Any]:
         llm = _llm(url, tmp_path, concurrency=1)
-        cfg = ExperimentConfig.model_validate(
+        cfg = DataConfig.model_validate(
             {"build": {"augment": {"templates": False, "llm": llm.model_dump(), "seed": 1}}}
         )
         proc = SampleProcessor(cfg)

@@ -159,7 +159,6 @@ def test_planted_eval_overlap_is_rejected(corpora: Path, tmp_path: Path) -> None
         reader="audiocaps",
         root=str(corpora / "audiocaps_mini"),
         splits=("val",),
-        role="eval",
     )
     index, rejects = build_eval_index([eval_cfg], AudioConfig(), SR)
     assert not rejects and len(index) >= 1

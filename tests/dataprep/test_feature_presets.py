@@ -126,7 +126,7 @@ def test_fingerprint_records_the_preset():
 def test_preset_conflicts_are_one_clear_error():
     with pytest.raises(ValueError, match="sample_rate_hz=16000 conflicts with features.preset=htsat"):
         FeatureConfig(preset="htsat", sample_rate_hz=16000)
-    with pytest.raises(ValueError, match="multirate_hops needs preset=logmel"):
+    with pytest.raises(ValueError, match="multirate_hops"):  # removed key (issue 14)
         FeatureConfig(preset="ast", multirate_hops=(320,))
     # free fields keep an explicit value: Whisper large-v3 has 128 mel bins
     assert FeatureConfig(preset="whisper", n_mels=128).n_mels == 128

@@ -15,6 +15,7 @@ import logging
 import shutil
 import tarfile
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
 from dataprep.core.atomic import atomic_write_json
 from dataprep.core.shards import shard_name
 from dataprep.core.tario import write_tar_atomic
-from dataprep.tokenizer import Tokenizer, train_tokenizer
+from model.tokenizer import Tokenizer, train_tokenizer
 
 FEATURES = FeatureConfig()
 
@@ -115,7 +116,8 @@ def tokenizer(shard_root: tuple[Path, list[str]], tmp_path_factory: pytest.TempP
 
 
 def _loader(root: Path, tok: Tokenizer | None = None, **kw) -> ShardLoader:
-    args = dict(features=FEATURES, max_frames=128, batch_size=4, tokenizer=tok, seed=3)
+    tokenize = partial(tok.encode_batch, max_len=64) if tok is not None else None
+    args = dict(features=FEATURES, max_frames=128, batch_size=4, tokenize=tokenize, seed=3)
     args.update(kw)
     return ShardLoader(root / "train", **args)
 

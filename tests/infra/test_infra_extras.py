@@ -3,7 +3,7 @@ documented config examples, and that this machine can run the network-namespace 
 
 * Presets: `infra/deepspeed/launch.sh` turns a preset into trailing `train.*` overrides (one of
   them `train.ds_config=<json>`). Here those exact strings go through
-  `dataprep.core.config.load_config` (the path `jobs/pretrain.py` uses), then `make_ds_config` and
+  `model.config.load_config` (the path `jobs/pretrain.py` uses), then `make_ds_config` and
   DeepSpeed's own `DeepSpeedConfig` with the world sizes of 1 and 2 nodes x 8 GPUs.
 * Docs: the YAML blocks of `infra/STORAGE.md` and of `infra/README.md`'s vLLM section are loaded
   with `load_config`, so a renamed key under `build.augment.llm` breaks this test, not a user.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dataprep.core.config import load_config
+from model.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

@@ -198,7 +198,7 @@ def test_kuberay_raycluster():
 
 @checks("infra/ray/kuberay-rayjob.yaml")
 def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
-    from dataprep.core.config import load_config
+    from model.config import load_config
 
     job = _docs(INFRA / "ray/kuberay-rayjob.yaml")[0]
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"

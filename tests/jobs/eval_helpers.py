@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from dataprep.core.config import load_config
+from model.config import load_config
 from dataprep.core.atomic import atomic_write_bytes
-from dataprep.tokenizer import train_tokenizer
+from model.tokenizer import train_tokenizer
 from model.checkpoint import config_yaml
 from model.clap import build_model
 

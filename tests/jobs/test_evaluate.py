@@ -21,7 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_helpers import make_export
 
-from dataprep.core.config import CorpusConfig, load_config
+from dataprep.core.config import CorpusConfig
+from model.config import load_config
 from dataprep.evaluation import runner
 from dataprep.evaluation.data import load_eval_set, select
 from dataprep.evaluation.embed import Embedder, windows

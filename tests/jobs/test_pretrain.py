@@ -36,8 +36,9 @@ TINY = {
     },
     "train": {
         "zero_stage": 2, "micro_batch": 8, "lr": 0.003, "warmup_steps": 2, "max_steps": 6,
-        "save_every": 3, "log_every": 1, "num_workers": 0, "tensorboard": False, "seed": 1,
+        "save_every": 3, "log_every": 1, "tensorboard": False, "seed": 1,
     },
+    "loader": {"num_workers": 0},
 }
 
 
@@ -56,9 +57,10 @@ def env(subprocess_env: dict[str, str]) -> dict[str, str]:
     return e
 
 
-def _config(tmp: Path, **train: object) -> Path:
+def _config(tmp: Path, loader: dict[str, object] | None = None, **train: object) -> Path:
     cfg = json.loads(json.dumps(TINY))
     cfg["train"].update(train)
+    cfg["loader"].update(loader or {})
     path = tmp / f"cfg-{len(list(tmp.glob('cfg-*')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -117,7 +119,8 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, shards: Path, env, port) -> None:
     # 2 dataloader workers per rank (the resumed loader must rotate them back into step) and the
     # gradient cache (its RNG replay must not disturb the restored RNG streams)
-    cfg = _config(tmp_path, max_steps=24, save_every=4, num_workers=2, micro_batch=16, chunk_size=5)
+    cfg = _config(tmp_path, {"num_workers": 2}, max_steps=24, save_every=4, micro_batch=16,
+                  chunk_size=5)
     ref = tmp_path / "ref"
     _run(cfg, shards, ref, port, env)
     want = _losses(ref)

@@ -45,7 +45,7 @@ def test_build_tokenize_train_export(tmp_path: Path, corpora_root: Path, subproc
     run = subprocess.run(
         [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
          "jobs/pretrain.py", "--config", "configs/test_small.yaml", "--shards", str(shards), "--out", str(out),
-         "train.max_steps=4", "train.num_workers=1", "train.zero_stage=3"],
+         "train.max_steps=4", "loader.num_workers=1", "train.zero_stage=3"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataprep.core.config import CorpusConfig, load_config
+from dataprep.core.config import CorpusConfig
+from model.config import load_config
 from dataprep.corpora import read_corpus
 from dataprep.core.features import feature_fingerprint
 from dataprep.process import SampleProcessor

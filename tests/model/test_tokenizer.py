@@ -1,4 +1,4 @@
-"""dataprep.tokenizer + pipelines/train_tokenizer.py on the real multilingual fixture sentences."""
+"""model.tokenizer + pipelines/train_tokenizer.py on the real multilingual fixture sentences."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dataprep.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
 
 def _sentences(corpora_root: Path) -> list[str]:

@@ -1,8 +1,15 @@
-"""The project's text tokenizer: a sentencepiece unigram model with byte fallback.
+"""The text towers' tokenizers: the ONE owner of tokenizer resolution and training.
 
-Trained on every text of the training shards (``txt`` and all ``texts`` entries: originals,
-templates, nlpaug and LLM captions) by ``pipelines/train_tokenizer.py``. Byte fallback means no
-text is ever mapped to ``<unk>``, whatever its script.
+Ours is a sentencepiece unigram model with byte fallback, trained by :func:`train_tokenizer` on
+an iterable of texts (``pipelines/train_tokenizer.py`` and the trainer feed it every text of the
+training shards: ``txt`` and all ``texts`` entries). Byte fallback means no text is ever mapped
+to ``<unk>``, whatever its script. ``text.kind: minilm`` towers use the packaged MiniLM
+WordPiece tokenizer behind the same ``encode_batch`` interface (:class:`MiniLMTokenizer`).
+
+Resolution: :func:`tokenizer_path` (``tokenizer.path``, else ``<shards>/tokenizer.model``, else
+a file to train into ``<out>/tokenizer.model``), :func:`load_tokenizer` (the tokenizer a text
+tower config needs, vocabulary checked) and :func:`make_tokenize` (the picklable
+``texts -> (ids, mask)`` callable the loader and the evaluator are given).
 
 Special ids are fixed at training time so the model can rely on them:
 ``pad=0, unk=1, bos=2, eos=3``. A sequence is ``[bos] pieces... [eos]`` then padding.
@@ -15,11 +22,14 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from model.config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +210,61 @@ class MiniLMTokenizer:
         return enc["input_ids"].long(), enc["attention_mask"].bool()
 
 
-def load_tokenizer(cfg: Any, path: str | os.PathLike[str] | None) -> Tokenizer | MiniLMTokenizer:
-    """The tokenizer an ExperimentConfig's text tower needs (``path``: our sentencepiece model)."""
-    if cfg.model.text.kind == "minilm":
+class TextTokenizer(Protocol):
+    """What the model side needs of a tokenizer (both kinds implement it)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+Tokenize = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def tokenizer_path(
+    configured: str | os.PathLike[str] | None, shards_root: Path, out: Path
+) -> tuple[Path, bool]:
+    """``(path, must_train)`` for our sentencepiece tokenizer.
+
+    ``configured`` (``tokenizer.path``) must exist; else ``<shards_root>/tokenizer.model``;
+    else ``<out>/tokenizer.model``, with ``must_train`` True while that file does not exist
+    (the trainer then trains it on the training texts with :func:`train_tokenizer`).
+    """
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer.path={path} does not exist")
+        return path, False
+    if (shards_root / TOKENIZER_FILE).is_file():
+        return shards_root / TOKENIZER_FILE, False
+    path = out / TOKENIZER_FILE
+    return path, not path.is_file()
+
+
+def load_tokenizer(text: TextEncoderConfig, path: str | os.PathLike[str] | None) -> TextTokenizer:
+    """The tokenizer a text tower needs: ``path`` (our sentencepiece model) for
+    ``kind: transformer``, refusing a vocabulary larger than ``text.vocab_size``; the packaged
+    WordPiece for ``minilm``; the directory's own fast tokenizer for ``hf`` (``text.path``)."""
+    if text.kind == "minilm":
         return MiniLMTokenizer()
+    if text.kind == "hf":
+        from model.hf_text import HFTokenizer
+
+        return HFTokenizer(text.path)
     if path is None:
         raise FileNotFoundError("no tokenizer model given")
-    return Tokenizer(path)
+    tok = Tokenizer(path)
+    if tok.vocab_size > text.vocab_size:
+        raise ValueError(
+            f"tokenizer {path} has {tok.vocab_size} pieces > model.text.vocab_size={text.vocab_size}"
+        )
+    return tok
+
+
+def make_tokenize(tok: TextTokenizer, text: TextEncoderConfig) -> Tokenize:
+    """``texts -> (ids [B, L], mask [B, L])`` with ``L = text.max_len``; picklable, so the
+    loader's worker processes can receive it."""
+    return partial(tok.encode_batch, max_len=text.max_len)
