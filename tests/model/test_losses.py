@@ -100,3 +100,28 @@ def test_gradient_reaches_the_temperature_and_bad_shapes_fail():
         ContrastiveLoss(LossConfig())(a, t[:3], s)
     with pytest.raises(ValueError, match="label_smoothing"):
         ContrastiveLoss(LossConfig(label_smoothing=1.5))
+
+
+def test_mask_same_label_groups_clips_of_one_class() -> None:
+    """model.loss.mask_same_label: two "dog" clips are not each other's negatives; unlabelled
+    clips keep their own group; with the option off the groups are untouched."""
+    from model.losses import loss_groups
+
+    groups = torch.tensor([11, 12, 13, 14])
+    labels = [("dog",), ("dog",), (), ("rain", "dog")]
+    off = loss_groups(groups, labels, LossConfig())
+    assert torch.equal(off, groups)
+    on = loss_groups(groups, labels, LossConfig(mask_same_label=True))
+    assert on[0] == on[1] and on[2] == 13 and on[3] not in (on[0], 13)
+    assert torch.equal(on, loss_groups(groups, [("dog",), ("dog",), (), ("dog", "rain")], LossConfig(mask_same_label=True)))
+    # the loss changes: the masked pair no longer counts as a negative
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    fn = ContrastiveLoss(LossConfig(mask_same_label=True))
+    with_labels = fn(a, t, scale, on)["loss"]
+    without = fn(a, t, scale, groups)["loss"]
+    assert not torch.isclose(with_labels, without)
+    with pytest.raises(ValueError, match="label sets"):
+        loss_groups(groups, labels[:2], LossConfig(mask_same_label=True))
