@@ -69,7 +69,7 @@ def test_a_typo_is_still_an_unknown_key() -> None:
 
 
 def test_tokenizer_path_is_refused_for_a_minilm_tower() -> None:
-    with pytest.raises(ConfigError, match="tokenizer.path is set but model.text.kind=minilm"):
+    with pytest.raises(ConfigError, match="tokenizer.path is set but model.text.kind=minilm uses its own tokenizer"):
         load_config(REPO / "configs" / "test_small.yaml",
                     ["model.text.kind=minilm", "tokenizer.path=/t.model"])
 
