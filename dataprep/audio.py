@@ -39,6 +39,11 @@ STATS_FLOOR_DB = -120.0  # stats must stay finite (JSON); digital silence reads 
 SILENCE_FRAME_DBFS = -60.0  # a 20-ms frame below this counts towards silence_ratio
 DURATION_MISMATCH = 0.10  # declared vs decoded duration: flag when off by more than 10 %
 SILENT_LUFS = -70.0  # BS.1770 absolute gate: quieter audio is not gain-normalized
+# Decodable rates outside this range are not audio we can use (a 1-Hz "recording" upsampled to
+# 16 kHz is not sound; a header claiming GHz rates is corrupt): reason ``bad_sample_rate``.
+MIN_SAMPLE_RATE_HZ = 1000
+MAX_SAMPLE_RATE_HZ = 1_000_000
+MAX_POLYPHASE_FACTOR = 1000  # see resample(): larger reduced ratios use soxr
 _FRAME_S = 0.02
 _HOP_S = 0.01
 
@@ -306,9 +311,20 @@ def _resampler(orig_hz: int, target_hz: int) -> Any:
 
 
 def resample(wave: np.ndarray, orig_hz: int, target_hz: int) -> np.ndarray:
-    """Same numbers as ``torchaudio.functional.resample`` (default sinc window), kernel cached."""
+    """Same numbers as ``torchaudio.functional.resample`` (default sinc window), kernel cached.
+
+    torchaudio's polyphase kernel has ``orig/g x target/g`` taps (g = their gcd): 441 x 160 for
+    44.1 kHz, but 13101 x 16000 for a 13101 Hz file, which took minutes and gigabytes (found
+    by the property test). Such rate pairs go through soxr, which converts any ratio in
+    linear time; every common rate keeps the torchaudio path and its exact numbers.
+    """
     if orig_hz == target_hz:
         return wave
+    g = math.gcd(orig_hz, target_hz)
+    if max(orig_hz // g, target_hz // g) > MAX_POLYPHASE_FACTOR:
+        import soxr  # a librosa dependency; imported only for these odd rates
+
+        return soxr.resample(wave, orig_hz, target_hz, quality="HQ").astype(np.float32)
     with torch.no_grad():
         out = _resampler(orig_hz, target_hz)(torch.from_numpy(np.ascontiguousarray(wave)))
     return out.numpy()
@@ -357,7 +373,7 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
     """Decode ``ref`` once and return normalized segments (see module docstring).
 
     Raises :class:`AudioError` (missing_file, empty_file, read_error, not_audio, decode_error,
-    empty_audio, non_finite, bad_region).
+    empty_audio, non_finite, bad_region, bad_sample_rate).
     """
     start_s = float(ref.start_s or 0.0)
     if start_s < 0 or (ref.end_s is not None and ref.end_s <= start_s):
@@ -365,6 +381,12 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
     step = audio_cfg.max_segment_s - audio_cfg.segment_overlap_s
     limit_s = audio_cfg.max_segment_s + step * max(0, audio_cfg.max_segments_per_source - 1)
     dec = decode(ref.audio, start_s, ref.end_s, limit_s)
+    if not MIN_SAMPLE_RATE_HZ <= dec.sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise AudioError(
+            "bad_sample_rate",
+            f"{ref.audio}: {dec.sample_rate_hz} Hz is outside "
+            f"[{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz",
+        )
     raw = dec.samples
     if raw.shape[0] == 0:
         raise AudioError("empty_audio", f"{ref.audio}: no samples decoded in the selected region")

@@ -186,3 +186,45 @@ def test_undecodable_eval_item_is_scored_wrong_and_listed(corpora: Path, tmp_pat
     assert [u["source_id"] for u in rec["undecodable"]] == [victim.source_id]
     table = runner.markdown_table(result)
     assert f"1 of {len(listed)} items could not be decoded" in table and victim.source_id in table
+
+
+# ------------------------------------------------------------------- processor helpers
+
+
+def _processor(*overrides: str):  # type: ignore[no-untyped-def]
+    from dataprep.core.config import load_config
+    from dataprep.process import SampleProcessor
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "test_small.yaml", list(overrides)
+    )
+    return SampleProcessor(cfg, augment=False)
+
+
+def _wav(path: Path, wave: np.ndarray, sr: int = 16000) -> str:
+    import soundfile as sf
+
+    sf.write(path, wave.astype(np.float32), sr, subtype="FLOAT")
+    return str(path)
+
+
+# --------------------------------------------------- found by the property test: odd rates
+
+
+@pytest.mark.timeout(120, method="thread")  # today's code spends minutes building one kernel
+def test_a_rate_coprime_with_the_target_resamples_in_bounded_time(tmp_path: Path) -> None:
+    import time
+
+    sr = 13101  # gcd(13101, 16000) == 1: a 13101 x 16000 polyphase kernel
+    t = np.arange(2 * sr) / sr
+    path = _wav(tmp_path / "odd.wav", 0.3 * np.sin(2 * np.pi * 440 * t), sr)
+    t0 = time.perf_counter()
+    res = _processor()(SampleRef("c", "odd.wav", path, text="a steady tone"), "train")
+    assert time.perf_counter() - t0 < 20
+    assert len(res.samples) == 1 and res.samples[0]["json"]["duration"] == pytest.approx(
+        2.0, abs=0.05
+    )
+    for bad_sr in (999, 1_000_001):  # outside what we call audio: one reasoned reject
+        path = _wav(tmp_path / f"r{bad_sr}.wav", np.zeros(bad_sr // 10) + 0.1, bad_sr)
+        res = _processor()(SampleRef("c", f"r{bad_sr}", path, text="x"), "train")
+        assert [r.reason for r in res.rejects] == ["bad_sample_rate"] and not res.samples
