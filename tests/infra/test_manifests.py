@@ -250,6 +250,87 @@ def test_vllm_server_matches_the_llm_config():
     assert llm and llm.model == args["served-model-name"]
 
 
+# --------------------------------------------------------------------------- auth and network
+
+
+AUTHED = {  # manifests that listen beyond loopback -> the test that checks their auth and policy
+    "infra/ray/cluster-aws.yaml": "test_ray_launcher_runs_with_token_auth",
+    "infra/ray/kuberay-raycluster.yaml": "test_kuberay_token_auth_and_network_policy",
+    "infra/ray/kuberay-rayjob.yaml": "test_kuberay_token_auth_and_network_policy",
+    "infra/vllm/vllm-server.yaml": "test_vllm_requires_its_key_and_admits_only_the_builder",
+}
+
+
+def test_nothing_binds_all_interfaces_without_auth():
+    for p in _manifests():
+        rel = str(p.relative_to(REPO))
+        if "0.0.0.0" in p.read_text():
+            assert rel in AUTHED, f"{rel} binds 0.0.0.0 but no test checks its authentication"
+
+
+def test_ray_launcher_runs_with_token_auth():
+    cfg = _docs(INFRA / "ray/cluster-aws.yaml")[0]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in cfg[key] if "ray start" in c]
+        assert start and all("export RAY_AUTH_MODE=token;" in c for c in start), key
+    head_cmd = " ".join(cfg["head_start_ray_commands"])
+    # the dashboard/job API stays on the head's loopback; `ray dashboard` tunnels to it
+    assert "--dashboard-host=127.0.0.1" in head_cmd and "0.0.0.0" not in head_cmd
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # same token everywhere
+    rules = cfg["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]  # ssh only, no Ray port
+    assert all(ip["CidrIp"] != "0.0.0.0/0" for r in rules for ip in r["IpRanges"])
+
+
+def _ray_groups(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+
+
+def test_kuberay_token_auth_and_network_policy():
+    docs = {d["kind"]: d for d in _docs(INFRA / "ray/kuberay-raycluster.yaml")}
+    job = _docs(INFRA / "ray/kuberay-rayjob.yaml")[0]
+    specs = {"RayCluster": docs["RayCluster"]["spec"], "RayJob": job["spec"]["rayClusterSpec"]}
+    policy = docs["NetworkPolicy"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["spec"]["policyTypes"] == ["Ingress"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for where, spec in specs.items():
+        # KubeRay >= 1.5.1 generates the token Secret and sets RAY_AUTH_MODE/RAY_AUTH_TOKEN
+        assert spec["authOptions"] == {"mode": "token"}, where
+        assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52), where
+        for g in _ray_groups(spec):
+            labels = g["template"]["metadata"]["labels"]
+            assert selected.items() <= labels.items(), f"{where}: a Ray pod outside the policy"
+    peers, submitter = policy["spec"]["ingress"]
+    assert peers == {"from": [{"podSelector": {"matchLabels": selected}}]}  # Ray pods: each other
+    # the RayJob's submitter (a Job named after the RayJob) may reach the job API only
+    assert submitter["from"] == [{"podSelector": {"matchLabels": {"job-name": job["metadata"]["name"]}}}]
+    head_ports = {p["name"]: p["containerPort"] for p in _container(specs["RayJob"]["headGroupSpec"]["template"])["ports"]}
+    assert submitter["ports"] == [{"protocol": "TCP", "port": head_ports["dashboard"]}]
+    assert docs["RayCluster"]["spec"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+
+
+def test_vllm_requires_its_key_and_admits_only_the_builder():
+    docs = {d["kind"]: d for d in _docs(INFRA / "vllm/vllm-server.yaml")}
+    c = _container(docs["Deployment"]["spec"]["template"])
+    assert "--api-key=$(VLLM_API_KEY)" in c["args"]  # Kubernetes expands $(VAR) from env
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref["optional"] is False and ref["name"] == "vllm-api-key"
+    assert docs["Service"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    policy = docs["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": c["ports"][0]["containerPort"]}]
+    (src,) = rule["from"]
+    # exactly the builder pods, and they carry the same secret as the client's bearer token
+    ray = {d["kind"]: d for d in _docs(INFRA / "ray/kuberay-raycluster.yaml")}["RayCluster"]["spec"]
+    for g in _ray_groups(ray):
+        labels = g["template"]["metadata"]["labels"]
+        assert src["podSelector"]["matchLabels"].items() <= labels.items()
+        key = {e["name"]: e for e in _container(g["template"])["env"]}["VLLM_API_KEY"]
+        assert key["valueFrom"]["secretKeyRef"]["name"] == ref["name"]
+
+
 # --------------------------------------------------------------------------- DeepSpeed
 
 
