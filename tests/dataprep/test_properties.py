@@ -34,10 +34,11 @@ import soundfile as sf
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dataprep.core.config import CorpusConfig, load_config
+from dataprep.core.config import CorpusConfig
 from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
+from model.config import load_config  # the whole experiment file, as build_shards reads it
 
 REPO = Path(__file__).resolve().parents[2]
 PER_INPUT_S = 20.0  # generous: 2 shared cores; a normal input takes well under 0.5 s

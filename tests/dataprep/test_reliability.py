@@ -97,7 +97,7 @@ def test_dangling_or_missing_manifest_is_a_reject(corpora: Path, tmp_path: Path)
 
 
 def _small_cfg():  # type: ignore[no-untyped-def]
-    from dataprep.core.config import load_config
+    from model.config import load_config
 
     return load_config(Path(__file__).resolve().parents[2] / "configs" / "test_small.yaml")
 
@@ -192,8 +192,8 @@ def test_undecodable_eval_item_is_scored_wrong_and_listed(corpora: Path, tmp_pat
 
 
 def _processor(*overrides: str):  # type: ignore[no-untyped-def]
-    from dataprep.core.config import load_config
     from dataprep.process import SampleProcessor
+    from model.config import load_config
 
     cfg = load_config(
         Path(__file__).resolve().parents[2] / "configs" / "test_small.yaml", list(overrides)
