@@ -15,18 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataprep.core.waveform import mel_windows as windows
 from dataprep.evaluation.data import EvalItem
 from model.tokenizer import make_tokenize
-
-
-def windows(mel: np.ndarray, max_frames: int) -> list[np.ndarray]:
-    t = mel.shape[1]
-    if t <= max_frames:
-        return [mel]
-    starts = list(range(0, t - max_frames + 1, max_frames))
-    if starts[-1] + max_frames < t:
-        starts.append(t - max_frames)
-    return [mel[:, s : s + max_frames] for s in starts]
 
 
 class Embedder:
