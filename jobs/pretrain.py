@@ -258,6 +258,8 @@ def main() -> None:
                 "data_wait_s": wait,
                 "data_wait_frac": wait / dt,
                 "epoch": loader.epoch,
+                # this rank's skipped-data counters (corrupt/missing shards, bad samples)
+                **{f"loader_{k}": v for k, v in loader.stats.items()},
                 **tr.memory_stats(),
             }
             metrics.write(step, row)

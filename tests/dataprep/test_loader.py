@@ -1,4 +1,5 @@
-"""dataprep.loader over real shards: split/shuffle/resume, fingerprint check, corrupt input.
+"""dataprep.loader over real shards: split/shuffle/resume, fingerprint check, corrupt input,
+integrity checking against shards.json and the error counters (issue 19 defect 1).
 
 Shards here are made from real bundled audio (ESC-50-style and AudioCaps-style clips decoded
 with soundfile, featurized by dataprep.core.features.log_mel, written with write_tar_atomic), so the
@@ -26,11 +27,18 @@ from scipy.signal import resample_poly
 
 from dataprep.core.config import FeatureConfig
 from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel
-from dataprep.loader import FingerprintMismatch, ShardLoader, epoch_segments, iter_shard_texts
+from dataprep.loader import (
+    ErrorPolicy,
+    FingerprintMismatch,
+    ShardCorrupt,
+    ShardLoader,
+    epoch_segments,
+    iter_shard_texts,
+)
 from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
 from dataprep.core.atomic import atomic_write_json
 from dataprep.core.shards import shard_name
-from dataprep.core.tario import write_tar_atomic
+from dataprep.core.tario import decode_members, iter_tar_members, write_tar_atomic
 from model.tokenizer import Tokenizer, train_tokenizer
 
 FEATURES = FeatureConfig()
@@ -216,7 +224,8 @@ def test_not_a_shard_set(tmp_path: Path) -> None:
         ShardLoader(tmp_path, features=FEATURES, max_frames=64, batch_size=2)
 
 
-def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("verify", [False, True])
+def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, caplog, verify: bool) -> None:
     src, keys = shard_root
     root = tmp_path / "bad"
     shutil.copytree(src, root)
@@ -234,16 +243,24 @@ def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, capl
     meta["exclude"] = [keys[0]]
     (root / "train" / "shards.json").write_text(json.dumps(meta))
     caplog.set_level(logging.ERROR, logger="dataprep.loader")
-    ld = _loader(root, drop_last=False, shuffle_buffer=1)
+    ld = _loader(root, drop_last=False, shuffle_buffer=1, verify=verify)
     got = [k for b in ld.iter_epoch() for k in b["keys"]]
     assert len(got) == len(set(got)) and keys[0] not in got
     per_shard = [s["samples"] for s in meta["shards"]]
-    whole = per_shard[0] - 1 + per_shard[3] - 1 + per_shard[4]  # shard 2 is read partially
-    assert whole <= len(got) < whole + per_shard[2]
     text = caplog.text
     assert "shard missing" in text and names[1] in text
     assert "corrupt shard" in text and names[2] in text
-    assert "bad sample" in text and names[3] in text
+    if verify:  # both damaged shards are refused whole, before any of their samples is used
+        assert len(got) == per_shard[0] - 1 + per_shard[4]
+        assert "corrupt shard" in text and names[3] in text and "sha256" in text
+        assert ld.stats == {"missing_shards": 1, "corrupt_shards": 2, "bad_samples": 0,
+                            "skipped_samples": sum(per_shard[1:4])}
+    else:  # unchecked: the truncated shard is read up to the damage, the bad member is skipped
+        whole = per_shard[0] - 1 + per_shard[3] - 1 + per_shard[4]  # shard 2 is read partially
+        assert whole <= len(got) < whole + per_shard[2]
+        assert "bad sample" in text and names[3] in text
+        assert ld.stats["bad_samples"] == 1 and ld.stats["missing_shards"] == 1
+        assert ld.stats["corrupt_shards"] == 1
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -293,3 +310,93 @@ def test_non_finite_mel_is_a_bad_sample(shard_root) -> None:
             prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})
     with pytest.raises(ValueError, match="mel shape"):
         prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(np.zeros((80, 5), np.float16)), "json": meta})
+
+
+def _corrupt_copy(src: Path, tmp_path: Path) -> tuple[Path, list[str], list[int]]:
+    root = tmp_path / "copy"
+    shutil.copytree(src, root)
+    meta = json.loads((root / "train" / "shards.json").read_text())
+    return root, [s["name"] for s in meta["shards"]], [s["samples"] for s in meta["shards"]]
+
+
+def _flip_mel_bytes(tar: Path, n: int = 64) -> None:
+    """Flip the lowest bit of ``n`` bytes inside the first sample's mel data (past the .npy
+    header): the tar still parses and the values stay finite, so only a checksum can tell."""
+    raw = bytearray(tar.read_bytes())
+    at = raw.find(b"\x93NUMPY")
+    data_at = at + 10 + int.from_bytes(raw[at + 8 : at + 10], "little")
+    for i in range(data_at + 200, data_at + 200 + n):
+        raw[i] ^= 0x01
+    tar.write_bytes(bytes(raw))
+
+
+def _keys_of(tar: Path) -> set[str]:
+    return {key for key, _ in iter_tar_members(tar)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_flipped_mel_bytes_never_reach_training_and_are_counted(
+    shard_root, tmp_path: Path, caplog, num_workers: int
+) -> None:
+    """Issue 19 defect 1: 64 bytes flipped in one shard's mel data were fed silently."""
+    src, keys = shard_root
+    root, names, per_shard = _corrupt_copy(src, tmp_path)
+    victim = root / "train" / names[1]
+    bad_keys = _keys_of(victim)
+    _flip_mel_bytes(victim)
+    # unchecked (the old behaviour, still available): every sample arrives, one with other values
+    plain = _loader(root, drop_last=False, shuffle_buffer=1, verify=False)
+    assert sorted(k for b in plain.iter_epoch() for k in b["keys"]) == sorted(keys)
+    caplog.set_level(logging.ERROR, logger="dataprep.loader")
+    ld = _loader(root, drop_last=False, shuffle_buffer=1, num_workers=num_workers)
+    got = [k for b in ld.iter_epoch() for k in b["keys"]]
+    assert sorted(got) == sorted(set(keys) - bad_keys) and not bad_keys & set(got)
+    assert ld.stats == {"missing_shards": 0, "corrupt_shards": 1, "skipped_samples": per_shard[1],
+                        "bad_samples": 0}
+    if num_workers == 0:  # worker processes log to their own stderr, out of caplog's reach
+        assert "corrupt shard" in caplog.text and names[1] in caplog.text and "sha256" in caplog.text
+    # tokenizer texts come through the same checked reader
+    assert len(list(iter_shard_texts(root / "train"))) < len(list(iter_shard_texts(src / "train")))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_error_counters_are_exact_across_resume(shard_root, tmp_path: Path, num_workers: int) -> None:
+    src, _ = shard_root
+    root, names, _ = _corrupt_copy(src, tmp_path)
+    _flip_mel_bytes(root / "train" / names[2])
+    (root / "train" / names[4]).unlink()
+    ref = _loader(root, num_workers=num_workers)
+    it = iter(ref)
+    full = [next(it)["keys"] for _ in range(14)]  # 36 readable samples / 4: crosses epochs
+    for k in (2, 11):
+        ld = _loader(root, num_workers=num_workers)
+        it = iter(ld)
+        for _ in range(k):
+            next(it)
+        state = json.loads(json.dumps(ld.state_dict()))
+        del it
+        resumed = _loader(root, num_workers=num_workers)
+        resumed.load_state_dict(state)
+        it2 = iter(resumed)
+        assert [next(it2)["keys"] for _ in range(14 - k)] == full[k:]
+        assert resumed.stats == ref.stats, k
+    assert ref.stats["corrupt_shards"] >= 2 and ref.stats["missing_shards"] >= 2
+
+
+def test_bad_member_in_a_sound_shard_is_a_counted_bad_sample(shard_root, tmp_path: Path) -> None:
+    src, keys = shard_root
+    root = tmp_path / "bad_member"
+    shutil.copytree(src, root)
+    meta = json.loads((root / "train" / "shards.json").read_text())
+    name = meta["shards"][0]["name"]
+    samples = [decode_members(k, m) for k, m in iter_tar_members(root / "train" / name)]
+    samples[0]["mel.npy"] = np.zeros((FEATURES.n_mels + 1, 9), np.float16)  # wrong n_mels
+    meta["shards"][0] = write_tar_atomic(root / "train" / name, samples)  # sha256 matches
+    (root / "train" / "shards.json").write_text(json.dumps(meta))
+    ld = _loader(root, drop_last=False)
+    got = [k for b in ld.iter_epoch() for k in b["keys"]]
+    assert samples[0]["__key__"] not in got and len(got) == len(keys) - 1
+    assert ld.stats["bad_samples"] == 1 and ld.stats["corrupt_shards"] == 0
+    with pytest.raises(ShardCorrupt):
+        _flip_mel_bytes(root / "train" / name)
+        list(_loader(root, error_policy=ErrorPolicy(strict=True)).iter_epoch())

@@ -240,3 +240,26 @@ def test_time_budget_zero0_single_process_without_launcher(tmp_path: Path, shard
     model, _, _ = load_for_eval(out / "checkpoints")  # stage 0: weights from the model-states file
     final = _final_weights(out)
     assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_corrupt_shard_is_skipped_and_counted_in_metrics(tmp_path: Path, shards: Path, env, port) -> None:
+    """Issue 19 defect 1 through the trainer: a shard with flipped mel bytes is never fed and
+    its skip shows in metrics.jsonl (``loader_*`` counters of rank 0)."""
+    import shutil
+
+    from test_loader import _flip_mel_bytes
+
+    root = tmp_path / "shards"
+    shutil.copytree(shards, root)
+    _flip_mel_bytes(next((root / "train").glob("shard-*.tar")))
+    cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
+    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(root),
+                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "corrupt shard" in p.stderr and "sha256" in p.stderr
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    last = [r for r in rows if "loss" in r][-1]
+    assert last["loader_corrupt_shards"] >= 1 and last["loader_skipped_samples"] > 0

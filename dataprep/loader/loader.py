@@ -1,0 +1,268 @@
+"""The loader: composes the stages per worker, hands batches out, and holds the resume state."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dataprep.core.config import FeatureConfig, LoaderConfig
+from dataprep.loader.batch import Tokenize, batches, collate, shuffled
+from dataprep.loader.errors import COUNTERS, ErrorPolicy
+from dataprep.loader.read import read_segments
+from dataprep.loader.sample import prepare_sample, stable_hash
+from dataprep.loader.shardset import ShardSet, check_shard_features, epoch_segments
+
+__all__ = ["LoaderSpec", "ShardLoader", "Tokenize"]
+
+
+@dataclass
+class LoaderSpec:
+    """Everything a worker needs; picklable."""
+
+    shard_set: ShardSet
+    features: FeatureConfig
+    fingerprint: str | None
+    max_frames: int
+    batch_size: int
+    tokenize: Tokenize | None
+    rank: int
+    world_size: int
+    num_workers: int
+    seed: int
+    train: bool
+    shuffle_buffer: int
+    bucket: bool
+    bucket_batches: int
+    pad_multiple: int
+    drop_last: bool
+    verify: bool = True
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+
+
+class _EpochDataset(IterableDataset):
+    """One epoch of one rank; each DataLoader worker plays a (rotated) virtual worker.
+
+    Each yielded item carries ``_stats``, the error counts accrued since the previous item, so
+    the main process counts exactly the events of the batches it consumed; on resume the counts
+    of the regenerated (skipped) batches are dropped, as they were counted before the checkpoint.
+    """
+
+    def __init__(
+        self, spec: LoaderSpec, epoch: int, skip: list[int], done: list[bool], rotation: int
+    ) -> None:
+        self.spec, self.epoch, self.skip, self.done, self.rotation = (
+            spec,
+            epoch,
+            skip,
+            done,
+            rotation,
+        )
+
+    def _virtual_worker(self) -> int:
+        info = get_worker_info()
+        phys = info.id if info is not None else 0
+        return (phys + self.rotation) % max(1, self.spec.num_workers)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        spec, v = self.spec, self._virtual_worker()
+        if self.done[v]:
+            yield {"_end": v, "_stats": {}}
+            return
+        policy = copy.deepcopy(spec.policy)
+        policy.drain()
+        rng = np.random.default_rng([spec.seed, self.epoch, spec.rank, v])
+        stream = self._samples(v, policy)
+        if spec.train and spec.shuffle_buffer > 1:
+            stream = shuffled(stream, spec.shuffle_buffer, rng)
+        for i, batch in enumerate(batches(spec, stream, rng)):
+            if i < self.skip[v]:
+                policy.drain()  # consumed before the checkpoint: regenerated to keep the RNG in step
+                continue
+            out = collate(spec, batch)
+            out["_worker"], out["_index"], out["_stats"] = v, i, policy.drain()
+            yield out
+        yield {"_end": v, "_stats": policy.drain()}
+
+    def _samples(self, v: int, policy: ErrorPolicy) -> Iterator[dict[str, Any]]:
+        spec = self.spec
+        segments = epoch_segments(
+            spec.shard_set.shards, epoch=self.epoch, seed=spec.seed, shuffle=spec.train,
+            rank=spec.rank, world_size=spec.world_size, worker=v, num_workers=max(1, spec.num_workers),
+        )  # fmt: skip
+        for name, key, members in read_segments(spec.shard_set, segments, policy, spec.verify):
+            try:
+                yield prepare_sample(spec, self.epoch, key, members)
+            except (ValueError, OSError, UnicodeDecodeError) as err:
+                policy.bad_sample(name, key, err)
+
+
+def _worker_init(_: int) -> None:
+    # Preemption: SIGTERM goes to the whole process group; the trainer checkpoints, so its
+    # workers must not die first (the DataLoader would raise). They exit with their parent.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+class ShardLoader:
+    """Batches of one rank over a shard split, with ``state_dict`` for exact mid-epoch resume.
+
+    ``iter_epoch()`` yields the rest of the current epoch; ``iter(loader)`` is endless.
+    ``verify`` checks each shard's size and sha256 against ``shards.json`` before use;
+    ``error_policy`` decides what a damaged shard or sample causes (default: log, count in
+    :attr:`stats`, skip).
+    """
+
+    def __init__(
+        self,
+        split_dir: str | os.PathLike[str],
+        *,
+        features: FeatureConfig,
+        max_frames: int,
+        batch_size: int,
+        tokenize: Tokenize | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        train: bool = True,
+        shuffle_buffer: int = 256,
+        bucket: bool = False,
+        bucket_batches: int = 8,
+        pad_multiple: int = 1,
+        drop_last: bool = True,
+        check_features: bool = True,
+        verify: bool = True,
+        error_policy: ErrorPolicy | None = None,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        shard_set = ShardSet.open(split_dir)
+        fingerprint = check_shard_features(shard_set, features) if check_features else None
+        self.spec = LoaderSpec(
+            shard_set=shard_set, features=features, fingerprint=fingerprint, max_frames=max_frames,
+            batch_size=batch_size, tokenize=tokenize, rank=rank, world_size=world_size,
+            num_workers=num_workers, seed=seed, train=train, shuffle_buffer=shuffle_buffer,
+            bucket=bucket, bucket_batches=bucket_batches, pad_multiple=pad_multiple,
+            drop_last=drop_last, verify=verify, policy=error_policy or ErrorPolicy(),
+        )  # fmt: skip
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self._stats: Counter[str] = Counter()
+        self._reset_epoch_state()
+
+    @classmethod
+    def from_config(
+        cls, config: LoaderConfig, split_dir: str | os.PathLike[str], *,
+        features: FeatureConfig, tokenize: Tokenize | None, max_frames: int, batch_size: int,
+        pad_multiple: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
+        train: bool = True,
+    ) -> ShardLoader:  # fmt: skip
+        """The loader of a ``loader:`` section. What the model dictates (crop length, padding
+        multiple, tokenization) is passed in by the caller; this module never reads it."""
+        return cls(
+            split_dir, features=features, max_frames=max_frames, batch_size=batch_size,
+            tokenize=tokenize, rank=rank, world_size=world_size, num_workers=config.num_workers,
+            seed=seed, train=train, shuffle_buffer=config.shuffle_buffer,
+            bucket=config.bucket_by_length, pad_multiple=pad_multiple, drop_last=train,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
+        )  # fmt: skip
+
+    def reset(self, epoch: int = 0) -> None:
+        """Start ``epoch`` from its beginning (e.g. the same validation pass every time)."""
+        self.epoch = epoch
+        self._reset_epoch_state()
+
+    def _reset_epoch_state(self) -> None:
+        n = max(1, self.spec.num_workers)
+        self._consumed = [0] * n
+        self._done = [False] * n
+
+    @property
+    def num_samples(self) -> int:
+        """Samples of the whole split (all ranks), per shards.json minus excluded keys."""
+        return self.spec.shard_set.num_samples
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Error counters of the batches consumed so far (all epochs, kept across resume):
+        missing/corrupt shards, samples they held, bad samples (see ``errors.py``)."""
+        return {k: int(self._stats[k]) for k in COUNTERS}
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "epoch": self.epoch, "consumed": list(self._consumed), "done": list(self._done),
+            "num_workers": s.num_workers, "rank": s.rank, "world_size": s.world_size,
+            "seed": s.seed, "batch_size": s.batch_size, "stats": self.stats,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        s = self.spec
+        for k in ("num_workers", "world_size", "seed", "batch_size", "rank"):
+            if state[k] != getattr(s, k):
+                raise ValueError(
+                    f"loader state was saved with {k}={state[k]}, this loader has {getattr(s, k)}: "
+                    f"an exact resume needs the same {k}"
+                )
+        self.epoch = int(state["epoch"])
+        self._consumed = [int(x) for x in state["consumed"]]
+        self._done = [bool(x) for x in state["done"]]
+        self._stats = Counter(state.get("stats") or {})  # states saved before the counters: none
+
+    def _items(self, ds: _EpochDataset) -> Any:
+        if self.spec.num_workers == 0:
+            return iter(ds)
+        return DataLoader(
+            ds, batch_size=None, num_workers=self.spec.num_workers, worker_init_fn=_worker_init,
+            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+            # its own generator: the DataLoader draws a base seed per iterator, which would
+            # otherwise advance the global torch RNG (dropout) and break exact resume
+            generator=torch.Generator().manual_seed(stable_hash(self.spec.seed, self.epoch, self.spec.rank)),
+        )  # fmt: skip
+
+    def iter_epoch(self) -> Iterator[dict[str, Any]]:
+        """The remaining batches of the current epoch; the epoch counter advances at its end."""
+        active = [v for v, d in enumerate(self._done) if not d]
+        rotation = min(active, key=lambda v: (self._consumed[v], v)) if active else 0
+        ds = _EpochDataset(self.spec, self.epoch, list(self._consumed), list(self._done), rotation)
+        for item in self._items(ds):
+            self._stats.update(item.pop("_stats"))
+            if "_end" in item:
+                self._done[item["_end"]] = True
+                continue
+            v, i = item.pop("_worker"), item.pop("_index")
+            if i != self._consumed[v]:
+                raise RuntimeError(
+                    f"loader order broken: worker {v} gave batch {i}, expected {self._consumed[v]}"
+                )
+            self._consumed[v] = i + 1
+            yield item
+        self.epoch += 1
+        self._reset_epoch_state()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            n = 0
+            resumed = any(self._consumed) or any(self._done)
+            for batch in self.iter_epoch():
+                n += 1
+                yield batch
+            if n == 0 and not resumed:
+                raise RuntimeError(
+                    f"rank {self.spec.rank}: an epoch of {self.spec.shard_set.split_dir} gave no "
+                    f"batch of {self.spec.batch_size} (too few readable samples for this "
+                    f"rank/worker split?)"
+                )

@@ -1,0 +1,132 @@
+"""Stage 1, read a shard range: ``(shard, lo, hi)`` segments -> ``(shard, key, members)``.
+
+Integrity (issue 19): with ``verify`` each tar is read whole into memory, its size and sha256
+compared with ``shards.json``, and only then parsed, so no sample of a damaged shard is ever
+fed (a shard is ~64 MB by default: ``build.shards.target_mb``). A boundary shard shared by two
+workers is read whole by both, for the same reason. Without ``verify`` (or when ``shards.json``
+records no sha256) the tar is streamed and the members outside the range are seeked over.
+The cost of checking is measured in ``bench/loader.py`` (see bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from dataprep.core import tario
+from dataprep.core.sample import META, TEXT
+from dataprep.loader.errors import ErrorPolicy, ShardCorrupt
+from dataprep.loader.shardset import ShardRecord, ShardSet
+
+Members = dict[str, bytes]
+
+
+def open_checked(path: Path, record: ShardRecord, verify: bool) -> BinaryIO:
+    """The tar as a file object; with ``verify`` its bytes were checked against ``record``."""
+    if not (verify and record.sha256):
+        return open(path, "rb")
+    data = path.read_bytes()
+    if record.size_bytes is not None and len(data) != record.size_bytes:
+        raise ShardCorrupt(f"{len(data)} bytes, shards.json records {record.size_bytes}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record.sha256:
+        raise ShardCorrupt(
+            f"sha256 {digest[:16]}... differs from shards.json {record.sha256[:16]}..."
+        )
+    return io.BytesIO(data)
+
+
+def _open(shard_set: ShardSet, name: str, verify: bool) -> BinaryIO | OSError:
+    """Runs on the read-ahead thread: the opened (and checked) tar, or why it cannot be used."""
+    try:
+        return open_checked(shard_set.split_dir / name, shard_set.record(name), verify)
+    except OSError as err:  # FileNotFoundError, ShardCorrupt, I/O errors
+        return err
+
+
+def read_range(
+    shard_set: ShardSet, name: str, lo: int, hi: int, policy: ErrorPolicy,
+    opened: BinaryIO | OSError,
+) -> Iterator[tuple[str, Members]]:  # fmt: skip
+    """``(key, members)`` of samples ``lo <= position < hi`` of one opened shard, minus
+    excluded keys. A missing or corrupt shard goes to ``policy`` (samples already yielded stay
+    yielded)."""
+    first = lo == 0  # a shard shared by workers is counted by the one reading its start
+    if isinstance(opened, FileNotFoundError):
+        policy.shard_missing(name, hi - lo, first)
+        return
+    if isinstance(opened, OSError):
+        policy.shard_corrupt(name, opened, hi - lo, first)
+        return
+    pos = lo - 1
+    with opened:
+        try:
+            for pos, key, members in tario.iter_tar_range(opened, lo, hi):
+                if key not in shard_set.exclude:
+                    yield key, members
+        except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as err:
+            # found part-way (unchecked read): counted by whoever read up to the damage in its
+            # own range; damage right at another worker's first sample may go uncounted
+            policy.shard_corrupt(name, err, hi - pos - 1, first or pos >= lo)
+
+
+def read_segments(
+    shard_set: ShardSet, segments: Iterable[tuple[str, int, int]], policy: ErrorPolicy,
+    verify: bool = True,
+) -> Iterator[tuple[str, str, Members]]:  # fmt: skip
+    """``(shard name, key, members)`` over a worker's segments, in order.
+
+    The next shard is read and hashed on a thread while this one is parsed (hashlib and file
+    reads release the GIL), which hides the check's cost and the storage latency where a core
+    is free; at most two shards per worker are in memory.
+    """
+    segments = list(segments)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-read") as pool:
+        ahead = [pool.submit(_open, shard_set, name, verify) for name, _, _ in segments[:1]]
+        try:
+            for i, (name, lo, hi) in enumerate(segments):
+                opened = ahead.pop().result()
+                if i + 1 < len(segments):
+                    ahead.append(pool.submit(_open, shard_set, segments[i + 1][0], verify))
+                for key, members in read_range(shard_set, name, lo, hi, policy, opened):
+                    yield name, key, members
+        finally:  # the consumer stopped early: close what was read ahead
+            for pending in ahead:
+                opened = pending.result()
+                if not isinstance(opened, OSError):
+                    opened.close()
+
+
+def _texts(members: Members) -> set[str]:
+    seen: set[str] = set()
+    if TEXT in members:
+        seen.add(members[TEXT].decode("utf-8", "replace"))
+    if META in members:
+        try:
+            meta = json.loads(members[META])
+        except ValueError:
+            return seen
+        for t in meta.get("texts") or ():
+            text = t.get("text") if isinstance(t, dict) else t
+            if isinstance(text, str):
+                seen.add(text)
+    return seen
+
+
+def iter_shard_texts(
+    split_dir: str | os.PathLike[str], policy: ErrorPolicy | None = None
+) -> Iterator[str]:
+    """Every text of a split (``txt`` and all ``texts`` entries), audio never decoded; for
+    tokenizer training. Shards are integrity-checked like the training stream's."""
+    shard_set = ShardSet.open(split_dir)
+    policy = policy or ErrorPolicy()
+    segments = [(name, 0, n) for name, n in shard_set.shards]
+    for _, _, members in read_segments(shard_set, segments, policy):
+        yield from sorted(_texts(members))

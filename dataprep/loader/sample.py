@@ -1,0 +1,124 @@
+"""Stages 2-3, decode and prepare: raw members -> a validated, cropped sample with its text.
+
+Both raise ValueError on a bad sample; the loader hands that to its error policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from dataprep.core.config import FeatureConfig
+from dataprep.core.features import check_fingerprint
+from dataprep.core.sample import KIND_ORIGINAL, MEL, META, TEXT
+from dataprep.core.tario import decode_npy
+
+
+class PrepareSpec(Protocol):
+    """The part of the loader's spec that preparing a sample reads."""
+
+    features: FeatureConfig
+    fingerprint: str | None
+    max_frames: int
+    seed: int
+    train: bool
+
+
+def stable_hash(*parts: Any) -> int:
+    """A 63-bit hash that is the same in every process and run (``hash()`` is salted)."""
+    blob = "\x00".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha1(blob).digest()[:8], "little") >> 1
+
+
+_EXPONENT = {
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+}
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """No inf/nan: an all-ones exponent field. On the integer view this is ~20x faster than
+    ``np.isfinite`` on float16 (measured 5 us vs 90 us for a 64x1000 mel)."""
+    if x.dtype in _EXPONENT:
+        utype, mask = _EXPONENT[x.dtype]
+        return int((x.view(utype) & mask).max(initial=0)) != mask
+    return bool(np.isfinite(x).all())
+
+
+@dataclass
+class Decoded:
+    key: str
+    meta: dict[str, Any]
+    mel: np.ndarray
+    txt: str | None
+
+
+def decode_sample(spec: PrepareSpec, key: str, members: dict[str, bytes]) -> Decoded:
+    """Parse the members and validate them against the feature contract."""
+    if MEL not in members or META not in members:
+        raise ValueError(f"missing member(s): has {sorted(members)}")
+    meta = json.loads(members[META].decode("utf-8"))  # str: skips json's encoding sniffing
+    if spec.fingerprint:  # a FingerprintMismatch is a ValueError: a bad sample, skipped
+        check_fingerprint(
+            spec.features, meta.get("feature_fingerprint"), where=f"sample {key}",
+            expected=spec.fingerprint,
+        )  # fmt: skip
+    mel = decode_npy(members[MEL])
+    n_mels = spec.features.n_mels
+    if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 1:
+        raise ValueError(f"mel shape {mel.shape}, expected [{n_mels}, frames>0]")
+    if not _all_finite(mel):
+        raise ValueError("mel has non-finite values")
+    txt = members[TEXT].decode("utf-8") if TEXT in members else None
+    return Decoded(key, meta, mel, txt)
+
+
+def choose_text(meta: dict[str, Any], txt: str | None, draw: int, train: bool) -> str:
+    """Training: the ``draw``-th of the sample's texts; otherwise its original text."""
+    entries = meta.get("texts") or ()
+    texts = [t.get("text") if isinstance(t, dict) else t for t in entries]
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if train and texts:
+        return texts[draw % len(texts)]
+    originals = [
+        t["text"] for t in entries
+        if isinstance(t, dict) and t.get("kind") == KIND_ORIGINAL and t.get("text")
+    ]  # fmt: skip
+    for choice in (txt, *originals[:1], *texts[:1]):
+        if choice:
+            return choice
+    raise ValueError("no text")
+
+
+def prepare(spec: PrepareSpec, epoch: int, d: Decoded) -> dict[str, Any]:
+    """Crop to ``max_frames`` and pick the epoch's text.
+
+    Draws come from a hash of (seed, epoch, key), so crop and caption do not depend on sample
+    order. 63 bits: the low 31 pick the caption, the high 32 the crop offset.
+    """
+    draw = stable_hash(spec.seed, epoch, d.key)
+    mel = d.mel
+    frames = mel.shape[1]
+    if frames > spec.max_frames:
+        off = (draw >> 31) % (frames - spec.max_frames + 1) if spec.train else 0
+        mel = mel[:, off : off + spec.max_frames]
+    hop_s = spec.features.hop_length / spec.features.sample_rate_hz
+    return {
+        "key": d.key,
+        "mel": mel,
+        "text": choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train),
+        "group": stable_hash(d.meta.get("group") or d.key),
+        "labels": tuple(str(x) for x in d.meta.get("labels") or ()),
+        "duration_s": float(mel.shape[1] * hop_s),
+    }
+
+
+def prepare_sample(
+    spec: PrepareSpec, epoch: int, key: str, members: dict[str, bytes]
+) -> dict[str, Any]:
+    """Decode, validate, crop, pick the text. Raises ValueError on a bad sample."""
+    return prepare(spec, epoch, decode_sample(spec, key, members))
