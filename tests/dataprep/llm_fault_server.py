@@ -55,7 +55,7 @@ class FaultServer(http.server.ThreadingHTTPServer):
             if die_after is not None and self.total > die_after:
                 behaviour = "die"
             record = {"n": self.total, "rule": rule.get("match", "*"), "behaviour": behaviour,
-                      "seed": body.get("seed")}  # fmt: skip
+                      "seed": body.get("seed"), "prompt": user}  # fmt: skip
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()

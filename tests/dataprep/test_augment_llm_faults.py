@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from dataprep.augment import TextAugmenter
+from dataprep.augment.validate import embedder
 from dataprep.core.config import AugmentConfig, CorpusConfig, DataConfig, LLMConfig
 from dataprep.core.sample import META, SampleRef
 from dataprep.corpora import read_corpus
@@ -130,6 +131,7 @@ def test_every_fault_ends_accepted_or_rejected_within_the_budget(
     servers.append(srv)
     cfg = AugmentConfig(templates=False, llm=_llm(srv.url, tmp_path), seed=3)
     metas = [_meta(i, c) for i, c in enumerate(captions)]
+    embedder().similarity("warm", "up")  # the one-time model load is not the client's time
     t0 = time.monotonic()
     results = _augment(cfg, metas)
     elapsed = time.monotonic() - t0
@@ -144,8 +146,10 @@ def test_every_fault_ends_accepted_or_rejected_within_the_budget(
                 ("augment", outcome)
             ], (where, rejects)
             assert rejects[0].detail, where
-    # Each attempt ends within ~2 timeouts (stall, trickle) plus tiny backoffs; 4 in flight.
-    assert elapsed < 8 * 3 * 2 * TIMEOUT_S, elapsed
+    # No hang: 24 attempts of at most ~2 timeouts each (stall, trickle), 4 in flight; the
+    # bound is loose because the machine is shared (a trickled reply read to its end alone
+    # would take ~7 s per attempt, and is asserted above to end as llm_timeout)
+    assert elapsed < 60, elapsed
     bad = [r["seed"] for r in srv.requests() if r["rule"] == f'"{captions[5]}"']
     assert len(set(bad)) == 3  # each reply that is not the JSON asked for moves to a new seed
 
@@ -211,3 +215,57 @@ def test_server_dying_mid_build_then_rerun_reuses_the_cache(
     for a, b in zip(first[:die_after], second[:die_after]):
         assert [r.as_row() for r in a.rejects] == [r.as_row() for r in b.rejects]
         assert [s[META]["texts"] for s in a.samples] == [s[META]["texts"] for s in b.samples]
+
+
+def _rejects(out: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return [r for p in sorted(out.glob("*/rejects.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.mark.slow
+def test_real_build_with_a_dying_server_finishes_and_a_rerun_reuses_the_cache(
+    tmp_path: Path, servers: list[FaultServer], subprocess_env: dict[str, str]
+) -> None:
+    """`build_shards.py` (Ray tasks, two CPUs) with the server dying after 10 requests."""
+    repo = Path(__file__).resolve().parents[2]
+    die_after = 10
+    srv = FaultServer(tmp_path, {"default": {"replies": ["ok"], "caption": "a sound is heard"},
+                                 "die_after": die_after})  # fmt: skip
+    servers.append(srv)
+
+    def build(url: str, out: Path) -> subprocess.CompletedProcess[str]:
+        overrides = ["build.augment.llm.server=external", f"build.augment.llm.base_url={url}",
+                     f"build.augment.llm.cache_dir={tmp_path / 'cache'}",
+                     "build.augment.llm.timeout_s=2", "build.augment.llm.max_retries=1",
+                     "build.augment.llm.backoff_s=0.05"]  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml",
+             "--out", str(out), "--num-cpus", "2", *overrides],
+            cwd=repo, env=subprocess_env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+
+    first = build(srv.url, tmp_path / "b1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert srv.proc.wait(timeout=10) == 3 and len(srv.requests()) == die_after + 1
+    rej1 = [r for r in _rejects(tmp_path / "b1") if r["stage"] == "augment"]
+    reasons = Counter(r["reason"] for r in rej1)
+    lost = reasons["llm_http_error"]
+    # the answered jobs were judged ("a sound is heard" is no paraphrase), the rest lost
+    judged = {"llm_length", "llm_copy", "llm_number_change", "llm_semantic_drift",
+              "llm_content_change", "llm_invented_detail", "llm_unverifiable_language"}  # fmt: skip
+    assert lost >= 1 and set(reasons) - {"llm_http_error"} <= judged, reasons
+
+    srv2 = FaultServer(tmp_path, {"default": {"replies": ["ok"], "caption": "a sound is heard"}},
+                       "srv2")  # fmt: skip
+    servers.append(srv2)
+    second = build(srv2.url, tmp_path / "b2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    # answered requests came from the cache; only the ones that found no server were sent again
+    # (fewer than `lost` when two samples share a caption, hence a prompt and a cache entry)
+    answered = {r["prompt"] for r in srv.requests() if r["behaviour"] == "ok"}
+    again = [r["prompt"] for r in srv2.requests()]
+    assert 1 <= len(again) <= lost and not answered & set(again)
+    rej2 = [r for r in _rejects(tmp_path / "b2") if r["stage"] == "augment"]
+    assert not any(r["reason"] == "llm_http_error" for r in rej2)
+    assert len(rej2) == len(rej1)  # every job answered now, and "a sound is heard" is no caption
