@@ -17,6 +17,8 @@ import torch
 
 from dataprep.core.waveform import mel_windows as windows
 from dataprep.evaluation.data import EvalItem
+from model.api import encode_windows
+from model.prompts import ensemble
 from model.tokenizer import make_tokenize
 
 
@@ -56,17 +58,7 @@ class Embedder:
                     owner.append(i)
         if not wins:
             raise ValueError("no audio to embed")
-        embs = []
-        for b in range(0, len(wins), self.batch_size):
-            chunk = wins[b : b + self.batch_size]
-            width = max(w.shape[1] for w in chunk)
-            mel = np.zeros((len(chunk), chunk[0].shape[0], width), dtype=np.float32)
-            for j, w in enumerate(chunk):
-                mel[j, :, : w.shape[1]] = w
-            lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long)
-            e = self.model.encode_audio(torch.from_numpy(mel).to(self.device), lengths.to(self.device))
-            embs.append(e.float().cpu().numpy())
-        flat = np.concatenate(embs)
+        flat = encode_windows(self.model, wins, self.batch_size, self.device)
         out = np.zeros((len(items), flat.shape[1]), dtype=np.float64)
         np.add.at(out, np.asarray(owner), flat)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -86,10 +78,4 @@ class Embedder:
     def class_embeddings(self, prompts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
         """Prompt ensembling: the mean of a class's prompt embeddings, renormalized."""
         flat = [p for ps in prompts_per_class for p in ps]
-        e = self.text(flat)
-        out, i = [], 0
-        for ps in prompts_per_class:
-            m = e[i : i + len(ps)].mean(axis=0)
-            out.append(m / max(float(np.linalg.norm(m)), 1e-12))
-            i += len(ps)
-        return np.stack(out).astype(np.float32)
+        return ensemble(self.text(flat), [len(ps) for ps in prompts_per_class])

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dataprep.core.config import ConfigError, CorpusConfig
+from model.prompts import DEFAULT_TEMPLATES  # one zero-shot default for the API and the harness
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,9 +33,6 @@ TaskType = Literal["zero_shot", "retrieval", "emotion", "keyword_spotting", "lin
 
 # Prompt templates per language; "{}" is the class name. Averaging several templates per
 # class (CLIP's prompt ensembling) makes zero-shot accuracy less sensitive to one wording.
-DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "en": ("the sound of {}", "a recording of {}", "{} can be heard", "{}"),
-}
 EMOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "en": ("a person speaking in a {} voice", "someone sounds {}", "{} speech", "{}"),
 }

@@ -1,0 +1,351 @@
+"""The public inference API: ``from model import CLAP``.
+
+    m = CLAP.from_pretrained("outputs/demo/run/final")   # or a transformers ClapModel dir
+    probs = m.zero_shot(["dog.wav"], ["dog barking", "rain"])   # [1, 2], rows sum to 1
+
+Audio goes through exactly the waveform path of training (``dataprep.core.waveform``: decode any
+codec/rate/channels, downmix, resample to the feature rate, the build's loudness gain), then the
+model's featurizer (``dataprep.core.features.make_featurizer``). Two rules differ from the shard
+build, on purpose: inference never trims (the query is what the caller gave; the build's trim cut
+a 5-s ESC-50 clip to 0.73 s) and never drops audio past ``max_segments_per_source`` (a long file
+is cut into the build's segments and the evaluator's windows, all of them embedded; one clip
+embedding is their mean, renormalized; ``per_window=True`` returns them one by one).
+
+An imported transformers ``ClapModel`` (LAION-CLAP) directory carries its own preprocessing:
+48 kHz, no loudness normalization, no trim, the ``ClapFeatureExtractor`` mel
+(``truncation="rand_trunc"``, i.e. repeat-padding to 10 s; a longer file is windowed in 10-s
+pieces instead of cropped at random). Its ``embed_audio`` / ``embed_text`` equal
+``ClapModel.get_audio_features`` / ``get_text_features`` (tests/model/test_api.py).
+
+Bad items do not stop a batch: an unreadable or empty file becomes a NaN row and an
+:class:`ItemError` (``return_errors=True``), the rest are embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import ModelHubMixin
+from tqdm.auto import tqdm
+
+from dataprep.core.config import AudioConfig, FeatureConfig
+from dataprep.core.decode import AudioError
+from dataprep.core.features import make_featurizer
+from dataprep.core.waveform import feature_windows, load_waveform
+from model.prompts import check_labels, ensemble, normalize, resolve_templates
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_WINDOWS = 64  # a progress bar from this many model inputs on
+
+
+class ModelDirError(ValueError):
+    """A directory that is not a polyclap export or a transformers ClapModel (one line)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns a file into model inputs (the model's, saved with it)."""
+
+    features: FeatureConfig
+    audio: AudioConfig | None  # loudness normalization; None: none (imported LAION-CLAP)
+    segment_s: float  # long audio is cut into segments of this length (build.audio.max_segment_s)
+    overlap_s: float
+    max_frames: int  # each segment's features in windows of at most this many frames
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """An input that could not be embedded: its position, name and why."""
+
+    index: int
+    name: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Windows:
+    """``per_window=True``: one embedding per model input of a clip, with its time span."""
+
+    embeddings: np.ndarray  # [W, D]
+    starts_s: np.ndarray
+    ends_s: np.ndarray
+
+
+def _as_list(x: Any) -> list[Any]:
+    if isinstance(x, (str, os.PathLike)) or (isinstance(x, (np.ndarray, torch.Tensor))
+                                              and x.ndim == 1):
+        return [x]
+    return list(x)
+
+
+@torch.no_grad()
+def encode_windows(net: Any, windows: Sequence[np.ndarray], batch_size: int, device: Any,
+                   progress: bool = False) -> np.ndarray:
+    """``[N, D]`` audio embeddings of feature windows ``[n_mels, t]``, zero-padded per batch
+    with their true lengths (the evaluator's and inference's one batching)."""
+    out = []
+    steps = range(0, len(windows), batch_size)
+    for b in tqdm(steps, desc="audio", unit="batch", disable=not progress):
+        chunk = windows[b : b + batch_size]
+        width = max(w.shape[1] for w in chunk)
+        mel = np.zeros((len(chunk), chunk[0].shape[0], width), dtype=np.float32)
+        for j, w in enumerate(chunk):
+            mel[j, :, : w.shape[1]] = w
+        lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long, device=device)
+        emb = net.encode_audio(torch.from_numpy(mel).to(device), lengths)
+        out.append(emb.float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+class CLAP(ModelHubMixin, library_name="polyclap",
+           tags=["audio", "clap", "zero-shot-audio-classification"]):
+    """A trained polyclap model (or an imported ClapModel) ready for embedding."""
+
+    def __init__(self, net: Any, pre: Preprocessing, tokenize: Any, *, kind: str = "polyclap",
+                 source: str | None = None, cfg: Any = None, tokenizer: Any = None,
+                 device: str | None = None,
+                 batch_size: int = 16, progress: bool | None = None) -> None:
+        self.net = net.eval()
+        self.pre = pre
+        self.tokenize = tokenize
+        self.kind = kind
+        self.source = source
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.featurizer = make_featurizer(pre.features)
+        self.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def to(self, device: str | torch.device) -> CLAP:
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.net.cfg.embed_dim)
+
+    # -- loading / saving ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str],
+                        **kwargs: Any) -> CLAP:
+        """A polyclap export or a transformers ClapModel directory (local; see the module
+        docstring). ``device``, ``batch_size``, ``progress`` are passed on."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            raise ModelDirError(
+                f"{path}: not a local directory (nothing is downloaded at run time: fetch it "
+                f"first, e.g. huggingface_hub.snapshot_download, and pass the directory)")
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None,
+                         cache_dir: Any = None, force_download: bool = False,
+                         local_files_only: bool = False, token: Any = None,
+                         device: str | None = None, batch_size: int = 16,
+                         progress: bool | None = None, **_config: Any) -> CLAP:
+        # ``_config``: huggingface_hub passes the keys of a config.json matching __init__ names;
+        # the directory itself is read below.
+        path = Path(model_id)
+        kw = {"device": device, "batch_size": batch_size, "progress": progress}
+        hf = _transformers_model_type(path)
+        if hf is not None:
+            if hf != "clap":
+                raise ModelDirError(f"{path}: a transformers {hf!r} directory, not a ClapModel or "
+                                    f"a polyclap export")
+            return cls._from_clap_dir(path, **kw)
+        from model.tokenizer import make_tokenize
+        from model.weights import load_for_eval
+
+        net, cfg, tok = load_for_eval(path)
+        pre = Preprocessing(cfg.features, cfg.build.audio, cfg.build.audio.max_segment_s,
+                            cfg.build.audio.segment_overlap_s, int(cfg.model.audio.max_frames))
+        return cls(net, pre, make_tokenize(tok, cfg.model.text), kind="polyclap",
+                   source=str(path), cfg=cfg, tokenizer=tok, **kw)
+
+    @classmethod
+    def _from_clap_dir(cls, path: Path, **kw: Any) -> CLAP:
+        from model.hf_import import import_clap
+        from model.hf_text import HFTokenizer
+        from model.tokenizer import make_tokenize
+
+        features = clap_features(path)
+        net, _ = import_clap(path, n_mels=features.n_mels)
+        pre = Preprocessing(features, None, 10.0, 0.0, int(net.cfg.audio.max_frames))
+        tok = HFTokenizer(path)
+        return cls(net, pre, make_tokenize(tok, net.cfg.text), kind="clap", source=str(path),
+                   tokenizer=tok, **kw)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """A polyclap export (``model.weights.write_export``) plus its model card. An imported
+        ClapModel has no polyclap config to save: its own directory is its export."""
+        from model.card import write_model_card
+        from model.weights import write_export
+
+        if self.cfg is None:
+            raise ModelDirError(f"{self.source}: an imported ClapModel is not re-saved (its "
+                                f"directory already is the model; fine-tune it with "
+                                f"model.init_from to make a polyclap export)")
+        tok_path = getattr(self.tokenizer, "path", None)
+        write_export(save_directory, self.net.state_dict(), self.cfg,
+                     tokenizer=Path(tok_path) if tok_path else None,
+                     meta={"saved_by": "model.api.CLAP.save_pretrained", "source": self.source})
+        write_model_card(save_directory, self.cfg)
+
+    # -- audio ---------------------------------------------------------------------------------
+    def inputs(self, item: Any, sample_rate: int | None = None,
+               name: str | None = None) -> list[tuple[float, float, np.ndarray]]:
+        """``(start_s, end_s, features)`` per model input of one file or array."""
+        p = self.pre
+        w = load_waveform(item, p.features.sample_rate_hz, p.audio, source_rate_hz=sample_rate,
+                          name=name)
+        wave = w.normalized()
+        if wave.shape[0] == 0:
+            raise AudioError("empty_audio", f"{name}: no samples")
+        return feature_windows(wave, p.features.sample_rate_hz, self.featurizer,
+                               segment_s=p.segment_s, overlap_s=p.overlap_s,
+                               max_frames=p.max_frames)
+
+    def embed_audio(self, audio: Any, sample_rate: int | None = None, per_window: bool = False,
+                    return_errors: bool = False) -> Any:
+        """Embeddings ``[N, D]`` (L2-normalized float32) of files/URIs or arrays (arrays need
+        ``sample_rate``). A file that cannot be read is a NaN row (and an :class:`ItemError`
+        with ``return_errors=True``); ``per_window=True`` gives a :class:`Windows` per item
+        (None for a failed one) instead."""
+        items = _as_list(audio)
+        wins, owner, spans, errors = [], [], [], []
+        for i, item in enumerate(tqdm(items, desc="decode", unit="file",
+                                      disable=not self._show(len(items)))):
+            name = str(item) if isinstance(item, (str, os.PathLike)) else f"array[{i}]"
+            try:
+                for start, end, feat in self.inputs(item, sample_rate, name):
+                    wins.append(feat)
+                    owner.append(i)
+                    spans.append((start, end))
+            except AudioError as err:
+                errors.append(ItemError(i, name, err.reason, err.detail))
+            except (OSError, ValueError, RuntimeError) as err:  # any bad input: a row, not a crash
+                errors.append(ItemError(i, name, "decode_error", f"{type(err).__name__}: {err}"))
+        for e in errors:
+            log.warning("embed_audio: %s not embedded (%s: %s)", e.name, e.reason, e.detail)
+        flat = (encode_windows(self.net, wins, self.batch_size, self.device,
+                               self._show(len(wins))) if wins
+                else np.zeros((0, self.embed_dim), np.float32))
+        owner_a = np.asarray(owner, dtype=np.int64)
+        if per_window:
+            out: Any = [None] * len(items)
+            for i in sorted(set(owner)):
+                sel = owner_a == i
+                s = np.asarray(spans)[sel]
+                out[i] = Windows(flat[sel], s[:, 0], s[:, 1])
+        else:
+            out = np.full((len(items), flat.shape[1]), np.nan, dtype=np.float32)
+            if wins:
+                acc = np.zeros((len(items), flat.shape[1]), dtype=np.float64)
+                np.add.at(acc, owner_a, flat)
+                done = np.unique(owner_a)
+                out[done] = normalize(acc[done])
+        return (out, errors) if return_errors else out
+
+    def _show(self, n: int) -> bool:
+        return self.progress if self.progress is not None else n >= PROGRESS_MIN_WINDOWS
+
+    # -- text ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_text(self, texts: str | Sequence[str], lang: str | Sequence[str] | None = None
+                   ) -> np.ndarray:
+        """Embeddings ``[N, D]`` of texts, tokenized exactly as in training. ``lang`` (one code
+        or one per text) is checked and kept for the caller's bookkeeping: the towers read no
+        language id, the language is in the words (use language templates in ``zero_shot``)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("no texts to embed")
+        if lang is not None and not isinstance(lang, str) and len(lang) != len(texts):
+            raise ValueError(f"{len(lang)} languages for {len(texts)} texts")
+        out = []
+        for b in range(0, len(texts), self.batch_size):
+            ids, mask = self.tokenize(texts[b : b + self.batch_size])
+            emb = self.net.encode_text(ids.to(self.device), mask.to(self.device))
+            out.append(emb.float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def class_embeddings(self, labels: Sequence[str],
+                         templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                         langs: Sequence[str] | None = None) -> np.ndarray:
+        """``[C, D]``: per label, the mean of its prompts' embeddings per language, then the
+        mean over languages (renormalized each time), as the evaluation harness ensembles."""
+        labels = check_labels(labels)
+        temps = resolve_templates(templates, langs)
+        per_lang = []
+        for lang_temps in temps.values():
+            prompts = [t.format(label) for label in labels for t in lang_temps]
+            per_lang.append(ensemble(self.embed_text(prompts), [len(lang_temps)] * len(labels)))
+        return normalize(np.mean(np.stack(per_lang), axis=0))
+
+    # -- both ----------------------------------------------------------------------------------
+    def similarity(self, audio: Any, texts: str | Sequence[str],
+                   sample_rate: int | None = None) -> np.ndarray:
+        """Cosine similarity ``[N_audio, N_text]`` (NaN rows for unreadable audio)."""
+        return self.embed_audio(audio, sample_rate) @ self.embed_text(texts).T
+
+    def zero_shot(self, audio: Any, labels: Sequence[str],
+                  templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                  langs: Sequence[str] | None = None, sample_rate: int | None = None,
+                  return_errors: bool = False) -> Any:
+        """Per-class probabilities ``[N, C]`` (softmax of the model's logit scale times the
+        cosine to each label's prompt ensemble); NaN rows for unreadable audio."""
+        classes = self.class_embeddings(labels, templates, langs)
+        emb, errors = self.embed_audio(audio, sample_rate, return_errors=True)
+        probs = self.probabilities(emb, classes)
+        return (probs, errors) if return_errors else probs
+
+    def probabilities(self, audio_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray:
+        """Softmax over classes of the model's logit scale times the cosine ``[N, C]``."""
+        with torch.no_grad():
+            scale = float(self.net.logit_scale())
+        logits = torch.from_numpy(audio_emb @ class_emb.T) * scale
+        return torch.softmax(logits, dim=-1).numpy().astype(np.float32)
+
+
+def _transformers_model_type(path: Path) -> str | None:
+    """The ``model_type`` of a transformers directory's config.json, else None."""
+    f = path / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("model_type") if isinstance(data, dict) else None
+
+
+def clap_features(path: Path) -> FeatureConfig:
+    """The htsat preset of a ClapModel directory: its ``preprocessor_config.json`` (if saved)
+    sets the mel bins and band; any other extractor setting the preset fixes must agree."""
+    f = path / "preprocessor_config.json"
+    pre = json.loads(f.read_text()) if f.is_file() else {}
+    fields: dict[str, Any] = {"preset": "htsat", "dtype": "float32"}
+    for ours, theirs in (("n_mels", "feature_size"), ("f_min_hz", "frequency_min"),
+                         ("f_max_hz", "frequency_max")):
+        if theirs in pre:
+            fields[ours] = pre[theirs]
+    fixed = {"sampling_rate": 48000, "hop_length": 480, "fft_window_size": 1024,
+             "truncation": "rand_trunc", "padding": "repeatpad"}
+    bad = {k: pre[k] for k, want in fixed.items() if k in pre and pre[k] != want}
+    if bad:
+        raise ModelDirError(f"{f}: {bad} differ from the htsat preset {fixed} (LAION-CLAP's)")
+    if not math.isfinite(float(fields.get("f_max_hz", 14000.0))):
+        raise ModelDirError(f"{f}: frequency_max is not finite")
+    return FeatureConfig(**fields)

@@ -1,0 +1,179 @@
+"""The public inference API (model.api, ``from model import CLAP``).
+
+Models: a TINY RANDOM transformers ClapModel (1-layer RoBERTa text, 4x1-block HTSAT, projection
+32) saved to a tmp dir by ``hf_helpers.tiny_clap``, standing in for a LAION-CLAP directory; and a
+TINY RANDOM polyclap model (2-layer patch transformer + sentencepiece text tower) exported with
+``save_pretrained``. Audio: real bundled clips (ESC-50, AudioCaps, Common Voice mp3).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+from hf_helpers import tiny_clap
+
+from dataprep.core.config import AudioConfig
+from dataprep.core.sample import SampleRef
+from model import CLAP
+from model.api import ModelDirError
+from model.prompts import check_labels
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = ["A dog barks several times and then a man speaks", "rain", "a bell rings twice"]
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    return tiny_clap(tmp_path_factory.mktemp("clap") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def m(clap_dir):
+    return CLAP.from_pretrained(clap_dir, device="cpu")
+
+
+def _clips(corpora_root: Path) -> list[Path]:
+    esc = sorted((corpora_root / "esc50_mini" / "audio").glob("*.wav"))[:2]
+    caps = sorted(p for p in (corpora_root / "audiocaps_mini" / "audio").rglob("*")
+                  if p.suffix in {".wav", ".flac", ".ogg", ".mp3"})[:1]
+    cv = sorted((corpora_root / "commonvoice_mini").rglob("*.mp3"))[:1]
+    return esc + caps + cv
+
+
+def test_imported_clap_equals_transformers(m, clap_dir, corpora_root):
+    """embed_audio / embed_text on files == ClapModel.get_audio/text_features on the same
+    files decoded and resampled independently (soundfile + torchaudio) and the same texts."""
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    paths = _clips(corpora_root)
+    ours_a = m.embed_audio(paths)
+    ours_t = m.embed_text(TEXTS)
+    waves = []
+    for p in paths:
+        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        mono = torch.from_numpy(x.mean(axis=1, dtype=np.float32))
+        waves.append(torchaudio.functional.resample(mono, sr, 48000).numpy())
+    assert all(len(w) <= 480_000 for w in waves)  # under 10 s: rand_trunc is repeat-padding
+    ref = ClapModel.from_pretrained(str(clap_dir)).eval()
+    fe = ClapFeatureExtractor(frequency_min=50, frequency_max=14000)
+    x = fe(waves, sampling_rate=48000, truncation="rand_trunc", return_tensors="pt")
+    tok = AutoTokenizer.from_pretrained(str(clap_dir))
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref_a = ref.get_audio_features(input_features=x["input_features"]).pooler_output
+        ref_t = ref.get_text_features(**enc).pooler_output
+    ref_a = torch.nn.functional.normalize(ref_a, dim=-1).numpy()
+    ref_t = torch.nn.functional.normalize(ref_t, dim=-1).numpy()
+    a_err, t_err = float(np.abs(ours_a - ref_a).max()), float(np.abs(ours_t - ref_t).max())
+    print(f"CLAP API vs ClapModel: audio max abs diff {a_err:.2e}, text {t_err:.2e}")
+    assert a_err <= 1e-4 and t_err <= 1e-4
+    assert ours_a.shape == (len(paths), 32)
+
+
+def test_zero_shot_similarity_and_bad_items(m, corpora_root, tmp_path):
+    paths = _clips(corpora_root)[:2]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not audio at all" * 10)
+    probs, errors = m.zero_shot([paths[0], empty, paths[1], junk], ["dog barking", "rain"],
+                                return_errors=True)
+    assert probs.shape == (4, 2)
+    np.testing.assert_allclose(probs[[0, 2]].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.isnan(probs[1]).all() and np.isnan(probs[3]).all()
+    assert [(e.index, e.reason) for e in errors] == [(1, "empty_file"), (3, "not_audio")]
+    sim = m.similarity(paths, TEXTS)
+    assert sim.shape == (2, 3) and np.all(np.abs(sim) <= 1.0 + 1e-5)
+    # the zero-shot probabilities are the softmax of the scaled cosine to the prompt ensembles
+    ce = m.class_embeddings(["dog barking", "rain"])
+    logits = m.embed_audio(paths[:1]) @ ce.T * float(m.net.logit_scale().detach())
+    np.testing.assert_allclose(probs[0], torch.softmax(torch.from_numpy(logits), -1)[0],
+                               rtol=1e-5)
+    multi = m.zero_shot(paths[:1], ["dog", "rain"], templates={"en": ["a {}"], "de": ["ein {}"]},
+                        langs=["de"])
+    assert multi.shape == (1, 2)
+
+
+def test_labels_and_templates_are_checked(m, corpora_root):
+    with pytest.raises(ValueError, match="duplicate labels"):
+        check_labels(["dog", "rain", "Dog"])
+    with pytest.raises(ValueError, match="empty label at position"):
+        check_labels(["dog", " "])
+    with pytest.raises(ValueError, match=r"exactly one '\{\}'"):
+        m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], templates=["no slot"])
+    with pytest.raises(ValueError, match="no templates for languages"):
+        m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], langs=["fr"])
+
+
+def test_no_trim_and_long_audio_windows(m, corpora_root):
+    """Inference embeds the whole clip (the build trims it) and a long one in 10-s windows."""
+    from dataprep import audio
+
+    clip = _clips(corpora_root)[0]
+    x, sr = sf.read(str(clip), dtype="float32")
+    spans = [(s, e) for s, e, _ in m.inputs(str(clip), name=str(clip))]
+    assert spans == [(0.0, pytest.approx(len(x) / sr, abs=1e-3))]
+    built = audio.load_segments(SampleRef(corpus="esc50", source_id="x", audio=str(clip)),
+                                AudioConfig(), 48000)
+    assert sum(s.duration_s for s in built) <= len(x) / sr  # the build may trim; inference not
+    long = np.concatenate([x] * 9)  # 27 s at the clip's own rate, passed as an array
+    wins = m.embed_audio([long], sample_rate=sr, per_window=True)[0]
+    assert wins.embeddings.shape == (3, 32)
+    np.testing.assert_allclose(wins.starts_s, [0.0, 10.0, 17.0], atol=1e-6)
+    np.testing.assert_allclose(wins.ends_s, [10.0, 20.0, 27.0], atol=1e-6)
+    mean = wins.embeddings.mean(axis=0)
+    np.testing.assert_allclose(m.embed_audio(long, sample_rate=sr)[0],
+                               mean / np.linalg.norm(mean), atol=1e-6)
+    stereo = np.stack([x, x], axis=1)  # frames x channels: same as mono
+    np.testing.assert_allclose(m.embed_audio([stereo], sample_rate=sr),
+                               m.embed_audio([x], sample_rate=sr), atol=1e-6)
+
+
+def test_not_a_model_dir_is_one_clear_error(tmp_path, clap_dir):
+    import json
+
+    with pytest.raises(ModelDirError, match="not a local directory"):
+        CLAP.from_pretrained(tmp_path / "nope")
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelDirError, match="a transformers 'bert' directory, not a ClapModel"):
+        CLAP.from_pretrained(other)
+    bad = tmp_path / "clap_wrong_rate"
+    bad.mkdir()
+    for f in clap_dir.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
+    with pytest.raises(ModelDirError, match="differ from the htsat preset"):
+        CLAP.from_pretrained(bad)
+
+
+def _readme_snippet() -> str:
+    text = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- api-snippet -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert found, "README.md has no <!-- api-snippet --> python block"
+    return found.group(1)
+
+
+def test_readme_snippet_runs_verbatim(clap_dir, corpora_root, tmp_path, monkeypatch):
+    """The README's 3 lines, run as written from a directory where its paths exist: the
+    model path is the TINY RANDOM ClapModel, the clip a bundled ESC-50 file."""
+    code = _readme_snippet()
+    assert len(code.strip().splitlines()) == 3
+    model_dir = re.search(r'from_pretrained\("([^"]+)"\)', code).group(1)
+    clip = re.search(r'\["([^"]+\.wav)"\]', code).group(1)
+    (tmp_path / model_dir).parent.mkdir(parents=True)
+    (tmp_path / model_dir).symlink_to(clap_dir)
+    (tmp_path / clip).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / clip).symlink_to(min((corpora_root / "esc50_mini" / "audio").glob("*.wav")))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented snippet
+    probs = scope["probs"]
+    assert probs.shape == (1, 2) and abs(float(probs.sum()) - 1.0) < 1e-5
