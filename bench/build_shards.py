@@ -109,7 +109,7 @@ def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
     import ray
 
     from dataprep.core.config import load_config
-    from dataprep.distributed import run_build
+    from dataprep.build.executor import run_build
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(None, [

@@ -38,7 +38,6 @@ from dataprep.core.waveform import level_db as _db
 
 log = logging.getLogger(__name__)
 
-CLIP_FLAG_RATIO = 0.001  # kept-but-flagged above this; FilterConfig.max_clip_ratio rejects
 SILENCE_FRAME_DBFS = -60.0  # a 20-ms frame below this counts towards silence_ratio
 DURATION_MISMATCH = 0.10  # declared vs decoded duration: flag when off by more than 10 %
 _FRAME_S = 0.02
@@ -136,9 +135,8 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
         lo, hi = _trim_from_rms(rms, wave.shape[0], sample_rate_hz, audio_cfg.trim_silence_db)
     body = wave[lo:hi] * np.float32(gain)
 
+    # ``clipping`` is not decided here: filters.audio_flags applies FilterConfig.clip_flag_ratio.
     flags = []
-    if clip_ratio >= CLIP_FLAG_RATIO:
-        flags.append("clipping")
     if w.truncated:
         flags.append("source_cropped")
     declared = ref.duration_s

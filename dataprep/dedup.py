@@ -289,41 +289,49 @@ class TextDedupIndex:
         return None
 
 
-def build_eval_index(
-    eval_corpora: Iterable[CorpusConfig],
-    audio_cfg: AudioConfig,
-    sample_rate_hz: int,
-    near_threshold: float = 0.85,
-) -> tuple[DedupIndex, list[Reject]]:
-    """Index every segment of the evaluation corpora (any reader), for decontamination.
+EvalClip = tuple[str, str, np.ndarray]  # (segment key, pcm sha1, fingerprint)
 
-    Eval items are added in (corpus, source_id) order, so the index is the same on every run.
-    Items that cannot be read are returned as rejects (they cannot contaminate anything).
+
+def fingerprint_eval_corpus(
+    corpus: CorpusConfig, audio_cfg: AudioConfig, sample_rate_hz: int
+) -> tuple[list[EvalClip], list[Reject]]:
+    """Decode one evaluation corpus: a clip per segment, in ``source_id`` order, and a reject for
+    every item that could not be read (a reader reject, a decode error).
+
+    An unreadable evaluation item cannot contaminate anything, but it is not silently skipped:
+    the rejects say which clips the decontamination did not cover.
     """
-    from dataprep.audio import AudioError, load_segments
+    from dataprep.audio import load_segments
     from dataprep.corpora import read_corpus
+    from dataprep.filters import decode_reject
 
-    index = DedupIndex(near_threshold=near_threshold)
+    clips: list[EvalClip] = []
     rejects: list[Reject] = []
-    for cfg in eval_corpora:
-        refs = []
-        for item in read_corpus(cfg):
-            if isinstance(item, Reject):
-                rejects.append(item)
-            else:
-                refs.append(item)
-        for ref in sorted(refs, key=lambda r: r.source_id):
-            try:
-                segments = load_segments(ref, audio_cfg, sample_rate_hz)
-            except AudioError as err:
-                rejects.append(
-                    Reject(ref_source(ref), "decode", err.reason, err.detail, ref.corpus)
-                )
-                continue
-            for seg in segments:
-                key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
-                index.add(key, pcm_sha1(seg.wave), audio_fingerprint(seg.wave, sample_rate_hz))
-    return index, rejects
+    refs = []
+    for item in read_corpus(corpus):
+        if isinstance(item, Reject):
+            rejects.append(item)
+        else:
+            refs.append(item)
+    for ref in sorted(refs, key=lambda r: r.source_id):
+        try:
+            segments = load_segments(ref, audio_cfg, sample_rate_hz)
+        except Exception as err:  # noqa: BLE001 - one bad eval file must not stop the build
+            rejects.append(decode_reject(ref, err))
+            continue
+        for seg in segments:
+            key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
+            clips.append((key, pcm_sha1(seg.wave), audio_fingerprint(seg.wave, sample_rate_hz)))
+    return clips, rejects
+
+
+def build_eval_index(clips: Iterable[EvalClip], near_threshold: float = 0.85) -> DedupIndex:
+    """The decontamination index: every clip added in the given order (corpora in config order,
+    each in ``source_id`` order), so the index is the same on every run."""
+    index = DedupIndex(near_threshold=near_threshold)
+    for key, pcm, fp in clips:
+        index.add(key, pcm, fp)
+    return index
 
 
 def eval_overlap_reject(ref: SampleRef, match: Match) -> Reject:
@@ -334,4 +342,11 @@ def eval_overlap_reject(ref: SampleRef, match: Match) -> Reject:
         "eval_overlap",
         f"{match.kind} match (similarity {match.similarity:.3f}) with eval item {match.key}",
         ref.corpus,
+    )
+
+
+def duplicate_reject(ref: SampleRef, original_key: str) -> Reject:
+    """The reject row for an input whose audio an earlier sample of the same shard already has."""
+    return Reject(
+        ref_source(ref), "dedup", "duplicate", f"same audio as {original_key}", ref.corpus
     )

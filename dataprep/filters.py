@@ -2,13 +2,17 @@
 
 Reasons (stage ``filter``): ``too_short``, ``too_long``, ``silent``, ``clipping``,
 ``empty_text``, ``short_text``, ``garbage_text``, ``chars_per_s_low``, ``chars_per_s_high``,
-``lang_mismatch``. Decode-time reasons (``missing_file``, ``not_audio`` ...) come from
-:class:`dataprep.audio.AudioError` and are turned into rows by :func:`audio_error_reject`.
-Conditions that keep a sample but mark it (clipping below the reject ratio, a language the
-detector disagrees with under ``lang_mismatch: flag``) are returned by the ``*_flags`` helpers.
+``lang_mismatch``, ``no_text``. Decode-time reasons (``missing_file``, ``not_audio`` ...) come
+from :class:`dataprep.audio.AudioError` and are turned into rows by :func:`decode_reject`.
+Conditions that keep a sample but mark it (clipping at or above ``clip_flag_ratio`` but below the
+reject ratio, a language the detector disagrees with under ``lang_mismatch: flag``) are returned
+by the ``*_flags`` helpers. These are the functions :class:`dataprep.process.SampleProcessor`
+runs; the config values decide, nothing restates them.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from dataprep.audio import AudioError, Segment
 from dataprep.core.config import FilterConfig
@@ -28,14 +32,27 @@ def _reject(ref: SampleRef, reason: str, detail: str) -> Reject:
     )
 
 
-def audio_error_reject(ref: SampleRef, err: AudioError) -> Reject:
+def decode_reject(ref: SampleRef, err: Exception) -> Reject:
+    """The reject row of an input that could not be decoded: an :class:`AudioError` keeps its
+    reason; anything else is ``decode_error`` with the exception (one bad input never kills a
+    task)."""
+    if isinstance(err, AudioError):
+        reason, detail = err.reason, err.detail
+    else:
+        reason, detail = "decode_error", f"{type(err).__name__}: {err}"
     return Reject(
-        source=ref_source(ref),
-        stage="decode",
-        reason=err.reason,
-        detail=err.detail,
-        corpus=ref.corpus,
+        source=ref_source(ref), stage="decode", reason=reason, detail=detail, corpus=ref.corpus
     )
+
+
+def no_text_reject(ref: SampleRef) -> Reject:
+    """A sample left without any text (after augmentation) while ``require_text`` is set."""
+    return _reject(ref, "no_text", "no caption, transcript or label text")
+
+
+def at_source(rej: Reject, source: str) -> Reject:
+    """``rej`` naming ``source`` (a segment of its input, ``<corpus>:<id>@<start>-<end>``)."""
+    return rej if rej.source == source else replace(rej, source=source)
 
 
 def check_audio(ref: SampleRef, seg: Segment, cfg: FilterConfig) -> Reject | None:
@@ -66,11 +83,22 @@ def check_audio(ref: SampleRef, seg: Segment, cfg: FilterConfig) -> Reject | Non
 
 
 def audio_flags(seg: Segment, cfg: FilterConfig) -> tuple[str, ...]:
-    """Kept-but-flagged audio conditions under ``cfg`` (adds to ``seg.flags``)."""
-    flags = [f for f in seg.flags if f != "clipping"]
+    """Kept-but-flagged audio conditions: the decoder's (``seg.flags``) plus ``clipping`` when
+    the clip ratio reaches ``cfg.clip_flag_ratio``."""
+    flags = set(seg.flags)
     if seg.stats.get("clip_ratio", 0.0) >= cfg.clip_flag_ratio:
-        flags.append("clipping")
-    return tuple(sorted(set(flags)))
+        flags.add("clipping")
+    return tuple(sorted(flags))
+
+
+def check_segment(
+    ref: SampleRef, seg: Segment, text: str | None, lang: str | None, cfg: FilterConfig
+) -> Reject | None:
+    """The audio checks, then the text checks against the segment's duration."""
+    rej = check_audio(ref, seg, cfg)
+    if rej is None:
+        rej = check_text(ref, text, lang, seg.end_s - seg.start_s, cfg)
+    return rej
 
 
 def is_speech(ref: SampleRef) -> bool:

@@ -1,7 +1,7 @@
 """Per-input processing: SampleRef -> samples (+ rejects). The body of one shard task.
 
 decode -> normalize -> filter -> dedup/decontaminate -> augment -> log-mel -> sample dicts.
-Used by the Ray shard builder (dataprep.distributed) and by the evaluation harness, so that
+Used by the shard build (dataprep.build.shard) and by the evaluation harness, so that
 training and evaluation audio go through the same code and the same feature fingerprint.
 """
 
@@ -15,15 +15,16 @@ from typing import Any
 import numpy as np
 
 from dataprep import audio as audio_mod
-from dataprep import dedup, filters, text as text_mod
+from dataprep import dedup, filters
+from dataprep import text as text_mod
 from dataprep.core import features
 from dataprep.core.config import DataConfig
 from dataprep.core.sample import (
+    AUDIO,
     KIND_ORIGINAL,
     MEL,
     META,
     TEXT,
-    AUDIO,
     Reject,
     SampleMeta,
     SampleRef,
@@ -113,7 +114,9 @@ class SampleProcessor:
             self.text_aug.close()
 
     # -- text -------------------------------------------------------------------------------
-    def _text_and_lang(self, ref: SampleRef) -> tuple[str | None, str | None, str | None, list[str]]:
+    def _text_and_lang(
+        self, ref: SampleRef
+    ) -> tuple[str | None, str | None, str | None, list[str]]:
         """Normalized text, the sample's language, the detected language worth comparing
         (None when the detector is not confident enough to contradict the corpus), flags."""
         text = text_mod.normalize_text(ref.text, ref.lang) if ref.text else None
@@ -123,37 +126,67 @@ class SampleProcessor:
     # -- one input --------------------------------------------------------------------------
     def __call__(self, ref: SampleRef, split: str) -> ProcessResult:
         res = ProcessResult()
-        src = ref_source(ref)
         try:
             segments = audio_mod.load_segments(ref, self.bcfg.audio, self.fcfg.sample_rate_hz)
-        except audio_mod.AudioError as e:
-            res.rejects.append(Reject(src, "decode", e.reason, e.detail, ref.corpus))
-            return res
-        except Exception as e:  # one policy at the boundary: a bad input never kills the task
-            res.rejects.append(Reject(src, "decode", "decode_error", f"{type(e).__name__}: {e}", ref.corpus))
+        except Exception as e:  # noqa: BLE001 - one policy at the boundary: a reject row
+            res.rejects.append(filters.decode_reject(ref, e))
             return res
         text, lang, detected, text_flags = self._text_and_lang(ref)
         # Clips of one source recording (or one declared group) are never each other's negatives.
         group = sample_key(ref.corpus, str(ref.extra_dict().get("group") or ref.source_id))
         for seg in segments:
-            seg_src = src if len(segments) == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
-            rej = filters.check_audio(ref, seg, self.bcfg.filters)
+            seg_src = _segment_source(ref, seg, len(segments))
+            rej = filters.check_segment(ref, seg, text, detected, self.bcfg.filters)
             if rej is None:
-                rej = filters.check_text(ref, text, detected, seg.end_s - seg.start_s, self.bcfg.filters)
+                flags = sorted(set(text_flags) | set(filters.audio_flags(seg, self.bcfg.filters)))
+                sample, rej = self._make_sample(ref, seg, text, lang, split, group, flags)
             if rej is not None:
-                res.rejects.append(Reject(seg_src, rej.stage, rej.reason, rej.detail, ref.corpus))
-                continue
-            sample, rej = self._make_sample(ref, seg, text, lang, split, group, text_flags)
-            if rej is not None:
-                res.rejects.append(Reject(seg_src, rej.stage, rej.reason, rej.detail, ref.corpus))
+                res.rejects.append(filters.at_source(rej, seg_src))
                 continue
             res.samples.append(sample)
             if self.audio_aug is not None:
                 res.samples.extend(self._views(sample, seg))
         if self.text_aug is not None:
-            for r in getattr(self.text_aug, "drain_rejects", lambda: [])():
+            for r in getattr(self.text_aug, "drain_rejects", list)():
                 res.rejects.append(r)
         return res
+
+    def _dedup_reject(self, ref: SampleRef, key: str, pcm: str, fp: Any) -> Reject | None:
+        """``eval_overlap`` against the evaluation index, then ``duplicate`` within the task."""
+        dcfg = self.bcfg.dedup
+        if self.eval_index is not None and dcfg.decontaminate:
+            match = self.eval_index.match(pcm, fp)
+            if match is not None:
+                return dedup.eval_overlap_reject(ref, match)
+        if self.local_index is not None:
+            dup = self.local_index.add(key, pcm, fp if dcfg.near else None)
+            if dup is not None:
+                return dedup.duplicate_reject(ref, dup)
+        return None
+
+    def _texts(self, ref: SampleRef, text: str | None, lang: str | None) -> list[TextEntry]:
+        """The corpus's own texts: transcript/caption, else the labels, then extra captions."""
+        texts: list[TextEntry] = []
+        corpus_src = {"source": "corpus"}
+        if text:
+            texts.append(
+                {"text": text, "lang": lang, "kind": KIND_ORIGINAL, "provenance": corpus_src}
+            )
+        if not texts and ref.labels:
+            # A labeled clip without caption: its class names are the corpus's own text.
+            label_text = ", ".join(label.replace("_", " ") for label in ref.labels)
+            texts.append(
+                {"text": label_text, "lang": "en", "kind": KIND_ORIGINAL,
+                 "provenance": {"source": "labels"}}
+            )  # fmt: skip
+        for cap in ref.captions:
+            cap_n = text_mod.normalize_text(cap, lang)
+            if cap_n and cap_n != text:
+                texts.append(
+                    {"text": cap_n, "lang": lang, "kind": KIND_ORIGINAL,
+                     "provenance": {"source": "corpus"}}
+                )  # fmt: skip
+        return texts
 
     def _make_sample(
         self,
@@ -168,26 +201,9 @@ class SampleProcessor:
         key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
         pcm = dedup.pcm_sha1(seg.wave)
         fp = dedup.audio_fingerprint(seg.wave, self.fcfg.sample_rate_hz)
-        dcfg = self.bcfg.dedup
-        if self.eval_index is not None and dcfg.decontaminate:
-            hit = self.eval_index.query(pcm, fp)
-            if hit is not None:
-                return {}, Reject(ref_source(ref), "dedup", "eval_overlap", f"matches eval clip {hit}", ref.corpus)
-        if self.local_index is not None:
-            dup = self.local_index.add(key, pcm, fp if dcfg.near else None)
-            if dup is not None:
-                return {}, Reject(ref_source(ref), "dedup", "duplicate", f"same audio as {dup}", ref.corpus)
-        texts: list[TextEntry] = []
-        if text:
-            texts.append({"text": text, "lang": lang, "kind": KIND_ORIGINAL, "provenance": {"source": "corpus"}})
-        if not texts and ref.labels:
-            # A labeled clip without caption: its class names are the corpus's own text.
-            label_text = ", ".join(label.replace("_", " ") for label in ref.labels)
-            texts.append({"text": label_text, "lang": "en", "kind": KIND_ORIGINAL, "provenance": {"source": "labels"}})
-        for cap in ref.captions:
-            cap_n = text_mod.normalize_text(cap, lang)
-            if cap_n and cap_n != text:
-                texts.append({"text": cap_n, "lang": lang, "kind": KIND_ORIGINAL, "provenance": {"source": "corpus"}})
+        rej = self._dedup_reject(ref, key, pcm, fp)
+        if rej is not None:
+            return {}, rej
         meta: SampleMeta = {
             "id": key,
             "corpus": ref.corpus,
@@ -205,19 +221,18 @@ class SampleProcessor:
             "audio_sha1": pcm,
             "audio_fp": _fp_hex(fp),
             "feature_fingerprint": self.fingerprint,
-            "texts": texts,
-            "flags": sorted(set(flags) | set(seg.flags)),
+            "texts": self._texts(ref, text, lang),
+            "flags": flags,
             "stats": {k: _round(v) for k, v in sorted(seg.stats.items())},
         }
         attributes = ref.extra_dict()
         if attributes:
             meta["attributes"] = {k: v for k, v in attributes.items() if _jsonable(v)}
         if self.text_aug is not None:
-            meta["texts"] = texts + self.text_aug(dict(meta))
+            meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
         if not meta["texts"] and self.bcfg.filters.require_text:
-            return {}, Reject(ref_source(ref), "filter", "no_text", "no caption, transcript or label text", ref.corpus)
-        sample = self._pack(key, meta, seg.wave)
-        return sample, None
+            return {}, filters.no_text_reject(ref)
+        return self._pack(key, meta, seg.wave), None
 
     def _pack(self, key: str, meta: SampleMeta, wave: np.ndarray) -> dict[str, Any]:
         sample: dict[str, Any] = {"__key__": key, MEL: self.logmel(wave), META: meta}
@@ -236,6 +251,12 @@ class SampleProcessor:
             meta.update(id=key, augment=chain, audio_sha1=dedup.pcm_sha1(wave), audio_fp="")
             out.append(self._pack(key, meta, wave))
         return out
+
+
+def _segment_source(ref: SampleRef, seg: Any, n_segments: int) -> str:
+    """The reject ``source`` of one segment: the input's own when it has one segment."""
+    src = ref_source(ref)
+    return src if n_segments == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
 
 
 def _fp_hex(fp: Any) -> str:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from dataprep.distributed import BuildError, run_build
+    from dataprep.build.executor import BuildError, run_build
 
     t0 = time.perf_counter()
     # Inside `ray job submit` RAY_ADDRESS is set and ray.init() joins the cluster; in a plain

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         print("error: --repair needs --config (the config the set was built with)", file=sys.stderr)
         return 2
-    from dataprep.distributed import PARTS
+    from dataprep.build.finalize import PARTS
 
     for split, names in broken.items():
         for name in names:

@@ -1,7 +1,7 @@
 """Shard-set level inputs of the report: which shards exist, one shard's :class:`Partial`, and
 the sections read from ``rejects.parquet``, ``shards.json`` and ``build.json``.
 
-No Ray here (DESIGN: Ray lives in pipelines/ and dataprep/distributed.py); the pipeline maps
+No Ray here (DESIGN: Ray lives in pipelines/ and dataprep/build/executor.py); the pipeline maps
 :func:`summarize_shard` over shards as Ray tasks and calls :func:`assemble`.
 """
 

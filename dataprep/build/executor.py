@@ -1,0 +1,201 @@
+"""The executor: runs the build on Ray. The only module of ``dataprep`` that imports Ray.
+
+Works the same with an embedded local Ray (``ray.init()`` in a plain script) and on a cluster
+(``ray job submit``). Tasks: one scan per corpus, one fingerprint pass per evaluation corpus, one
+build per shard. A shard task receives the manifest path and its row range, never row dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from dataprep import dedup
+from dataprep.build import manifest
+from dataprep.build.finalize import finalize_build, shard_is_done, versions
+from dataprep.build.plan import (
+    BuildError,
+    Plan,
+    ShardTask,
+    build_signature,
+    check_or_write_plan,
+    plan_shards,
+)
+from dataprep.build.progress import BuildProgress
+from dataprep.build.shard import build_shard
+from dataprep.core import atomic, features, shards
+from dataprep.core.config import CorpusConfig, DataConfig, config_to_dict
+
+log = logging.getLogger("polyclap.build")
+
+EVAL_REJECTS = "eval_rejects.parquet"
+SHARD_TASK_RETRIES = 2
+
+
+@ray.remote
+def _scan_task(corpus: CorpusConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    return manifest.scan_corpus(corpus)
+
+
+@ray.remote
+def _eval_fingerprint_task(cfg_json: str, corpus: CorpusConfig) -> tuple[list[Any], list[Any]]:
+    cfg = DataConfig.model_validate_json(cfg_json)
+    return dedup.fingerprint_eval_corpus(corpus, cfg.build.audio, cfg.features.sample_rate_hz)
+
+
+@ray.remote
+def _shard_task(
+    cfg_json: str, out: str, task: ShardTask, manifest_path: str, eval_index: Any
+) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO)
+    cfg = DataConfig.model_validate_json(cfg_json)
+    # One task per reserved CPU: torch's intra-op pool would otherwise start a thread per core
+    # in every worker and oversubscribe the node (resampling and the STFT run in torch).
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.build.shards.num_cpus_per_task)))
+    rows = manifest.read_manifest_range(manifest_path, task.start, task.stop)
+    node_id = ray.get_runtime_context().get_node_id()
+    return build_shard(cfg, Path(out), task, rows, eval_index, node_id=node_id)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+
+
+def scan(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """All corpora listed in parallel: manifest rows and reader reject rows."""
+    scans = ray.get([_scan_task.remote(c) for c in cfg.build.corpora])
+    rows = [r for refs, _ in scans for r in refs]
+    rejects = [r for _, rj in scans for r in rj]
+    log.info(
+        "scanned %d corpora: %d inputs, %d rejected by readers",
+        len(cfg.build.corpora), len(rows), len(rejects),
+    )  # fmt: skip
+    return rows, rejects
+
+
+def eval_index(cfg: DataConfig, out: Path) -> tuple[dedup.DedupIndex | None, int]:
+    """The decontamination index of ``build.eval_corpora`` (None when off); the number of
+    evaluation items that could not be read, written to ``eval_rejects.parquet``."""
+    b = cfg.build
+    if not (b.eval_corpora and b.dedup.decontaminate):
+        return None, 0
+    cfg_json = DataConfig.view(cfg).model_dump_json()
+    results = ray.get([_eval_fingerprint_task.remote(cfg_json, c) for c in b.eval_corpora])
+    index = dedup.build_eval_index(
+        (clip for clips, _ in results for clip in clips), b.dedup.near_threshold
+    )
+    rejects = [r.as_row() for _, rj in results for r in rj]
+    manifest.write_table(out / EVAL_REJECTS, rejects, manifest.REJECT_SCHEMA)
+    log.info(
+        "decontamination: indexed %d segments of %d evaluation corpora (%d items unreadable, "
+        "see %s)", len(index), len(b.eval_corpora), len(rejects), EVAL_REJECTS,
+    )  # fmt: skip
+    return index, len(rejects)
+
+
+def _max_inflight(cfg: DataConfig) -> int:
+    s = cfg.build.shards
+    if s.max_parallel_tasks:
+        return s.max_parallel_tasks
+    cpus = ray.available_resources().get("CPU", 1)
+    return max(1, int(cpus / s.num_cpus_per_task)) * 2
+
+
+def execute(
+    cfg: DataConfig, out: Path, manifest_path: Path, todo: list[ShardTask], index: Any
+) -> None:
+    """Run the shard tasks, a bounded number in flight, logging progress as they finish."""
+    cfg_json = DataConfig.view(cfg).model_dump_json()
+    index_ref = ray.put(index)
+    opts = {"num_cpus": cfg.build.shards.num_cpus_per_task, "max_retries": SHARD_TASK_RETRIES}
+    limit = _max_inflight(cfg)
+    progress = BuildProgress(len(todo))
+    queue, pending = list(todo), []
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                task = queue.pop(0)
+                pending.append(
+                    _shard_task.options(**opts).remote(
+                        cfg_json, str(out), task, str(manifest_path), index_ref
+                    )
+                )
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                progress.update(ray.get(ref))
+    finally:
+        progress.close()
+
+
+def _record(
+    cfg: DataConfig, plan: Plan, counts: dict[str, Any], parts: list[dict[str, Any]],
+    timings: dict[str, float], built: int, eval_rejects: int,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "config": config_to_dict(cfg),
+        "feature_fingerprint": features.feature_fingerprint(cfg.features),
+        "feature_fields": features.fingerprint_fields(cfg.features),
+        "signature": build_signature(cfg),
+        "versions": versions(),
+        "counts": counts,
+        "inputs": len(plan.rows),
+        "eval_rejects": eval_rejects,
+        "timings": timings,
+        "shards_built_this_run": built,
+        "tasks": [
+            {
+                "split": t.split,
+                "name": t.name,
+                "samples": p["entry"]["samples"],
+                "rejects": len(p["rejects"]),
+                **p["stats"],
+            }
+            for t, p in zip(plan.shards, parts)
+        ],
+    }
+
+
+def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Scan, plan, execute and finalize a shard set under ``out``. Returns the build record."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.build.corpora:
+        raise BuildError("build.corpora is empty: nothing to build")
+    timings: dict[str, float] = {}
+    with _timed(timings, "scan_s"):
+        rows, scan_rejects = scan(cfg)
+    if not rows:
+        raise BuildError(
+            "the configured corpora yielded no usable inputs (see reader rejects above)"
+        )
+    with _timed(timings, "plan_s"):
+        plan = plan_shards(rows, cfg)
+        check_or_write_plan(out, cfg, plan)
+        manifest_path = manifest.write_manifest(out, plan.rows)
+    todo = [t for t in plan.shards if not shard_is_done(out, t.split, t.name)]
+    per_split = ", ".join(f"{s}={sum(t.split == s for t in plan.shards)}" for s in plan.splits())
+    log.info(
+        "plan: %d shards (%s); %d already done, %d to build",
+        len(plan.shards), per_split, len(plan.shards) - len(todo), len(todo),
+    )  # fmt: skip
+    with _timed(timings, "eval_index_s"):
+        index, eval_rejects = eval_index(cfg, out)
+    with _timed(timings, "execute_s"):
+        execute(cfg, out, manifest_path, todo, index)
+    with _timed(timings, "finalize_s"):
+        counts, parts = finalize_build(out, plan, scan_rejects, cfg.build.dedup)
+    record = _record(cfg, plan, counts, parts, timings, len(todo), eval_rejects)
+    atomic.atomic_write_json(out / shards.BUILD_JSON, record)
+    return record

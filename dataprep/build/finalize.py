@@ -1,0 +1,151 @@
+"""Resume bookkeeping and finalization: part records -> per-split tables and ``shards.json``.
+
+Resumability: a rerun skips a shard whose tar exists and matches its part record's size and
+sha256 (:func:`shard_is_done`), and redoes the rest. ``index.parquet``, ``rejects.parquet`` and
+``wids-index.json`` are assembled from the parts at the end, ``shards.json`` last, as the
+completion marker of the split.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dataprep import dedup
+from dataprep.build.manifest import REJECT_SCHEMA, write_table
+from dataprep.build.plan import Plan, ShardTask
+from dataprep.core import atomic, shards
+from dataprep.core.config import DedupConfig
+
+PARTS = ".parts"
+# Held-out splits first: a clip in both test and train is contamination, so the TRAIN copy
+# is the one excluded and the evaluation split stays intact.
+_SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
+_VERSIONED = ("torch", "torchaudio", "numpy", "soundfile", "ray", "webdataset", "pyloudnorm",
+              "polyclap")  # fmt: skip
+
+
+def part_path(out: Path, split: str, name: str) -> Path:
+    return out / split / PARTS / (name.removesuffix(".tar") + ".json")
+
+
+def read_part(out: Path, task: ShardTask) -> dict[str, Any]:
+    return json.loads(part_path(out, task.split, task.name).read_text())
+
+
+def shard_is_done(out: Path, split: str, name: str) -> bool:
+    """The tar exists and matches the size and sha256 its part record holds."""
+    tar = out / split / name
+    part = part_path(out, split, name)
+    if not (tar.is_file() and part.is_file()):
+        return False
+    try:
+        entry = json.loads(part.read_text())["entry"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return entry.get("bytes") == tar.stat().st_size and entry.get("sha256") == atomic.sha256_file(
+        tar
+    )
+
+
+def resolve_cross_shard_duplicates(
+    parts: list[dict[str, Any]], near: bool, threshold: float
+) -> dict[str, str]:
+    """Keys to exclude -> the key they duplicate; the first in the given part order wins."""
+    from dataprep.process import fp_from_hex
+
+    index = dedup.DedupIndex(near_threshold=threshold, near=near)
+    excluded: dict[str, str] = {}
+    for part in parts:
+        for row in part["fingerprints"]:
+            fp = fp_from_hex(row["fp"]) if near else None
+            dup = index.add(row["key"], row["pcm"], fp)
+            if dup is not None:
+                excluded[row["key"]] = dup
+    return excluded
+
+
+def _duplicate_rows(keys: list[str], excluded: dict[str, str]) -> list[dict[str, str]]:
+    return [
+        {
+            "source": k,
+            "corpus": k.rsplit("-", 1)[0],
+            "stage": "dedup",
+            "reason": "duplicate",
+            "detail": f"same audio as {excluded[k]} (found across shards; key excluded)",
+        }
+        for k in keys
+    ]
+
+
+def finalize_split(
+    out: Path,
+    split: str,
+    parts: list[dict[str, Any]],
+    scan_rejects: list[dict[str, str]],
+    excluded: dict[str, str],
+) -> dict[str, Any]:
+    """Write one split's tables, ``wids-index.json`` and (last) ``shards.json``; its counts."""
+    index_rows = [r for p in parts for r in p["index"] if r["key"] not in excluded]
+    split_excluded = sorted(k for p in parts for r in p["index"] if (k := r["key"]) in excluded)
+    reject_rows = [*scan_rejects, *(r for p in parts for r in p["rejects"])]
+    reject_rows += _duplicate_rows(split_excluded, excluded)
+    write_table(out / split / shards.INDEX, index_rows)
+    write_table(out / split / shards.REJECTS, reject_rows, REJECT_SCHEMA)
+    entries = [p["entry"] for p in parts]
+    # wids (indexed random access) reads this index; urls are relative to the index file.
+    wids = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": f"polyclap-{split}",
+        "shardlist": [{"url": e["name"], "nsamples": e["samples"]} for e in entries],
+    }
+    atomic.atomic_write_json(out / split / "wids-index.json", wids)
+    total = sum(e["samples"] for e in entries)
+    meta = {"split": split, "shards": entries, "samples": total, "exclude": split_excluded}
+    atomic.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
+    return {
+        "samples": total - len(split_excluded),
+        "rejects": len(reject_rows),
+        "reject_reasons": dict(Counter(r["reason"] for r in reject_rows)),
+    }
+
+
+def finalize_build(
+    out: Path, plan: Plan, scan_rejects: list[dict[str, str]], dedup_cfg: DedupConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Cross-shard dedup over every part, then each split's files: ``(counts, parts)``."""
+    parts = [read_part(out, t) for t in plan.shards]
+    ordered = [
+        p
+        for t, p in sorted(
+            zip(plan.shards, parts), key=lambda tp: (_SPLIT_RANK[tp[0].split], tp[0].name)
+        )
+    ]
+    excluded: dict[str, str] = {}
+    if dedup_cfg.exact or dedup_cfg.near:
+        excluded = resolve_cross_shard_duplicates(
+            ordered, near=dedup_cfg.near, threshold=dedup_cfg.near_threshold
+        )
+    counts: dict[str, Any] = {}
+    splits = plan.splits()
+    for split in splits:
+        split_parts = [p for t, p in zip(plan.shards, parts) if t.split == split]
+        # Reader rejects belong to no split; they are listed once, with the first split's.
+        first = scan_rejects if split == splits[0] else []
+        counts[split] = finalize_split(out, split, split_parts, first, excluded)
+    return counts, parts
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the shard bytes."""
+    out = {}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

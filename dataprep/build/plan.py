@@ -1,0 +1,154 @@
+"""The shard planner (pure): manifest rows -> splits -> byte-balanced shards as row ranges.
+
+Deterministic: rows are ordered by (corpus, source_id, start_s), assigned to a split
+(:func:`dataprep.process.assign_split`), and laid out split by split in :data:`SPLITS` order, so
+every shard is one contiguous range of the manifest. ``plan.json`` records the build signature
+and a hash of the plan: a rerun into the same directory continues only if both match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataprep.build.manifest import ref_from_row
+from dataprep.core import atomic, features, shards
+from dataprep.core.config import DataConfig, config_to_dict
+from dataprep.core.sample import SPLITS
+from dataprep.process import assign_split
+
+PLAN_JSON = "plan.json"
+EST_JSON_BYTES = 2048  # the json member (metadata + texts) of one sample, roughly
+FLAC_BYTES_PER_SAMPLE = 1.2  # flac of 16-bit PCM, bytes per audio sample
+
+
+class BuildError(RuntimeError):
+    """A problem that stops the build (bad config, mixing outputs), with a user-facing message."""
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: manifest rows ``[start, stop)`` become ``<split>/<name>``."""
+
+    split: str
+    name: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: list[dict[str, Any]]  # manifest rows in plan order (each has ``build_split``)
+    shards: list[ShardTask]  # in plan order: split by split, shard-000000 first
+
+    def splits(self) -> list[str]:
+        """The non-empty splits, in plan order."""
+        return list(dict.fromkeys(t.split for t in self.shards))
+
+    def rows_of(self, task: ShardTask) -> list[dict[str, Any]]:
+        return self.rows[task.start : task.stop]
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[str, str, float]:
+    return row["corpus"], row["source_id"], row.get("start_s") or 0.0
+
+
+def _bytes_per_audio_s(cfg: DataConfig) -> float:
+    f = cfg.features
+    per_s = f.n_mels * 2 * f.sample_rate_hz / f.hop_length
+    if cfg.build.audio.keep_audio:
+        per_s += f.sample_rate_hz * FLAC_BYTES_PER_SAMPLE
+    return per_s
+
+
+def _cut(n_rows: int, est_bytes: list[float], target: float, max_samples: int) -> list[int]:
+    """Offsets where a new shard starts (the first is 0), cutting by estimated bytes."""
+    starts: list[int] = []
+    cur_bytes, cur_n = 0.0, 0
+    for i in range(n_rows):
+        if cur_n and (cur_bytes + est_bytes[i] > target or cur_n >= max_samples):
+            cur_bytes, cur_n = 0.0, 0
+        if cur_n == 0:
+            starts.append(i)
+        cur_bytes += est_bytes[i]
+        cur_n += 1
+    return starts
+
+
+def plan_shards(rows: list[dict[str, Any]], cfg: DataConfig) -> Plan:
+    """Assign rows to splits and cut each split into shards by estimated bytes."""
+    sc, b = cfg.build.splits, cfg.build
+    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for row in sorted(rows, key=_sort_key):
+        split = assign_split(ref_from_row(row), sc.val_fraction, sc.test_fraction, sc.salt)
+        by_split[split].append({**row, "build_split": split})
+    views = 1 + b.augment.audio_views
+    bytes_per_s = _bytes_per_audio_s(cfg)
+    ordered: list[dict[str, Any]] = []
+    tasks: list[ShardTask] = []
+    for split, items in by_split.items():
+        if not items:
+            continue
+        est = [
+            views
+            * (
+                min(r["est_duration_s"], b.filters.max_source_duration_s) * bytes_per_s
+                + EST_JSON_BYTES
+            )
+            for r in items
+        ]
+        starts = _cut(len(items), est, b.shards.target_mb * 1e6, b.shards.max_samples_per_shard)
+        base = len(ordered)
+        for i, (lo, hi) in enumerate(zip(starts, [*starts[1:], len(items)])):
+            tasks.append(ShardTask(split, shards.shard_name(i), base + lo, base + hi))
+        ordered.extend(items)
+    return Plan(rows=ordered, shards=tasks)
+
+
+def build_signature(cfg: DataConfig) -> dict[str, Any]:
+    """What must match for a rerun to continue writing into an existing output directory."""
+    b = config_to_dict(cfg.build)
+    b.pop("out", None)
+    b["shards"].pop("num_cpus_per_task", None)
+    b["shards"].pop("max_parallel_tasks", None)
+    blob = json.dumps(b, sort_keys=True)
+    return {
+        "feature_fingerprint": features.feature_fingerprint(cfg.features),
+        "build_config_sha256": hashlib.sha256(blob.encode()).hexdigest()[:16],
+    }
+
+
+def plan_sha256(plan: Plan) -> str:
+    """Hash of which inputs went to which shard (the same inputs give the same hash)."""
+    summary: dict[str, list[list[str]]] = {}
+    for task in plan.shards:
+        ids = [f"{r['corpus']}:{r['source_id']}@{r.get('start_s')}" for r in plan.rows_of(task)]
+        summary.setdefault(task.split, []).append(ids)
+    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_or_write_plan(out: Path, cfg: DataConfig, plan: Plan) -> None:
+    """Refuse to continue a build made with another config or from other inputs."""
+    sig = build_signature(cfg)
+    sha = plan_sha256(plan)
+    p = out / PLAN_JSON
+    if not p.exists():
+        counts = {s: sum(t.split == s for t in plan.shards) for s in plan.splits()}
+        atomic.atomic_write_json(p, {"signature": sig, "plan_sha256": sha, "shards": counts})
+        return
+    old = json.loads(p.read_text())
+    old_sig = old.get("signature", {})
+    if old_sig != sig:
+        diff = [f"{k}: {old_sig.get(k)} != {v}" for k, v in sig.items() if old_sig.get(k) != v]
+        raise BuildError(
+            f"{out} holds shards built with a different configuration ({'; '.join(diff)}); "
+            "refusing to mix them. Use a new --out directory."
+        )
+    if old.get("plan_sha256") != sha:
+        raise BuildError(
+            f"{out} was planned from different inputs (plan {old.get('plan_sha256')} != {sha}); "
+            "the corpora changed since the first build. Use a new --out directory."
+        )
