@@ -10,6 +10,7 @@ across classes.)
 from __future__ import annotations
 
 import csv
+import json
 import itertools
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from dataprep.dedup import (
     audio_fingerprint,
     build_eval_index,
     eval_overlap_reject,
+    fingerprint_eval_corpus,
     fingerprint_from_hex,
     fingerprint_similarity,
     fingerprint_to_hex,
@@ -160,8 +162,10 @@ def test_planted_eval_overlap_is_rejected(corpora: Path, tmp_path: Path) -> None
         root=str(corpora / "audiocaps_mini"),
         splits=("val",),
     )
-    index, rejects = build_eval_index([eval_cfg], AudioConfig(), SR)
-    assert not rejects and len(index) >= 1
+    clips, rejects = fingerprint_eval_corpus(eval_cfg, AudioConfig(), SR)
+    assert not rejects and len(clips) >= 1
+    index = build_eval_index(clips, THRESHOLD)
+    assert len(index) >= 1
     eval_refs = [r for r in read_corpus(eval_cfg) if isinstance(r, SampleRef)]
     victim = eval_refs[len(eval_refs) // 2]
     x, sr = sf.read(victim.audio, dtype="float32", always_2d=True)
@@ -193,3 +197,23 @@ def test_text_near_duplicates() -> None:
     assert index.add("d", "咖啡还是热的，请小心。") is None
     assert index.add("e", "咖啡还是热的,请小心") == "d"
     assert index.add("f", "") is None
+
+
+def test_unreadable_eval_items_are_rejects_not_silence(corpora: Path, tmp_path: Path) -> None:
+    """An eval file that does not decode, and a row the reader refuses, are reported."""
+    root = tmp_path / "eval"
+    root.mkdir()
+    shutil.copy(sorted((corpora / "esc50_mini" / "audio").glob("*.wav"))[0], root / "good.wav")
+    (root / "broken.wav").write_bytes(b"RIFF not really a wave file at all")
+    manifest = [
+        {"audio_filepath": "good.wav", "text": "a sound", "duration": 5.0},
+        {"audio_filepath": "broken.wav", "text": "a sound", "duration": 5.0},
+        {"audio_filepath": "absent.wav", "text": "a sound", "duration": 5.0},
+    ]
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(m) for m in manifest) + "\n")
+    cfg = CorpusConfig(name="ev", reader="nemo", root=str(root), splits=("manifest.jsonl",))
+    clips, rejects = fingerprint_eval_corpus(cfg, AudioConfig(), SR)
+    assert [k.split("-")[0] for k, _, _ in clips] == ["ev"]
+    by_reason = {(r.stage, r.reason): r.source for r in rejects}
+    assert by_reason[("reader", "missing_file")].endswith("absent.wav")
+    assert [s for (stage, _), s in by_reason.items() if stage == "decode"] == ["ev:broken.wav"]

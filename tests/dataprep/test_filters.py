@@ -12,9 +12,12 @@ import soundfile as sf
 from dataprep.audio import AudioError, load_segments
 from dataprep.core.config import AudioConfig, FilterConfig
 from dataprep.filters import (
-    audio_error_reject,
+    at_source,
     audio_flags,
     check_audio,
+    check_segment,
+    decode_reject,
+    no_text_reject,
     check_text,
     resolve_language,
     text_flags,
@@ -87,10 +90,30 @@ def test_clipping_reject_and_flag(corpora: Path) -> None:
 def test_decode_errors_become_rows(corpora: Path) -> None:
     with pytest.raises(AudioError) as err:
         load_segments(ref(corpora / "bad_inputs" / "not_audio.wav"), AudioConfig(), SR)
-    row = audio_error_reject(ref(corpora / "bad_inputs" / "not_audio.wav"), err.value)
+    row = decode_reject(ref(corpora / "bad_inputs" / "not_audio.wav"), err.value)
     assert (row.stage, row.reason) == ("decode", "not_audio") and row.as_row()[
         "source"
     ] == "t:not_audio.wav"
+    # Anything else a decoder raises is a reasoned row too, never a crashed task.
+    other = decode_reject(ref("y.wav"), RuntimeError("codec exploded"))
+    assert (other.stage, other.reason) == ("decode", "decode_error")
+    assert other.detail == "RuntimeError: codec exploded"
+
+
+def test_check_segment_runs_audio_then_text_checks(clip: Path) -> None:
+    s = seg_of(clip)
+    assert check_segment(ref(clip), s, "a dog barks", "en", FilterConfig()) is None
+    short = check_segment(ref(clip), s, "ab", None, FilterConfig(min_text_chars=5))
+    assert short is not None and short.reason == "short_text"
+    both = check_segment(ref(clip), s, "ab", None, FilterConfig(min_text_chars=5, silence_dbfs=0))
+    assert both is not None and both.reason == "silent"  # audio first
+
+
+def test_reject_helpers_name_their_source() -> None:
+    r = no_text_reject(ref("z.wav"))
+    assert (r.stage, r.reason, r.source) == ("filter", "no_text", "t:z.wav") and r.detail
+    seg_r = at_source(r, "t:z.wav@0.00-10.00")
+    assert seg_r.source == "t:z.wav@0.00-10.00" and seg_r.reason == "no_text"
 
 
 ASR = (("task", "asr"),)
