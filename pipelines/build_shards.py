@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataprep.core.config import ConfigError, check_local_out  # noqa: E402
+from dataprep.corpora import validate_corpora  # noqa: E402
 from model.config import load_config  # noqa: E402  (the whole file is validated, as every entry point does)
 
 log = logging.getLogger("polyclap.build")
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        # Reader names and options are typed per reader: a typo fails here, before Ray starts.
+        validate_corpora(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,24 +3,33 @@
 A reader is a function ``(CorpusConfig) -> Iterator[SampleRef | Reject]``. It parses metadata
 only (never decodes audio), resolves audio paths through fsspec, and yields a ``Reject`` (stage
 ``reader``) for a row it cannot use (missing file, invalid metadata, path escaping the root).
+Each reader registers a typed options model (:class:`_common.ReaderOptions`);
+:func:`validate_corpora` checks every configured corpus against it when a config loads, before
+any work starts (``dataprep.core.config`` cannot import the readers: it is the layer below).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from dataprep.core.config import ConfigError, CorpusConfig
 from dataprep.core.sample import Reject, SampleRef
+from dataprep.corpora._common import ReaderOptions, parse_options
 
 Reader = Callable[[CorpusConfig], Iterator[SampleRef | Reject]]
 READERS: dict[str, Reader] = {}
+READER_OPTIONS: dict[str, type[ReaderOptions]] = {}
 
 
-def register(name: str) -> Callable[[Reader], Reader]:
+def register(name: str, options: type[ReaderOptions]) -> Callable[[Reader], Reader]:
+    """Register a reader under ``name`` with the model its ``options`` must satisfy."""
+
     def deco(fn: Reader) -> Reader:
         if name in READERS and READERS[name] is not fn:
             raise ValueError(f"reader {name!r} registered twice")
         READERS[name] = fn
+        READER_OPTIONS[name] = options
         return fn
 
     return deco
@@ -49,6 +58,32 @@ def get_reader(name: str) -> Reader:
     if name not in READERS:
         raise ConfigError(f"unknown reader {name!r}; known readers: {sorted(READERS)}")
     return READERS[name]
+
+
+def validate_corpus(cfg: CorpusConfig) -> ReaderOptions:
+    """The corpus's reader exists and its options are valid; :class:`ConfigError` otherwise."""
+    get_reader(cfg.reader)
+    return parse_options(cfg, READER_OPTIONS[cfg.reader])
+
+
+def validate_corpora(cfg: Any) -> None:
+    """Check every corpus of an experiment config (``build.corpora`` and ``build.eval_corpora``)
+    or of an iterable of :class:`CorpusConfig`; raises one :class:`ConfigError` listing all."""
+    corpora: Iterable[CorpusConfig]
+    if isinstance(cfg, CorpusConfig):
+        corpora = (cfg,)
+    elif hasattr(cfg, "build"):
+        corpora = (*cfg.build.corpora, *cfg.build.eval_corpora)
+    else:
+        corpora = cfg
+    problems = []
+    for corpus in corpora:
+        try:
+            validate_corpus(corpus)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def read_corpus(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:

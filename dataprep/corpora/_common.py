@@ -17,9 +17,10 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dataprep.core.config import ConfigError, CorpusConfig
 from dataprep.core.sample import Reject
@@ -266,14 +267,32 @@ def base_lang(code: str | None) -> str | None:
     return re.split(r"[-_]", str(code).strip())[0].lower() or None
 
 
-def option(cfg: CorpusConfig, key: str, default: Any) -> Any:
-    return cfg.options.get(key, default)
+class ReaderOptions(BaseModel):
+    """A reader's ``options``: one frozen model per reader that forbids unknown keys, so a typo
+    fails when the config loads (:func:`dataprep.corpora.validate_corpora`), before any work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    license: str | None = None  # the corpus's license when its metadata has none
 
 
-def check_options(cfg: CorpusConfig, known: set[str]) -> None:
-    unknown = set(cfg.options) - known
-    if unknown:
-        raise ConfigError(
-            f"corpus {cfg.name!r} (reader {cfg.reader!r}): unknown options {sorted(unknown)}; "
-            f"known: {sorted(known)}"
-        )
+O = TypeVar("O", bound=ReaderOptions)
+
+
+def parse_options(cfg: CorpusConfig, model: type[O]) -> O:
+    """``cfg.options`` as the reader's typed options; :class:`ConfigError` naming the key."""
+    try:
+        return model.model_validate(cfg.options)
+    except ValidationError as err:
+        raise ConfigError(_options_error(cfg, model, err)) from None
+
+
+def _options_error(cfg: CorpusConfig, model: type[ReaderOptions], err: ValidationError) -> str:
+    lines = [f"corpus {cfg.name!r} (reader {cfg.reader!r}): invalid options"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "options"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown option {loc!r}; known: {sorted(model.model_fields)}")
+        else:
+            lines.append(f"  options.{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)

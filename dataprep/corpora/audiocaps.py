@@ -22,31 +22,38 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     AUDIO_EXTENSIONS,
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
     parse_float,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"audio_dir", "clip_s", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    audio_dir: str = "audio/{split}"  # template with {split}
+    clip_s: float | None = None  # clip length when the CSV has no end time
+    license: str | None = "YouTube (AudioCaps metadata MIT)"
+    check_exists: bool = True
+
+
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 
 
-@register("audiocaps")
+@register("audiocaps", Options)
 def read_audiocaps(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    audio_dir = option(cfg, "audio_dir", "audio/{split}")
-    clip_s = parse_float(option(cfg, "clip_s", None))
-    license_ = option(cfg, "license", "YouTube (AudioCaps metadata MIT)")
-    check_exists = bool(option(cfg, "check_exists", True))
+    audio_dir = opts.audio_dir
+    clip_s = opts.clip_s
+    license_ = opts.license
+    check_exists = opts.check_exists
     csvs = (
         cfg.splits
         if cfg.splits is not None

@@ -18,28 +18,33 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"audio_dir", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    audio_dir: str = "{part}"  # template with {part}
+    check_exists: bool = True
+
+
 PARTS = {"development": "train", "validation": "val", "evaluation": "test"}
 
 
-@register("clotho")
+@register("clotho", Options)
 def read_clotho(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    audio_dir = option(cfg, "audio_dir", "{part}")
-    default_license = option(cfg, "license", None)
-    check_exists = bool(option(cfg, "check_exists", True))
+    audio_dir = opts.audio_dir
+    default_license = opts.license
+    check_exists = opts.check_exists
     parts = cfg.splits if cfg.splits is not None else tuple(
         p for p in PARTS if root.isfile(f"clotho_captions_{p}.csv")
     )  # fmt: skip

@@ -22,32 +22,39 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
+    ReaderOptions,
     base_lang,
-    check_options,
-    option,
     parse_float,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"locales", "min_votes_margin", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    locales: tuple[str, ...] | None = None  # subset of locale folders
+    min_votes_margin: int | float | None = None  # keep rows with up - down >= this
+    license: str | None = "CC0-1.0"
+    check_exists: bool = True
+
+
 TSV_SPLIT = {"train": "train", "dev": "val", "test": "test"}
 
 
-@register("commonvoice")
+@register("commonvoice", Options)
 def read_commonvoice(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
     tsvs = cfg.splits if cfg.splits is not None else ("train", "dev", "test")
-    wanted = option(cfg, "locales", None)
-    margin = option(cfg, "min_votes_margin", None)
-    license_ = option(cfg, "license", "CC0-1.0")
-    check_exists = bool(option(cfg, "check_exists", True))
+    wanted = opts.locales
+    margin = opts.min_votes_margin
+    license_ = opts.license
+    check_exists = opts.check_exists
     if root.isfile(f"{tsvs[0]}.tsv") or root.isfile("validated.tsv"):
         locale_dirs = [""]
     else:

@@ -19,18 +19,23 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"license", "audio_dir"}
+
+class Options(ReaderOptions):
+    license: str | None = "ODbL-1.0"
+    audio_dir: str = "AudioWAV"
+
+
 EMOTIONS = {
     "ANG": "anger", "DIS": "disgust", "FEA": "fear",
     "HAP": "happy", "NEU": "neutral", "SAD": "sad",
@@ -46,12 +51,12 @@ SENTENCES = {
 }  # fmt: skip
 
 
-@register("cremad")
+@register("cremad", Options)
 def read_cremad(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    license_ = option(cfg, "license", "ODbL-1.0")
-    audio_dir = option(cfg, "audio_dir", "AudioWAV")
+    license_ = opts.license
+    audio_dir = opts.audio_dir
     sexes = {}
     if root.isfile("VideoDemographics.csv"):
         for row in read_table(root.read_text("VideoDemographics.csv"), ","):

@@ -19,31 +19,39 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
-
-OPTIONS = {"eval_folds", "val_folds", "esc10_only", "license", "check_exists", "meta", "audio_dir"}
 
 
-@register("esc50")
+class Options(ReaderOptions):
+    eval_folds: tuple[int, ...] = ()  # folds mapped to test
+    val_folds: tuple[int, ...] = ()  # folds mapped to val
+    esc10_only: bool = False
+    license: str | None = "CC-BY-NC-3.0"
+    check_exists: bool = True
+    meta: str = "meta/esc50.csv"
+    audio_dir: str = "audio"
+
+
+@register("esc50", Options)
 def read_esc50(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    eval_folds = {int(f) for f in option(cfg, "eval_folds", ())}
-    val_folds = {int(f) for f in option(cfg, "val_folds", ())}
-    esc10_only = bool(option(cfg, "esc10_only", False))
-    license_ = option(cfg, "license", "CC-BY-NC-3.0")
-    check_exists = bool(option(cfg, "check_exists", True))
-    meta = option(cfg, "meta", "meta/esc50.csv")
-    audio_dir = option(cfg, "audio_dir", "audio")
+    eval_folds = {int(f) for f in opts.eval_folds}
+    val_folds = {int(f) for f in opts.val_folds}
+    esc10_only = opts.esc10_only
+    license_ = opts.license
+    check_exists = opts.check_exists
+    meta = opts.meta
+    audio_dir = opts.audio_dir
     for line_no, row in enumerate(read_table(root.read_text(meta), ","), start=2):
         filename = row.get("filename", "").strip()
         category = row.get("category", "").strip()

@@ -21,35 +21,55 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from dataprep.core.config import ConfigError, CorpusConfig
+from pydantic import field_validator
+
+from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import SPLITS, Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     AUDIO_EXTENSIONS,
     CorpusRoot,
+    ReaderOptions,
     base_lang,
-    check_options,
-    option,
     parse_float,
+    parse_options,
     read_jsonl,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import SPLITS, Reject, SampleRef
 
-FOLDER_OPTIONS = {"lang", "license", "label_from_parent", "require_sidecar", "task"}
-TABLE_OPTIONS = {
-    "file",
-    "columns",
-    "list_sep",
-    "extra_columns",
-    "lang",
-    "license",
-    "task",
-    "check_exists",
-}
 FIELDS = {"audio", "text", "lang", "labels", "speaker", "license", "split", "captions",
           "start_s", "end_s", "duration_s", "source_id"}  # fmt: skip
+
+
+class FolderOptions(ReaderOptions):
+    lang: str | None = None  # default language of files whose sidecar has none
+    label_from_parent: bool = False  # the parent folder's name becomes the label
+    require_sidecar: bool = False  # reject audio files without a .txt/.json sidecar
+    task: str | None = None  # extra.task of every item (e.g. "asr")
+
+
+class TableOptions(ReaderOptions):
+    file: str  # the table, relative to root (.csv, .tsv/.tab, .jsonl/.json)
+    columns: dict[str, str]  # SampleRef field -> column name; ``audio`` is required
+    list_sep: str = "|"  # separator of labels/captions columns
+    extra_columns: tuple[str, ...] = ()  # columns copied into extra
+    lang: str | None = None
+    task: str | None = None
+    check_exists: bool = True
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        if "audio" not in v:
+            raise ValueError("needs an 'audio' column mapping (columns.audio)")
+        unknown = set(v) - FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown column mapping keys {sorted(unknown)}; known: {sorted(FIELDS)}"
+            )
+        return v
 
 
 def _tuple(value: Any, sep: str) -> tuple[str, ...]:
@@ -74,15 +94,15 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-@register("folder")
+@register("folder", FolderOptions)
 def read_folder(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, FOLDER_OPTIONS)
+    opts = parse_options(cfg, FolderOptions)
     root = CorpusRoot(cfg.root)
-    lang = option(cfg, "lang", None)
-    license_ = option(cfg, "license", None)
-    label_from_parent = bool(option(cfg, "label_from_parent", False))
-    require_sidecar = bool(option(cfg, "require_sidecar", False))
-    task = option(cfg, "task", None)
+    lang = opts.lang
+    license_ = opts.license
+    label_from_parent = opts.label_from_parent
+    require_sidecar = opts.require_sidecar
+    task = opts.task
     for rel in root.walk_files("", AUDIO_EXTENSIONS):
         stem = posixpath.splitext(rel)[0]
         text = None
@@ -134,23 +154,16 @@ def read_folder(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
         )
 
 
-@register("table")
+@register("table", TableOptions)
 def read_table_corpus(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, TABLE_OPTIONS)
-    file = option(cfg, "file", None)
-    columns: dict[str, str] = dict(option(cfg, "columns", {}))
-    if not file or "audio" not in columns:
-        raise ConfigError(
-            f"corpus {cfg.name!r}: reader 'table' needs options.file and options.columns.audio"
-        )
-    unknown = set(columns) - FIELDS
-    if unknown:
-        raise ConfigError(f"corpus {cfg.name!r}: unknown column mapping keys {sorted(unknown)}")
+    opts = parse_options(cfg, TableOptions)
+    file = opts.file
+    columns = opts.columns
     root = CorpusRoot(cfg.root)
-    sep = option(cfg, "list_sep", "|")
-    extra_cols = tuple(option(cfg, "extra_columns", ()))
-    check_exists = bool(option(cfg, "check_exists", True))
-    task = option(cfg, "task", None)
+    sep = opts.list_sep
+    extra_cols = opts.extra_columns
+    check_exists = opts.check_exists
+    task = opts.task
     folder = posixpath.dirname(file)
     text = root.read_text(file)
     if file.endswith((".jsonl", ".json")):
@@ -200,10 +213,10 @@ def read_table_corpus(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
             else (source_id if start is None else f"{source_id}@{start:.3f}"),
             audio=uri,
             text=str(text_v) if text_v not in (None,) else None,
-            lang=base_lang(col("lang")) or option(cfg, "lang", None),
+            lang=base_lang(col("lang")) or opts.lang,
             labels=_tuple(col("labels"), sep),
             speaker=str(col("speaker")) if col("speaker") not in (None, "") else None,
-            license=col("license") or option(cfg, "license", None),
+            license=col("license") or opts.license,
             split=_split(col("split")),
             start_s=start,
             end_s=end,

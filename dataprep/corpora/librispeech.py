@@ -17,17 +17,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"folder_in_archive", "lowercase", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    folder_in_archive: str = "LibriSpeech"
+    lowercase: bool = False
+    license: str | None = "CC-BY-4.0"
+    check_exists: bool = True
 
 
 def subset_split(subset: str) -> str | None:
@@ -37,16 +42,16 @@ def subset_split(subset: str) -> str | None:
     return None
 
 
-@register("librispeech")
+@register("librispeech", Options)
 def read_librispeech(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    folder = option(cfg, "folder_in_archive", "LibriSpeech")
+    folder = opts.folder_in_archive
     base = folder if folder in root.subdirs() else ""
     pre = f"{base}/" if base else ""
-    lowercase = bool(option(cfg, "lowercase", False))
-    license_ = option(cfg, "license", "CC-BY-4.0")
-    check_exists = bool(option(cfg, "check_exists", True))
+    lowercase = opts.lowercase
+    license_ = opts.license
+    check_exists = opts.check_exists
     genders = _speakers(root, f"{pre}SPEAKERS.TXT")
     subsets = cfg.splits if cfg.splits is not None else tuple(root.subdirs(base))
     for subset in subsets:

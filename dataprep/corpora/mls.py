@@ -18,17 +18,24 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"lang", "extension", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    lang: str | None = None  # ISO code (default: from the folder name)
+    extension: str | None = None  # force one audio extension
+    license: str | None = "CC-BY-4.0"
+    check_exists: bool = True
+
+
 LANGS = {
     "english": "en", "german": "de", "dutch": "nl", "french": "fr",
     "spanish": "es", "italian": "it", "portuguese": "pt", "polish": "pl",
@@ -43,14 +50,14 @@ def _lang_from_root(root: CorpusRoot) -> str | None:
     return None
 
 
-@register("mls")
+@register("mls", Options)
 def read_mls(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    lang = option(cfg, "lang", None) or _lang_from_root(root)
-    license_ = option(cfg, "license", "CC-BY-4.0")
-    check_exists = bool(option(cfg, "check_exists", True))
-    forced_ext = option(cfg, "extension", None)
+    lang = opts.lang or _lang_from_root(root)
+    license_ = opts.license
+    check_exists = opts.check_exists
+    forced_ext = opts.extension
     for split in cfg.splits if cfg.splits is not None else ("train", "dev", "test"):
         trans = f"{split}/transcripts.txt"
         if not root.isfile(trans):

@@ -30,16 +30,21 @@ from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
+    ReaderOptions,
     base_lang,
-    check_options,
-    option,
     parse_float,
+    parse_options,
     read_jsonl,
     reader_reject,
     resolve_audio,
 )
 
-OPTIONS = {"license", "check_exists", "default_task"}
+
+class Options(ReaderOptions):
+    check_exists: bool = True
+    default_task: str | None = None  # extra.task of rows without one
+
+
 KNOWN = {"audio_filepath", "text", "duration", "offset", "lang", "speaker", "label", "labels"}
 
 
@@ -51,13 +56,13 @@ def manifest_split(name: str) -> str | None:
     return None
 
 
-@register("nemo")
+@register("nemo", Options)
 def read_nemo(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    license_ = option(cfg, "license", None)
-    check_exists = bool(option(cfg, "check_exists", True))
-    default_task = option(cfg, "default_task", None)
+    license_ = opts.license
+    check_exists = opts.check_exists
+    default_task = opts.default_task
     if cfg.splits is not None:
         manifests = [m if m.endswith((".jsonl", ".json")) else f"{m}.jsonl" for m in cfg.splits]
     else:

@@ -16,13 +16,25 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
+from typing import Literal
 
 from dataprep.core.config import CorpusConfig
-from dataprep.corpora import register
-from dataprep.corpora._common import CorpusRoot, check_options, option, reader_reject, resolve_audio
 from dataprep.core.sample import Reject, SampleRef
+from dataprep.corpora import register
+from dataprep.corpora._common import (
+    CorpusRoot,
+    ReaderOptions,
+    parse_options,
+    reader_reject,
+    resolve_audio,
+)
 
-OPTIONS = {"license", "channels"}
+
+class Options(ReaderOptions):
+    license: str | None = "CC-BY-NC-SA-4.0"
+    channels: tuple[Literal["speech", "song"], ...] = ("speech", "song")
+
+
 MODALITY = {"01": "audio-video", "02": "video", "03": "audio"}
 CHANNEL = {"01": "speech", "02": "song"}
 EMOTION = {
@@ -57,12 +69,12 @@ def parse_name(stem: str) -> dict[str, str] | None:
     }
 
 
-@register("ravdess")
+@register("ravdess", Options)
 def read_ravdess(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    license_ = option(cfg, "license", "CC-BY-NC-SA-4.0")
-    channels = set(option(cfg, "channels", ("speech", "song")))
+    license_ = opts.license
+    channels = set(opts.channels)
     for actor_dir in root.subdirs():
         if not actor_dir.startswith("Actor_"):
             continue

@@ -18,27 +18,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     AUDIO_EXTENSIONS,
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
+    parse_options,
     read_table,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"include_background", "license", "lang", "languages"}
+
+class Options(ReaderOptions):
+    include_background: bool = False  # also yield the noise clips
+    license: str | None = "CC-BY-4.0"
+    lang: str | None = None  # language of a single-language layout
+    languages: tuple[str, ...] | None = None  # subset of language folders
+
+
 BACKGROUND = "_background_noise_"
 
 
-@register("speechcommands")
+@register("speechcommands", Options)
 def read_speechcommands(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    license_ = option(cfg, "license", "CC-BY-4.0")
-    background = bool(option(cfg, "include_background", False))
+    license_ = opts.license
+    background = opts.include_background
     words: dict[tuple[str, str], str] = {}
     if root.isfile("keywords.csv"):
         for row in read_table(root.read_text("keywords.csv"), ","):
@@ -49,7 +56,7 @@ def read_speechcommands(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
         langs = [""]
     else:
         langs = [d for d in root.subdirs() if d != BACKGROUND]
-    wanted = option(cfg, "languages", None)
+    wanted = opts.languages
     if wanted is not None:
         langs = [d for d in langs if d in set(wanted)]
     if background and langs != [""] and BACKGROUND in root.subdirs():
@@ -70,7 +77,7 @@ def read_speechcommands(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
                     extra=(("task", "noise"),),
                 )
     for lang_dir in langs:
-        lang = option(cfg, "lang", None) if not lang_dir else lang_dir
+        lang = opts.lang if not lang_dir else lang_dir
         pre = f"{lang_dir}/" if lang_dir else ""
         lists = {}
         for fname, split in (("validation_list.txt", "val"), ("testing_list.txt", "test")):

@@ -17,19 +17,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
-    check_options,
-    option,
+    ReaderOptions,
     parse_float,
+    parse_options,
     read_table,
     reader_reject,
     resolve_audio,
 )
-from dataprep.core.sample import Reject, SampleRef
 
-OPTIONS = {"eval_folds", "val_folds", "license", "check_exists"}
+
+class Options(ReaderOptions):
+    eval_folds: tuple[int, ...] = ()
+    val_folds: tuple[int, ...] = ()
+    license: str | None = "CC-BY-NC-3.0"
+    check_exists: bool = True
+
+
 SALIENCE = {"1": "foreground", "2": "background"}
 
 
@@ -41,14 +48,14 @@ def fold_split(fold: int, eval_folds: set[int], val_folds: set[int]) -> str | No
     return "train" if (eval_folds or val_folds) else None
 
 
-@register("urbansound8k")
+@register("urbansound8k", Options)
 def read_urbansound8k(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    check_options(cfg, OPTIONS)
+    opts = parse_options(cfg, Options)
     root = CorpusRoot(cfg.root)
-    eval_folds = {int(f) for f in option(cfg, "eval_folds", ())}
-    val_folds = {int(f) for f in option(cfg, "val_folds", ())}
-    license_ = option(cfg, "license", "CC-BY-NC-3.0")
-    check_exists = bool(option(cfg, "check_exists", True))
+    eval_folds = {int(f) for f in opts.eval_folds}
+    val_folds = {int(f) for f in opts.val_folds}
+    license_ = opts.license
+    check_exists = opts.check_exists
     meta = "metadata/UrbanSound8K.csv"
     for line_no, row in enumerate(read_table(root.read_text(meta), ","), start=2):
         fname = row.get("slice_file_name", "").strip()

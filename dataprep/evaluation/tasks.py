@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dataprep.core.config import ConfigError, CorpusConfig
+from dataprep.corpora import validate_corpora
 from model.prompts import DEFAULT_TEMPLATES  # one zero-shot default for the API and the harness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,6 +148,7 @@ def load_tasks(path: str | Path, only: list[str] | None = None) -> TaskFile:
             loc = ".".join(str(x) for x in e["loc"])
             lines.append(f"  unknown key {loc!r}" if e["type"] == "extra_forbidden" else f"  {loc}: {e['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    validate_corpora(t.corpus for t in tf.tasks)  # reader options: typed, checked up front
     tasks = []
     for t in tf.tasks:
         if only and t.name not in only:

@@ -153,7 +153,9 @@ def test_repeated_row_with_invalid_metadata(results: dict[str, list[ProcessResul
     assert "-1" in second.rejects[0].detail
 
 
-def test_truncated_is_decoded_partially_and_flagged(results: dict[str, list[ProcessResult]]) -> None:
+def test_truncated_is_decoded_partially_and_flagged(
+    results: dict[str, list[ProcessResult]],
+) -> None:
     (meta,) = _metas(_only(results, "truncated.wav"))
     assert meta["stats"]["decoded_duration_s"] == pytest.approx(1.1, abs=0.01)  # not the header's
     assert meta["stats"]["declared_duration_s"] == 2.0 and "duration_mismatch" in meta["flags"]
@@ -176,7 +178,9 @@ def _clipped_flags(rows: list[Any], **filters: Any) -> ProcessResult:
         proc.close()
 
 
-def test_clipped_is_kept_with_flag(results: dict[str, list[ProcessResult]], rows: list[Any]) -> None:
+def test_clipped_is_kept_with_flag(
+    results: dict[str, list[ProcessResult]], rows: list[Any]
+) -> None:
     o = _only(results, "clipped.wav")
     ((sample, meta),) = [(s, s[META]) for s in o.samples]
     ratio = meta["stats"]["clip_ratio"]

@@ -20,7 +20,7 @@ from dataprep.core.sample import SPLITS
 def scanned(corpora_root: Path) -> list[dict]:
     rows: list[dict] = []
     for name, reader in (("esc50_mini", "esc50"), ("commonvoice_mini", "commonvoice")):
-        refs, rejects = manifest.scan_corpus(
+        refs, _ = manifest.scan_corpus(
             CorpusConfig(name=name, reader=reader, root=str(corpora_root / name))
         )
         assert refs and all(r["est_duration_s"] > 0 for r in refs)

@@ -21,9 +21,9 @@ import fsspec
 import pytest
 
 from dataprep.audio import load_segments
-from dataprep.core.config import AudioConfig, ConfigError, CorpusConfig
-from dataprep.corpora import READERS, get_reader, read_corpus
+from dataprep.core.config import AudioConfig, ConfigError, CorpusConfig, ExperimentConfig
 from dataprep.core.sample import Reject, SampleRef
+from dataprep.corpora import READER_OPTIONS, READERS, get_reader, read_corpus, validate_corpora
 
 _spec = importlib.util.spec_from_file_location(
     "layout_builders", Path(__file__).resolve().parents[1] / "fixtures" / "layouts" / "builders.py"
@@ -114,6 +114,43 @@ def test_max_items(corpora: Path) -> None:
 def test_unknown_option_is_a_config_error(corpora: Path) -> None:
     with pytest.raises(ConfigError, match="eval_fold"):
         _read("esc", "esc50", corpora / "esc50_mini", options={"eval_fold": [5]})
+
+
+@pytest.mark.parametrize("reader", [r for r, _, _ in BUNDLED] + sorted(BUILT))
+def test_every_reader_has_typed_options(reader: str) -> None:
+    """An options model per reader: defaults load, a typo is refused, naming the key."""
+    get_reader(reader)
+    model = READER_OPTIONS[reader]
+    if reader != "table":  # the table reader has required options (file, columns)
+        assert model.model_validate({}).license is model.model_fields["license"].default
+    cfg = CorpusConfig(name="c", reader=reader, root="/nowhere", options={"licence": "x"})
+    with pytest.raises(ConfigError, match=r"unknown option 'licence'.*known: \[.*'license'"):
+        validate_corpora([cfg])
+
+
+def test_validate_corpora_checks_types_readers_and_eval_corpora() -> None:
+    """One error listing every bad corpus of a config, build and eval corpora alike."""
+    cfg = ExperimentConfig.model_validate(
+        {"build": {
+            "corpora": [
+                {"name": "ok", "reader": "esc50", "root": "r", "options": {"eval_folds": [5]}},
+                {"name": "typed", "reader": "esc50", "root": "r", "options": {"eval_folds": ["x"]}},
+                {"name": "who", "reader": "no_such_reader", "root": "r"},
+            ],
+            "eval_corpora": [
+                {"name": "tbl", "reader": "table", "root": "r",
+                 "options": {"file": "m.csv", "columns": {"text": "caption"}}},
+            ],
+        }}
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        validate_corpora(cfg)
+    msg = str(err.value)
+    assert "corpus 'typed'" in msg and "options.eval_folds.0" in msg
+    assert "unknown reader 'no_such_reader'" in msg
+    assert "corpus 'tbl'" in msg and "columns.audio" in msg
+    assert "corpus 'ok'" not in msg
+    validate_corpora(cfg.build.corpora[:1])  # a good corpus passes
 
 
 # ------------------------------------------------------------------- per-corpus semantics
@@ -455,3 +492,15 @@ def test_generic_table_tsv_and_jsonl(corpora: Path, tmp_path: Path, fmt: str) ->
     assert all(r.extra_dict()["task"] == "asr" for r in refs)
     assert [x.reason for x in rejects] == ([] if fmt == "tsv" else ["invalid_metadata"])
     assert all(x.stage == "reader" and x.corpus == "tab" for x in rejects)
+
+
+def test_task_file_reader_option_typo_is_refused_at_load(tmp_path: Path, repo_root: Path) -> None:
+    """The evaluation harness checks reader options when it loads the task file."""
+    from dataprep.evaluation.tasks import load_tasks
+
+    demo = (repo_root / "configs" / "tasks" / "demo.yaml").read_text()
+    assert load_tasks(repo_root / "configs" / "tasks" / "demo.yaml").tasks
+    bad = tmp_path / "tasks.yaml"
+    bad.write_text(demo.replace("options: {eval_folds: [5]}", "options: {eval_fold: [5]}", 1))
+    with pytest.raises(ConfigError, match="corpus 'esc50'.*\n.*unknown option 'eval_fold'"):
+        load_tasks(bad)

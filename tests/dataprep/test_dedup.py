@@ -10,8 +10,8 @@ across classes.)
 from __future__ import annotations
 
 import csv
-import json
 import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import soundfile as sf
 
 from dataprep.audio import load_segments, resample
 from dataprep.core.config import AudioConfig, CorpusConfig
+from dataprep.core.sample import SampleRef, sample_key
 from dataprep.corpora import read_corpus
 from dataprep.dedup import (
     DedupIndex,
@@ -34,7 +35,6 @@ from dataprep.dedup import (
     fingerprint_to_hex,
     pcm_sha1,
 )
-from dataprep.core.sample import SampleRef, sample_key
 
 SR = 16000
 THRESHOLD = 0.85  # DedupConfig.near_threshold default
@@ -203,7 +203,7 @@ def test_unreadable_eval_items_are_rejects_not_silence(corpora: Path, tmp_path: 
     """An eval file that does not decode, and a row the reader refuses, are reported."""
     root = tmp_path / "eval"
     root.mkdir()
-    shutil.copy(sorted((corpora / "esc50_mini" / "audio").glob("*.wav"))[0], root / "good.wav")
+    shutil.copy(min((corpora / "esc50_mini" / "audio").glob("*.wav")), root / "good.wav")
     (root / "broken.wav").write_bytes(b"RIFF not really a wave file at all")
     manifest = [
         {"audio_filepath": "good.wav", "text": "a sound", "duration": 5.0},

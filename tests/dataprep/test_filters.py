@@ -11,18 +11,18 @@ import soundfile as sf
 
 from dataprep.audio import AudioError, load_segments
 from dataprep.core.config import AudioConfig, FilterConfig
+from dataprep.core.sample import SampleRef
 from dataprep.filters import (
     at_source,
     audio_flags,
     check_audio,
     check_segment,
+    check_text,
     decode_reject,
     no_text_reject,
-    check_text,
     resolve_language,
     text_flags,
 )
-from dataprep.core.sample import SampleRef
 
 SR = 16000
 

@@ -148,6 +148,23 @@ def test_bad_config_fails_before_work_naming_the_key(tmp_path, subprocess_env):
     assert not (tmp_path / "o").exists()
 
 
+def test_reader_option_typo_exits_2_before_ray_starts(tmp_path, subprocess_env):
+    """A misspelt reader option fails when the config loads: a `ray` that refuses to be
+    imported proves no Ray work (not even the import) happened before the error."""
+    stub = tmp_path / "stub" / "ray"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('ray must not be imported here')\n")
+    env = dict(subprocess_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(stub.parent), env["PYTHONPATH"]])
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(CONFIG.read_text().replace("eval_folds:", "eval_fold:"))
+    assert cfg.read_text() != CONFIG.read_text()
+    proc = build(tmp_path / "o", env, config=cfg, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown option 'eval_fold'" in proc.stderr and "eval_folds" in proc.stderr
+    assert "ray must not be imported" not in proc.stderr and not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_two_builds_are_byte_identical(built: Path, tmp_path, subprocess_env):
     other = tmp_path / "again"
