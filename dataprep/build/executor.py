@@ -19,7 +19,7 @@ import ray
 
 from dataprep import dedup
 from dataprep.build import manifest
-from dataprep.build.finalize import finalize_build, shard_is_done, versions
+from dataprep.build.finalize import finalize_build, remove_leftovers, shard_is_done, versions
 from dataprep.build.plan import (
     BuildError,
     Plan,
@@ -173,6 +173,8 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.build.corpora:
         raise BuildError("build.corpora is empty: nothing to build")
+    if n_tmp := remove_leftovers(out):
+        log.info("removed %d temp files of an interrupted run", n_tmp)
     timings: dict[str, float] = {}
     with _timed(timings, "scan_s"):
         rows, scan_rejects = scan(cfg)

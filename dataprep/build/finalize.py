@@ -32,6 +32,19 @@ def part_path(out: Path, split: str, name: str) -> Path:
     return out / split / PARTS / (name.removesuffix(".tar") + ".json")
 
 
+def remove_leftovers(out: Path) -> int:
+    """Delete the temp files a killed writer left (``.<name>.*.tmp``) in the build's folders;
+    returns how many. Only one build writes into ``out`` at a time (``plan.json`` guards it)."""
+    folders = [out, *(d for d in out.iterdir() if d.is_dir())]
+    folders += [d / PARTS for d in folders[1:] if (d / PARTS).is_dir()]
+    n = 0
+    for folder in folders:
+        for tmp in folder.glob(f".*{atomic.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def read_part(out: Path, task: ShardTask) -> dict[str, Any]:
     return json.loads(part_path(out, task.split, task.name).read_text())
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dataprep.build import manifest
-from dataprep.build.finalize import part_path, shard_is_done
+from dataprep.build.finalize import part_path, remove_leftovers, shard_is_done
 from dataprep.build.plan import BuildError, check_or_write_plan, plan_shards
-from dataprep.core import shards
+from dataprep.core import atomic, shards
 from dataprep.core.config import CorpusConfig, ExperimentConfig
 from dataprep.core.sample import SPLITS
 
@@ -85,8 +85,8 @@ def test_shard_is_done_only_with_a_matching_part(tmp_path: Path) -> None:
     tar.parent.mkdir()
     tar.write_bytes(b"x" * 10)
     assert not shard_is_done(tmp_path, "train", tar.name)  # no part record yet
-    entry = {"bytes": 10, "sha256": shards.sha256_file(tar)}
-    shards.atomic_write_json(part_path(tmp_path, "train", tar.name), {"entry": entry})
+    entry = {"bytes": 10, "sha256": atomic.sha256_file(tar)}
+    atomic.atomic_write_json(part_path(tmp_path, "train", tar.name), {"entry": entry})
     assert shard_is_done(tmp_path, "train", tar.name)
     tar.write_bytes(b"y" * 10)  # same size, other bytes
     assert not shard_is_done(tmp_path, "train", tar.name)
@@ -101,3 +101,17 @@ def test_only_the_executor_imports_ray() -> None:
         + "import dataprep.build.executor\nassert 'ray' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    keep = [tmp_path / "plan.json", tmp_path / "train" / "shard-000000.tar"]
+    junk = [
+        tmp_path / ".manifest.parquet.x1.tmp",
+        tmp_path / "train" / ".shard-000001.tar.ab12.tmp",
+        tmp_path / "train" / ".parts" / ".shard-000001.json.cd34.tmp",
+    ]
+    for f in keep + junk:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    assert remove_leftovers(tmp_path) == len(junk)
+    assert all(f.exists() for f in keep) and not any(f.exists() for f in junk)
