@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dataprep.core.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.core.sample import AUDIO, META, Reject, SampleRef
 from dataprep.corpora import read_corpus
 from dataprep.process import ProcessResult, SampleProcessor
@@ -41,9 +41,9 @@ _spec.loader.exec_module(layouts)
 NO_DEDUP = {"dedup": {"exact": False, "near": False}}
 
 
-def config(**build: Any) -> ExperimentConfig:
+def config(**build: Any) -> DataConfig:
     tree = {"audio": {"keep_audio": True}, **build}
-    return ExperimentConfig.model_validate({"build": tree})
+    return DataConfig.model_validate({"build": tree})
 
 
 POLICY = config(**NO_DEDUP)
@@ -68,7 +68,7 @@ def _name(item: SampleRef | Reject) -> str:
     return item.source.split(":", 1)[1].split(" ")[0]
 
 
-def run(rows: list[Any], cfg: ExperimentConfig) -> dict[str, list[ProcessResult]]:
+def run(rows: list[Any], cfg: DataConfig) -> dict[str, list[ProcessResult]]:
     """Every row through one SampleProcessor (one shard task), outcomes grouped by file."""
     proc = SampleProcessor(cfg, augment=False)
     by_file: dict[str, list[ProcessResult]] = {}
@@ -117,7 +117,7 @@ def test_skipped_with_reason(
     assert o.rejects[0].source == f"bad:{name}" and o.rejects[0].corpus == "bad"
 
 
-def _dedup_verdicts(rows: list[Any], cfg: ExperimentConfig) -> dict[str, str | None]:
+def _dedup_verdicts(rows: list[Any], cfg: DataConfig) -> dict[str, str | None]:
     """First row of each file: None when kept, else the reject reason."""
     out: dict[str, str | None] = {}
     for name, outcomes in run(rows, cfg).items():

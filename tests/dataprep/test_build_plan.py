@@ -12,7 +12,7 @@ from dataprep.build import manifest
 from dataprep.build.finalize import part_path, remove_leftovers, shard_is_done
 from dataprep.build.plan import BuildError, check_or_write_plan, plan_shards
 from dataprep.core import atomic, shards
-from dataprep.core.config import CorpusConfig, ExperimentConfig
+from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.core.sample import SPLITS
 
 
@@ -28,8 +28,8 @@ def scanned(corpora_root: Path) -> list[dict]:
     return rows
 
 
-def cfg(**build) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"build": build})
+def cfg(**build) -> DataConfig:
+    return DataConfig.model_validate({"build": build})
 
 
 def test_plan_cuts_contiguous_ranges_split_by_split(scanned: list[dict]) -> None:

@@ -21,7 +21,7 @@ import fsspec
 import pytest
 
 from dataprep.audio import load_segments
-from dataprep.core.config import AudioConfig, ConfigError, CorpusConfig, ExperimentConfig
+from dataprep.core.config import AudioConfig, ConfigError, CorpusConfig, DataConfig
 from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import READER_OPTIONS, READERS, get_reader, read_corpus, validate_corpora
 
@@ -130,7 +130,7 @@ def test_every_reader_has_typed_options(reader: str) -> None:
 
 def test_validate_corpora_checks_types_readers_and_eval_corpora() -> None:
     """One error listing every bad corpus of a config, build and eval corpora alike."""
-    cfg = ExperimentConfig.model_validate(
+    cfg = DataConfig.model_validate(
         {"build": {
             "corpora": [
                 {"name": "ok", "reader": "esc50", "root": "r", "options": {"eval_folds": [5]}},
