@@ -9,7 +9,6 @@ export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export PYTHONPATH := $(CURDIR)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The test suite also needs the [llm] extra (a real llama.cpp server for the LLM caption tests)
 # and chromium (the report's render test): infra/install/setup_test_extras.sh. The demo does not.
@@ -33,7 +32,8 @@ $(TEST_STAMP): $(STAMP) infra/install/setup_test_extras.sh
 demo: $(STAMP)
 	$(PY) pipelines/demo.py --config configs/demo.yaml --out $(DEMO_OUT)
 
-test: $(TEST_STAMP)
+# The suite starts with the lint (ruff check + format check): a red lint is a red CI.
+test: $(TEST_STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -41,6 +41,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/run_all.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf outputs .pytest_cache

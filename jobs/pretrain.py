@@ -30,9 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the launcher runs this file directly
-    sys.path.insert(0, str(REPO))
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataprep.core.config import ConfigError, check_local_out  # noqa: E402
 from dataprep.corpora import validate_corpora  # noqa: E402

@@ -53,14 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     shards, run, evald, report = out / "shards", out / "run", out / "eval", out / "report"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("PYTHONPATH", "")) if x)
     env.setdefault("OMP_NUM_THREADS", "1")
     py = sys.executable
     ds = str(Path(py).parent / "deepspeed")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _run("build_shards", [py, "pipelines/build_shards.py", "--config", args.config, "--out", str(shards)], timings, env)
-    sys.path.insert(0, str(REPO))
     from model.config import load_config
 
     vocab = load_config(REPO / args.config if not Path(args.config).is_absolute() else args.config).model.text.vocab_size

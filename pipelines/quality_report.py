@@ -21,9 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("polyclap.report")
 
@@ -51,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)}}
-    init_kwargs: dict = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
+    init_kwargs: dict = {"logging_level": logging.WARNING}
     if not os.environ.get("RAY_ADDRESS"):  # `ray job submit` sets it: join the cluster
         init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus)
     ray.init(**init_kwargs)

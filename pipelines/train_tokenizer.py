@@ -15,9 +15,6 @@ import logging
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as a plain script from any directory
-    sys.path.insert(0, str(REPO))
 
 from dataprep.loader import iter_shard_texts  # noqa: E402
 from model.tokenizer import train_tokenizer  # noqa: E402

@@ -14,9 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from dataprep.core import shards
 from dataprep.core.sample import SPLITS
 
