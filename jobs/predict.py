@@ -26,10 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".aif",
               ".aiff", ".au", ".caf", ".wv", ".mka"}
 MANIFEST_EXTS = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".lst"}
