@@ -23,6 +23,7 @@ Bad items do not stop a batch: an unreadable or empty file becomes a NaN row and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,8 +40,8 @@ from tqdm.auto import tqdm
 
 from dataprep.core.config import AudioConfig, FeatureConfig
 from dataprep.core.decode import AudioError
-from dataprep.core.features import make_featurizer
-from dataprep.core.waveform import feature_windows, load_waveform
+from dataprep.core.features import feature_fingerprint, make_featurizer
+from dataprep.core.waveform import feature_windows, load_waveform, mel_windows
 from model.prompts import check_labels, ensemble, normalize, resolve_templates
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,31 @@ class CLAP(ModelHubMixin, library_name="polyclap",
                 done = np.unique(owner_a)
                 out[done] = normalize(acc[done])
         return (out, errors) if return_errors else out
+
+    def embed_features(self, mels: Sequence[np.ndarray]) -> np.ndarray:
+        """``[N, D]`` of precomputed features (a shard's ``mel.npy``, made with the model's
+        feature config: check the fingerprint first), windowed and averaged as audio is."""
+        wins, owner = [], []
+        for i, mel in enumerate(mels):
+            for w in mel_windows(np.asarray(mel), self.pre.max_frames):
+                wins.append(w)
+                owner.append(i)
+        flat = encode_windows(self.net, wins, self.batch_size, self.device, self._show(len(wins)))
+        acc = np.zeros((len(mels), flat.shape[1]), dtype=np.float64)
+        np.add.at(acc, np.asarray(owner), flat)
+        return normalize(acc)
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) of the weights and the preprocessing: an index records it, a search
+        with another model is refused."""
+        h = hashlib.sha256(json.dumps({"features": feature_fingerprint(self.pre.features),
+                                       "audio": self.pre.audio and self.pre.audio.model_dump(),
+                                       "segment": [self.pre.segment_s, self.pre.overlap_s]},
+                                      sort_keys=True).encode())
+        for k, v in sorted(self.net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def _show(self, n: int) -> bool:
         return self.progress if self.progress is not None else n >= PROGRESS_MIN_WINDOWS
