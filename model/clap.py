@@ -108,6 +108,15 @@ class CLAP(nn.Module):
             self.codebook = SharedCodebook(cfg.loss.codebook_size, cfg.embed_dim)
             self.frame_proj = nn.Linear(audio_dim, cfg.embed_dim)
             self.word_proj = nn.Linear(self.text.out_dim, cfg.embed_dim)
+        # Locked parts (model.finetune.apply_locks) stay in eval mode: a plain list, so they
+        # are not registered twice as submodules.
+        self.frozen_modules: list[nn.Module] = []
+
+    def train(self, mode: bool = True) -> CLAP:
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
 
     @property
     def uses_own_tokenizer(self) -> bool:

@@ -90,6 +90,28 @@ class TextEncoderConfig(_Section):
         return self
 
 
+class TowerTuneConfig(_Section):
+    """Fine-tuning of one tower (``train.finetune.audio`` / ``.text``); see model.finetune."""
+
+    lock: bool = False  # freeze the tower (LiT): its weights get no gradient, it runs in eval mode
+    unlocked_layers: int = Field(0, ge=0)  # with lock: the last N layers (+ final norm) train
+    lr: float | None = None  # this tower's peak learning rate (None: train.lr)
+    weight_decay: float | None = None  # None: train.weight_decay
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0)  # layer i of L: lr * layer_decay**(L + 1 - i)
+
+
+class FinetuneConfig(_Section):
+    """Optimizer groups and locks for starting from pretrained towers (``train.finetune``).
+
+    Parameters outside both towers (projections, temperature, codebook) are the "head": new
+    parameters, with their own ``head_lr`` / ``head_weight_decay``."""
+
+    audio: TowerTuneConfig = TowerTuneConfig()
+    text: TowerTuneConfig = TowerTuneConfig()
+    head_lr: float | None = None
+    head_weight_decay: float | None = None
+
+
 class LossConfig(_Section):
     kind: Literal["infonce", "mga"] = "infonce"
     label_smoothing: float = 0.0
