@@ -15,7 +15,13 @@ from hf_helpers import tiny_clap, tiny_xlmr
 from model_helpers import N_MELS, tiny_config
 
 from model.clap import build_model
-from model.config import FinetuneConfig, ModelConfig, TextEncoderConfig, TowerTuneConfig, TrainConfig
+from model.config import (
+    FinetuneConfig,
+    ModelConfig,
+    TextEncoderConfig,
+    TowerTuneConfig,
+    TrainConfig,
+)
 from model.finetune import (
     InitError,
     apply_locks,
