@@ -47,6 +47,22 @@ CFG = ModelConfig(
 )
 
 
+FRAMES = 40
+
+
+def use_hf_towers(ast_dir: str, gpt2_dir: str) -> None:
+    """Swap in transformers towers (``--hf-audio`` AST dir, ``--hf-text`` GPT-2 dir; TINY
+    RANDOM models saved by tests/model/hf_helpers.py), dropout 0.1 in both."""
+    global CFG, N_MELS, FRAMES
+    N_MELS, FRAMES = 32, 64
+    CFG = ModelConfig(
+        audio=AudioEncoderConfig(kind="ast", path=ast_dir, max_frames=FRAMES, dropout=0.1),
+        text=TextEncoderConfig(kind="hf", path=gpt2_dir, max_len=12, dropout=0.1),
+        embed_dim=16,
+        loss=LossConfig(kind="mga", hard_negative_beta=0.5, label_smoothing=0.1),
+    )
+
+
 def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(n, 10, dtype=torch.long)
@@ -55,8 +71,8 @@ def make_data(n: int, seed: int) -> dict[str, torch.Tensor]:
     groups = torch.arange(n)
     groups[PER_RANK] = 0
     return {
-        "mel": torch.randn(n, N_MELS, 40, generator=g),
-        "mel_lengths": torch.randint(16, 41, (n,), generator=g),
+        "mel": torch.randn(n, N_MELS, FRAMES, generator=g),
+        "mel_lengths": torch.randint(16, FRAMES + 1, (n,), generator=g),
         "ids": torch.randint(0, 64, (n, 10), generator=g),
         "mask": mask,
         "groups": groups,
@@ -177,7 +193,11 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["0:auto", "1:auto", "2:auto", "3:auto"])
     ap.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
     ap.add_argument("--bf16", action="store_true", help="DeepSpeed bf16 (on a GPU)")
+    ap.add_argument("--hf-audio", help="AST model dir: run with transformers towers")
+    ap.add_argument("--hf-text", help="GPT-2 model dir (with --hf-audio)")
     args = ap.parse_args()
+    if args.hf_audio:
+        use_hf_towers(args.hf_audio, args.hf_text)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(args.local_rank)

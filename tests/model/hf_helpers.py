@@ -122,12 +122,13 @@ def tiny_whisper(out: Path) -> Path:
     return out
 
 
-def tiny_ast(out: Path) -> Path:
-    """TINY RANDOM ASTModel (1 layer, 32 wide, 128 mel bins x 1024 frames)."""
+def tiny_ast(out: Path, num_mel_bins: int = 128, max_length: int = 1024,
+             num_hidden_layers: int = 1) -> Path:
+    """TINY RANDOM ASTModel (32 wide; default 1 layer, 128 mel bins x 1024 frames)."""
     from transformers import ASTConfig, ASTModel
 
     torch.manual_seed(0)
-    cfg = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64)
+    cfg = ASTConfig(hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=2,
+                    intermediate_size=64, num_mel_bins=num_mel_bins, max_length=max_length)
     ASTModel(cfg).save_pretrained(str(out))
     return out
