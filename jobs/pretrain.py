@@ -38,6 +38,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from dataprep.core.config import ConfigError  # noqa: E402
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
+from model import finetune as ft  # noqa: E402
 from model import training as tr  # noqa: E402
 from model.checkpoint import export_final, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from model.clap import build_model  # noqa: E402
@@ -158,15 +159,24 @@ def main() -> None:
 
     # ---------------------------------------------------------------- model + engine
     tr.seed_everything(t.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, cfg.features.n_mels)
+    try:
+        model = build_model(cfg.model, cfg.features.n_mels)  # HF towers load from their dirs
+        if cfg.model.init_from:  # weights only; a resumed checkpoint below overrides them
+            ft.init_weights(model, cfg.model.init_from, strict=cfg.model.init_strict)
+        ft.apply_locks(model, t.finetune)
+        groups = ft.param_groups(model, t)
+    except ValueError as err:  # HFLoadError / InitError / a config the model refuses
+        fail(str(err))
     n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=tr.param_groups(model, t), config=tr.make_ds_config(t, world)
+        model=model, model_parameters=groups, config=tr.make_ds_config(t, world)
     )
     loss_fn = ContrastiveLoss(cfg.model.loss, rank, world)
     flops = tr.flops_per_sample(cfg)  # estimate, for the TFLOP/s (MFU) column
     dtype = tr.autocast_dtype(t)
-    log.info("model: %.2fM parameters, ZeRO-%d, %s", n_params / 1e6, t.zero_stage, t.precision)
+    log.info("model: %.2fM parameters (%.2fM trainable), ZeRO-%d, %s", n_params / 1e6,
+             n_trainable / 1e6, t.zero_stage, t.precision)
 
     # ---------------------------------------------------------------- resume
     step = 0

@@ -139,6 +139,10 @@ class ModelConfig(_Section):
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     loss: LossConfig = LossConfig()
+    # Weights-only start (model.finetune.init_weights): a polyclap export/run/checkpoint dir or a
+    # transformers ClapModel dir. Strict: every missing or unexpected key is an error.
+    init_from: str | None = None
+    init_strict: bool = True
 
 
 class TokenizerConfig(_Section):
@@ -178,6 +182,7 @@ class TrainConfig(_Section):
     no_decay: tuple[str, ...] = ("logit_scale", "pos", "cls", "norm", "bias")  # + all 1-D params
     tensorboard: bool = True
     val_batches: int = 0  # per rank for the periodic validation (0: the whole val split)
+    finetune: FinetuneConfig = FinetuneConfig()  # locks, per-tower lr/wd, layer-wise LR decay
 
 
 _MOVED = "moved to {}: the loader's settings live in the loader: section"
@@ -211,6 +216,16 @@ class ExperimentConfig(DataConfig):
             raise ValueError(
                 f"tokenizer.path is set but model.text.kind={kind} uses its own tokenizer "
                 "(minilm: the packaged WordPiece; hf: the one in text.path): remove tokenizer.path"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _features_fit_audio_tower(self) -> ExperimentConfig:
+        kind = self.model.audio.kind
+        if kind != "patch" and self.features.preset != kind:
+            raise ValueError(
+                f"model.audio.kind={kind} reads features.preset={kind}, but the features are "
+                f"features.preset={self.features.preset}: build the shards with the tower's preset"
             )
         return self
 

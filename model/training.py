@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from model.config import TrainConfig
 from model.metrics import paired_recall
@@ -84,22 +83,6 @@ def make_ds_config(t: TrainConfig, world_size: int) -> dict[str, Any]:
     elif t.precision == "fp16":
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 12}
     return deep_merge(cfg, t.ds_config)
-
-
-def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
-    """Decay the weight matrices only: 1-D params (biases, norms, scales) and names matching
-    ``t.no_decay`` (temperature, position tables, CLS tokens) are not decayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        parts = name.lower().split(".")
-        excluded = p.ndim < 2 or any(s in part for s in t.no_decay for part in parts)
-        (no_decay if excluded else decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 def autocast_dtype(t: TrainConfig) -> torch.dtype:

@@ -155,10 +155,11 @@ def make_featurizer(cfg: FeatureConfig, hop_length: int | None = None) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _cached(cfg_json: str, hop: int | None) -> LogMel:
-    return LogMel(FeatureConfig.model_validate_json(cfg_json), hop)
+def _cached(cfg_json: str, hop: int | None) -> Any:
+    return make_featurizer(FeatureConfig.model_validate_json(cfg_json), hop)
 
 
 def log_mel(wave: np.ndarray, cfg: FeatureConfig, hop_length: int | None = None) -> np.ndarray:
-    """Convenience wrapper reusing one transform per config (the filterbank is not free)."""
+    """Convenience wrapper reusing one featurizer per config (the filterbank is not free);
+    follows ``cfg.preset`` like :func:`make_featurizer`."""
     return _cached(cfg.model_dump_json(), hop_length)(wave)
