@@ -26,8 +26,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".aif",
-              ".aiff", ".au", ".caf", ".wv", ".mka"}
+AUDIO_EXTS = {
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".webm",
+    ".aif",
+    ".aiff",
+    ".au",
+    ".caf",
+    ".wv",
+    ".mka",
+}
 MANIFEST_EXTS = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".lst"}
 PATH_KEYS = ("audio_filepath", "audio", "path", "file", "filename")
 
@@ -42,8 +57,9 @@ def _manifest_paths(manifest: Path) -> Iterator[str]:
     if manifest.suffix in (".jsonl", ".json"):
         rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
     elif manifest.suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if manifest.suffix == ".tsv"
-                                   else ","))
+        rows = list(
+            csv.DictReader(text.splitlines(), delimiter="\t" if manifest.suffix == ".tsv" else ",")
+        )
     else:
         rows = [{"path": ln.strip()} for ln in text.splitlines() if ln.strip()]
     for i, row in enumerate(rows, 1):
@@ -61,8 +77,11 @@ def list_inputs(paths: list[str]) -> list[str]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in AUDIO_EXTS)
+            out.extend(
+                str(f)
+                for f in sorted(p.rglob("*"))
+                if f.is_file() and f.suffix.lower() in AUDIO_EXTS
+            )
         elif p.suffix.lower() in MANIFEST_EXTS and p.is_file():
             out.extend(_manifest_paths(p))
         else:
@@ -71,12 +90,17 @@ def list_inputs(paths: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, help="polyclap export (final/) or ClapModel dir")
     p.add_argument("--labels", required=True, help="comma-separated class labels (free text)")
-    p.add_argument("--templates", action="append", default=None,
-                   help="'|'-separated prompt templates with one {} (repeatable, one per --lang)")
+    p.add_argument(
+        "--templates",
+        action="append",
+        default=None,
+        help="'|'-separated prompt templates with one {} (repeatable, one per --lang)",
+    )
     p.add_argument("--lang", action="append", default=None, help="language of each --templates")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--out", required=True, help="preds.csv or preds.jsonl")
@@ -100,12 +124,14 @@ def _templates(args: argparse.Namespace) -> dict[str, list[str]] | None:
     return out
 
 
-def _rows(m: Any, files: list[str], classes: Any, labels: list[str], k: int,
-          batch: int) -> Iterator[dict[str, Any]]:
+def _rows(
+    m: Any, files: list[str], classes: Any, labels: list[str], k: int, batch: int
+) -> Iterator[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    for b in tqdm(range(0, len(files), batch), desc="predict", unit="batch",
-                  disable=len(files) <= batch):
+    for b in tqdm(
+        range(0, len(files), batch), desc="predict", unit="batch", disable=len(files) <= batch
+    ):
         chunk = files[b : b + batch]
         emb, errors = m.embed_audio(chunk, return_errors=True)
         probs = m.probabilities(emb, classes)
@@ -115,8 +141,11 @@ def _rows(m: Any, files: list[str], classes: Any, labels: list[str], k: int,
                 yield {"file": f, "top": [], "error": failed[i]}
                 continue
             order = probs[i].argsort()[::-1][:k]
-            yield {"file": f, "top": [(labels[j], float(probs[i, j])) for j in order],
-                   "error": None}
+            yield {
+                "file": f,
+                "top": [(labels[j], float(probs[i, j])) for j in order],
+                "error": None,
+            }
 
 
 def write(rows: Iterator[dict], out: Path, k: int) -> int:
@@ -125,8 +154,16 @@ def write(rows: Iterator[dict], out: Path, k: int) -> int:
     n, lines = 0, []
     if out.suffix == ".jsonl":
         for r in rows:
-            lines.append(json.dumps({"file": r["file"], "error": r["error"], "top": [
-                {"label": lab, "score": round(s, 6)} for lab, s in r["top"]]}, ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    {
+                        "file": r["file"],
+                        "error": r["error"],
+                        "top": [{"label": lab, "score": round(s, 6)} for lab, s in r["top"]],
+                    },
+                    ensure_ascii=False,
+                )
+            )
             n += 1
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
         return n
@@ -134,8 +171,9 @@ def write(rows: Iterator[dict], out: Path, k: int) -> int:
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "score")],
-                "error"])
+    w.writerow(
+        ["file", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "score")], "error"]
+    )
     for r in rows:
         cells = [x for lab, s in r["top"] for x in (lab, f"{s:.6f}")]
         w.writerow([r["file"], *cells, *[""] * (2 * k - len(cells)), r["error"] or ""])
@@ -163,10 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"no audio files in {args.paths}")
         m = CLAP.from_pretrained(args.model, device=args.device)
         classes = m.class_embeddings(labels, templates)
-    except (InputError, ModelDirError, HFLoadError, FingerprintMismatch, FileNotFoundError,
-            ValueError, OSError) as err:
-        print("predict: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
-              file=sys.stderr)
+    except (
+        InputError,
+        ModelDirError,
+        HFLoadError,
+        FingerprintMismatch,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as err:
+        print(
+            "predict: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
+            file=sys.stderr,
+        )
         return 2
     k = min(args.top_k, len(labels))
     out = Path(args.out)

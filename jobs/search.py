@@ -25,10 +25,6 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 
 class SearchError(ValueError):
     """An index or query that cannot be used (one line, exit 2)."""
@@ -60,8 +56,9 @@ def top_k(emb: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--index", required=True, help="directory written by pipelines/embed.py")
     p.add_argument("--text", action="append", default=[], help="a text query (repeatable)")
     p.add_argument("--audio", action="append", default=[], help="an audio query (repeatable)")
@@ -87,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         m = CLAP.from_pretrained(args.model or info["model"], device=args.device, progress=False)
         fp = m.fingerprint()
         if fp != info["model_fingerprint"]:
-            raise SearchError(f"{args.index} was embedded with {info['model']} (fingerprint "
-                              f"{info['model_fingerprint']}); this model has {fp}")
+            raise SearchError(
+                f"{args.index} was embedded with {info['model']} (fingerprint "
+                f"{info['model_fingerprint']}); this model has {fp}"
+            )
         queries, names = [], []
         if args.text:
             queries.append(m.embed_text(args.text))
@@ -99,15 +98,33 @@ def main(argv: list[str] | None = None) -> int:
                 raise SearchError("; ".join(f"{e.name}: {e.reason}: {e.detail}" for e in errors))
             queries.append(a)
             names += [f"audio:{p}" for p in args.audio]
-    except (SearchError, ModelDirError, HFLoadError, FileNotFoundError, ValueError,
-            OSError, KeyError) as err:
-        print("search: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
-              file=sys.stderr)
+    except (
+        SearchError,
+        ModelDirError,
+        HFLoadError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+        KeyError,
+    ) as err:
+        print(
+            "search: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
+            file=sys.stderr,
+        )
         return 2
     idx, scores = top_k(emb, np.concatenate(queries), args.k)
-    hits = [{"query": q, "rank": r + 1, "key": cols["key"][i], "score": round(float(s), 6),
-             "text": cols["text"][i], "source": cols["source"][i]}
-            for q, row, srow in zip(names, idx, scores) for r, (i, s) in enumerate(zip(row, srow))]
+    hits = [
+        {
+            "query": q,
+            "rank": r + 1,
+            "key": cols["key"][i],
+            "score": round(float(s), 6),
+            "text": cols["text"][i],
+            "source": cols["source"][i],
+        }
+        for q, row, srow in zip(names, idx, scores)
+        for r, (i, s) in enumerate(zip(row, srow))
+    ]
     lines = [json.dumps(h, ensure_ascii=False) for h in hits]
     print("\n".join(lines))
     if args.out:

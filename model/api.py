@@ -26,10 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +36,19 @@ import torch
 from huggingface_hub import ModelHubMixin
 from tqdm.auto import tqdm
 
-from dataprep.core.config import AudioConfig, FeatureConfig
 from dataprep.core.decode import AudioError
 from dataprep.core.features import feature_fingerprint, make_featurizer
 from dataprep.core.waveform import feature_windows, load_waveform, mel_windows
+from model.inference import (
+    ItemError,
+    ModelDirError,
+    Preprocessing,
+    Windows,
+    as_list,
+    clap_features,
+    encode_windows,
+    transformers_model_type,
+)
 from model.prompts import check_labels, ensemble, normalize, resolve_templates
 
 log = logging.getLogger(__name__)
@@ -49,74 +56,25 @@ log = logging.getLogger(__name__)
 PROGRESS_MIN_WINDOWS = 64  # a progress bar from this many model inputs on
 
 
-class ModelDirError(ValueError):
-    """A directory that is not a polyclap export or a transformers ClapModel (one line)."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What turns a file into model inputs (the model's, saved with it)."""
-
-    features: FeatureConfig
-    audio: AudioConfig | None  # loudness normalization; None: none (imported LAION-CLAP)
-    segment_s: float  # long audio is cut into segments of this length (build.audio.max_segment_s)
-    overlap_s: float
-    max_frames: int  # each segment's features in windows of at most this many frames
-
-
-@dataclass(frozen=True)
-class ItemError:
-    """An input that could not be embedded: its position, name and why."""
-
-    index: int
-    name: str
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Windows:
-    """``per_window=True``: one embedding per model input of a clip, with its time span."""
-
-    embeddings: np.ndarray  # [W, D]
-    starts_s: np.ndarray
-    ends_s: np.ndarray
-
-
-def _as_list(x: Any) -> list[Any]:
-    if isinstance(x, (str, os.PathLike)) or (isinstance(x, (np.ndarray, torch.Tensor))
-                                              and x.ndim == 1):
-        return [x]
-    return list(x)
-
-
-@torch.no_grad()
-def encode_windows(net: Any, windows: Sequence[np.ndarray], batch_size: int, device: Any,
-                   progress: bool = False) -> np.ndarray:
-    """``[N, D]`` audio embeddings of feature windows ``[n_mels, t]``, zero-padded per batch
-    with their true lengths (the evaluator's and inference's one batching)."""
-    out = []
-    steps = range(0, len(windows), batch_size)
-    for b in tqdm(steps, desc="audio", unit="batch", disable=not progress):
-        chunk = windows[b : b + batch_size]
-        width = max(w.shape[1] for w in chunk)
-        mel = np.zeros((len(chunk), chunk[0].shape[0], width), dtype=np.float32)
-        for j, w in enumerate(chunk):
-            mel[j, :, : w.shape[1]] = w
-        lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long, device=device)
-        emb = net.encode_audio(torch.from_numpy(mel).to(device), lengths)
-        out.append(emb.float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
-class CLAP(ModelHubMixin, library_name="polyclap",
-           tags=["audio", "clap", "zero-shot-audio-classification"]):
+class CLAP(
+    ModelHubMixin, library_name="polyclap", tags=["audio", "clap", "zero-shot-audio-classification"]
+):
     """A trained polyclap model (or an imported ClapModel) ready for embedding."""
 
-    def __init__(self, net: Any, pre: Preprocessing, tokenize: Any, *, kind: str = "polyclap",
-                 source: str | None = None, cfg: Any = None, tokenizer: Any = None,
-                 device: str | None = None,
-                 batch_size: int = 16, progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        net: Any,
+        pre: Preprocessing,
+        tokenize: Any,
+        *,
+        kind: str = "polyclap",
+        source: str | None = None,
+        cfg: Any = None,
+        tokenizer: Any = None,
+        device: str | None = None,
+        batch_size: int = 16,
+        progress: bool | None = None,
+    ) -> None:
         self.net = net.eval()
         self.pre = pre
         self.tokenize = tokenize
@@ -140,41 +98,66 @@ class CLAP(ModelHubMixin, library_name="polyclap",
 
     # -- loading / saving ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str],
-                        **kwargs: Any) -> CLAP:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
+    ) -> CLAP:
         """A polyclap export or a transformers ClapModel directory (local; see the module
         docstring). ``device``, ``batch_size``, ``progress`` are passed on."""
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             raise ModelDirError(
                 f"{path}: not a local directory (nothing is downloaded at run time: fetch it "
-                f"first, e.g. huggingface_hub.snapshot_download, and pass the directory)")
+                f"first, e.g. huggingface_hub.snapshot_download, and pass the directory)"
+            )
         return super().from_pretrained(path, **kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None = None,
-                         cache_dir: Any = None, force_download: bool = False,
-                         local_files_only: bool = False, token: Any = None,
-                         device: str | None = None, batch_size: int = 16,
-                         progress: bool | None = None, **_config: Any) -> CLAP:
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        cache_dir: Any = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: Any = None,
+        device: str | None = None,
+        batch_size: int = 16,
+        progress: bool | None = None,
+        **_config: Any,
+    ) -> CLAP:
         # ``_config``: huggingface_hub passes the keys of a config.json matching __init__ names;
         # the directory itself is read below.
         path = Path(model_id)
         kw = {"device": device, "batch_size": batch_size, "progress": progress}
-        hf = _transformers_model_type(path)
+        hf = transformers_model_type(path)
         if hf is not None:
             if hf != "clap":
-                raise ModelDirError(f"{path}: a transformers {hf!r} directory, not a ClapModel or "
-                                    f"a polyclap export")
+                raise ModelDirError(
+                    f"{path}: a transformers {hf!r} directory, not a ClapModel or a polyclap export"
+                )
             return cls._from_clap_dir(path, **kw)
         from model.tokenizer import make_tokenize
         from model.weights import load_for_eval
 
         net, cfg, tok = load_for_eval(path)
-        pre = Preprocessing(cfg.features, cfg.build.audio, cfg.build.audio.max_segment_s,
-                            cfg.build.audio.segment_overlap_s, int(cfg.model.audio.max_frames))
-        return cls(net, pre, make_tokenize(tok, cfg.model.text), kind="polyclap",
-                   source=str(path), cfg=cfg, tokenizer=tok, **kw)
+        pre = Preprocessing(
+            cfg.features,
+            cfg.build.audio,
+            cfg.build.audio.max_segment_s,
+            cfg.build.audio.segment_overlap_s,
+            int(cfg.model.audio.max_frames),
+        )
+        return cls(
+            net,
+            pre,
+            make_tokenize(tok, cfg.model.text),
+            kind="polyclap",
+            source=str(path),
+            cfg=cfg,
+            tokenizer=tok,
+            **kw,
+        )
 
     @classmethod
     def _from_clap_dir(cls, path: Path, **kw: Any) -> CLAP:
@@ -186,8 +169,15 @@ class CLAP(ModelHubMixin, library_name="polyclap",
         net, _ = import_clap(path, n_mels=features.n_mels)
         pre = Preprocessing(features, None, 10.0, 0.0, int(net.cfg.audio.max_frames))
         tok = HFTokenizer(path)
-        return cls(net, pre, make_tokenize(tok, net.cfg.text), kind="clap", source=str(path),
-                   tokenizer=tok, **kw)
+        return cls(
+            net,
+            pre,
+            make_tokenize(tok, net.cfg.text),
+            kind="clap",
+            source=str(path),
+            tokenizer=tok,
+            **kw,
+        )
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """A polyclap export (``model.weights.write_export``) plus its model card. An imported
@@ -196,39 +186,58 @@ class CLAP(ModelHubMixin, library_name="polyclap",
         from model.weights import write_export
 
         if self.cfg is None:
-            raise ModelDirError(f"{self.source}: an imported ClapModel is not re-saved (its "
-                                f"directory already is the model; fine-tune it with "
-                                f"model.init_from to make a polyclap export)")
+            raise ModelDirError(
+                f"{self.source}: an imported ClapModel is not re-saved (its "
+                f"directory already is the model; fine-tune it with "
+                f"model.init_from to make a polyclap export)"
+            )
         tok_path = getattr(self.tokenizer, "path", None)
-        write_export(save_directory, self.net.state_dict(), self.cfg,
-                     tokenizer=Path(tok_path) if tok_path else None,
-                     meta={"saved_by": "model.api.CLAP.save_pretrained", "source": self.source})
+        write_export(
+            save_directory,
+            self.net.state_dict(),
+            self.cfg,
+            tokenizer=Path(tok_path) if tok_path else None,
+            meta={"saved_by": "model.api.CLAP.save_pretrained", "source": self.source},
+        )
         write_model_card(save_directory, self.cfg)
 
     # -- audio ---------------------------------------------------------------------------------
-    def inputs(self, item: Any, sample_rate: int | None = None,
-               name: str | None = None) -> list[tuple[float, float, np.ndarray]]:
+    def inputs(
+        self, item: Any, sample_rate: int | None = None, name: str | None = None
+    ) -> list[tuple[float, float, np.ndarray]]:
         """``(start_s, end_s, features)`` per model input of one file or array."""
         p = self.pre
-        w = load_waveform(item, p.features.sample_rate_hz, p.audio, source_rate_hz=sample_rate,
-                          name=name)
+        w = load_waveform(
+            item, p.features.sample_rate_hz, p.audio, source_rate_hz=sample_rate, name=name
+        )
         wave = w.normalized()
         if wave.shape[0] == 0:
             raise AudioError("empty_audio", f"{name}: no samples")
-        return feature_windows(wave, p.features.sample_rate_hz, self.featurizer,
-                               segment_s=p.segment_s, overlap_s=p.overlap_s,
-                               max_frames=p.max_frames)
+        return feature_windows(
+            wave,
+            p.features.sample_rate_hz,
+            self.featurizer,
+            segment_s=p.segment_s,
+            overlap_s=p.overlap_s,
+            max_frames=p.max_frames,
+        )
 
-    def embed_audio(self, audio: Any, sample_rate: int | None = None, per_window: bool = False,
-                    return_errors: bool = False) -> Any:
+    def embed_audio(
+        self,
+        audio: Any,
+        sample_rate: int | None = None,
+        per_window: bool = False,
+        return_errors: bool = False,
+    ) -> Any:
         """Embeddings ``[N, D]`` (L2-normalized float32) of files/URIs or arrays (arrays need
         ``sample_rate``). A file that cannot be read is a NaN row (and an :class:`ItemError`
         with ``return_errors=True``); ``per_window=True`` gives a :class:`Windows` per item
         (None for a failed one) instead."""
-        items = _as_list(audio)
+        items = as_list(audio)
         wins, owner, spans, errors = [], [], [], []
-        for i, item in enumerate(tqdm(items, desc="decode", unit="file",
-                                      disable=not self._show(len(items)))):
+        for i, item in enumerate(
+            tqdm(items, desc="decode", unit="file", disable=not self._show(len(items)))
+        ):
             name = str(item) if isinstance(item, (str, os.PathLike)) else f"array[{i}]"
             try:
                 for start, end, feat in self.inputs(item, sample_rate, name):
@@ -241,9 +250,11 @@ class CLAP(ModelHubMixin, library_name="polyclap",
                 errors.append(ItemError(i, name, "decode_error", f"{type(err).__name__}: {err}"))
         for e in errors:
             log.warning("embed_audio: %s not embedded (%s: %s)", e.name, e.reason, e.detail)
-        flat = (encode_windows(self.net, wins, self.batch_size, self.device,
-                               self._show(len(wins))) if wins
-                else np.zeros((0, self.embed_dim), np.float32))
+        flat = (
+            encode_windows(self.net, wins, self.batch_size, self.device, self._show(len(wins)))
+            if wins
+            else np.zeros((0, self.embed_dim), np.float32)
+        )
         owner_a = np.asarray(owner, dtype=np.int64)
         if per_window:
             out: Any = [None] * len(items)
@@ -276,10 +287,16 @@ class CLAP(ModelHubMixin, library_name="polyclap",
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the weights and the preprocessing: an index records it, a search
         with another model is refused."""
-        h = hashlib.sha256(json.dumps({"features": feature_fingerprint(self.pre.features),
-                                       "audio": self.pre.audio and self.pre.audio.model_dump(),
-                                       "segment": [self.pre.segment_s, self.pre.overlap_s]},
-                                      sort_keys=True).encode())
+        h = hashlib.sha256(
+            json.dumps(
+                {
+                    "features": feature_fingerprint(self.pre.features),
+                    "audio": self.pre.audio and self.pre.audio.model_dump(),
+                    "segment": [self.pre.segment_s, self.pre.overlap_s],
+                },
+                sort_keys=True,
+            ).encode()
+        )
         for k, v in sorted(self.net.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -290,8 +307,9 @@ class CLAP(ModelHubMixin, library_name="polyclap",
 
     # -- text ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_text(self, texts: str | Sequence[str], lang: str | Sequence[str] | None = None
-                   ) -> np.ndarray:
+    def embed_text(
+        self, texts: str | Sequence[str], lang: str | Sequence[str] | None = None
+    ) -> np.ndarray:
         """Embeddings ``[N, D]`` of texts, tokenized exactly as in training. ``lang`` (one code
         or one per text) is checked and kept for the caller's bookkeeping: the towers read no
         language id, the language is in the words (use language templates in ``zero_shot``)."""
@@ -307,9 +325,12 @@ class CLAP(ModelHubMixin, library_name="polyclap",
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
-    def class_embeddings(self, labels: Sequence[str],
-                         templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                         langs: Sequence[str] | None = None) -> np.ndarray:
+    def class_embeddings(
+        self,
+        labels: Sequence[str],
+        templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        langs: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """``[C, D]``: per label, the mean of its prompts' embeddings per language, then the
         mean over languages (renormalized each time), as the evaluation harness ensembles."""
         labels = check_labels(labels)
@@ -321,15 +342,21 @@ class CLAP(ModelHubMixin, library_name="polyclap",
         return normalize(np.mean(np.stack(per_lang), axis=0))
 
     # -- both ----------------------------------------------------------------------------------
-    def similarity(self, audio: Any, texts: str | Sequence[str],
-                   sample_rate: int | None = None) -> np.ndarray:
+    def similarity(
+        self, audio: Any, texts: str | Sequence[str], sample_rate: int | None = None
+    ) -> np.ndarray:
         """Cosine similarity ``[N_audio, N_text]`` (NaN rows for unreadable audio)."""
         return self.embed_audio(audio, sample_rate) @ self.embed_text(texts).T
 
-    def zero_shot(self, audio: Any, labels: Sequence[str],
-                  templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                  langs: Sequence[str] | None = None, sample_rate: int | None = None,
-                  return_errors: bool = False) -> Any:
+    def zero_shot(
+        self,
+        audio: Any,
+        labels: Sequence[str],
+        templates: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        langs: Sequence[str] | None = None,
+        sample_rate: int | None = None,
+        return_errors: bool = False,
+    ) -> Any:
         """Per-class probabilities ``[N, C]`` (softmax of the model's logit scale times the
         cosine to each label's prompt ensemble); NaN rows for unreadable audio."""
         classes = self.class_embeddings(labels, templates, langs)
@@ -343,35 +370,3 @@ class CLAP(ModelHubMixin, library_name="polyclap",
             scale = float(self.net.logit_scale())
         logits = torch.from_numpy(audio_emb @ class_emb.T) * scale
         return torch.softmax(logits, dim=-1).numpy().astype(np.float32)
-
-
-def _transformers_model_type(path: Path) -> str | None:
-    """The ``model_type`` of a transformers directory's config.json, else None."""
-    f = path / "config.json"
-    if not f.is_file():
-        return None
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    return data.get("model_type") if isinstance(data, dict) else None
-
-
-def clap_features(path: Path) -> FeatureConfig:
-    """The htsat preset of a ClapModel directory: its ``preprocessor_config.json`` (if saved)
-    sets the mel bins and band; any other extractor setting the preset fixes must agree."""
-    f = path / "preprocessor_config.json"
-    pre = json.loads(f.read_text()) if f.is_file() else {}
-    fields: dict[str, Any] = {"preset": "htsat", "dtype": "float32"}
-    for ours, theirs in (("n_mels", "feature_size"), ("f_min_hz", "frequency_min"),
-                         ("f_max_hz", "frequency_max")):
-        if theirs in pre:
-            fields[ours] = pre[theirs]
-    fixed = {"sampling_rate": 48000, "hop_length": 480, "fft_window_size": 1024,
-             "truncation": "rand_trunc", "padding": "repeatpad"}
-    bad = {k: pre[k] for k, want in fixed.items() if k in pre and pre[k] != want}
-    if bad:
-        raise ModelDirError(f"{f}: {bad} differ from the htsat preset {fixed} (LAION-CLAP's)")
-    if not math.isfinite(float(fields.get("f_max_hz", 14000.0))):
-        raise ModelDirError(f"{f}: frequency_max is not finite")
-    return FeatureConfig(**fields)

@@ -36,10 +36,14 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
     if not build.is_file():
         return None
     record = json.loads(build.read_text())
-    out: dict[str, Any] = {"root": str(shards), "fingerprint": record.get("feature_fingerprint"),
-                           "corpora": [c.get("name") for c in
-                                       record.get("config", {}).get("build", {}).get("corpora", [])],
-                           "splits": {}}
+    out: dict[str, Any] = {
+        "root": str(shards),
+        "fingerprint": record.get("feature_fingerprint"),
+        "corpora": [
+            c.get("name") for c in record.get("config", {}).get("build", {}).get("corpora", [])
+        ],
+        "splits": {},
+    }
     for split in _SPLITS:
         index = shards / split / "index.parquet"
         if not index.is_file():
@@ -66,10 +70,15 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
 def _data_section(summary: dict[str, Any] | None) -> list[str]:
     if summary is None:
         return ["Unknown: no `build.json` was found for the training shards."]
-    lines = [(f"Shard set `{summary['root']}` (feature fingerprint `{summary['fingerprint']}`), "
-             f"corpora: {', '.join(summary['corpora']) or 'unknown'}."), "",
-             "| split | samples | hours per corpus | languages | licenses (first shard) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        (
+            f"Shard set `{summary['root']}` (feature fingerprint `{summary['fingerprint']}`), "
+            f"corpora: {', '.join(summary['corpora']) or 'unknown'}."
+        ),
+        "",
+        "| split | samples | hours per corpus | languages | licenses (first shard) |",
+        "|---|---|---|---|---|",
+    ]
     for split, s in summary["splits"].items():
         hours = ", ".join(f"{k} {v:.2f}" for k, v in s["hours"].items())
         langs = ", ".join(f"{k} ({v})" for k, v in s["languages"].items())
@@ -80,52 +89,97 @@ def _data_section(summary: dict[str, Any] | None) -> list[str]:
 
 def _architecture(cfg: Any) -> list[str]:
     m, f = cfg.model, cfg.features
-    audio = (f"patch transformer (dim {m.audio.dim}, depth {m.audio.depth}, "
-             f"{m.audio.pooling} pooling)" if m.audio.kind == "patch"
-             else f"transformers {m.audio.kind} tower from `{m.audio.path}`")
-    text = {"transformer": f"transformer over sentencepiece ids (dim {m.text.dim}, depth "
-                           f"{m.text.depth}, vocab {m.text.vocab_size})",
-            "minilm": "the packaged all-MiniLM-L6-v2",
-            "hf": f"transformers text tower from `{m.text.path}` ({m.text.pooling} pooling)"}
-    return [f"- audio tower: {audio}, at most {m.audio.max_frames} frames per input",
-            f"- text tower: {text[m.text.kind]}, at most {m.text.max_len} tokens",
-            f"- shared space: {m.embed_dim} dimensions, {m.projection} projections, "
-            f"loss {m.loss.kind}" + (f", codebook {m.loss.codebook_size}"
-                                    if m.loss.codebook_size else ""),
-            (f"- features: preset `{f.preset}`, {f.sample_rate_hz} Hz, {f.n_mels} mel bins, hop "
-            f"{f.hop_length} (fingerprint `{feature_fingerprint(f)}`)")]
+    audio = (
+        f"patch transformer (dim {m.audio.dim}, depth {m.audio.depth}, {m.audio.pooling} pooling)"
+        if m.audio.kind == "patch"
+        else f"transformers {m.audio.kind} tower from `{m.audio.path}`"
+    )
+    text = {
+        "transformer": f"transformer over sentencepiece ids (dim {m.text.dim}, depth "
+        f"{m.text.depth}, vocab {m.text.vocab_size})",
+        "minilm": "the packaged all-MiniLM-L6-v2",
+        "hf": f"transformers text tower from `{m.text.path}` ({m.text.pooling} pooling)",
+    }
+    return [
+        f"- audio tower: {audio}, at most {m.audio.max_frames} frames per input",
+        f"- text tower: {text[m.text.kind]}, at most {m.text.max_len} tokens",
+        f"- shared space: {m.embed_dim} dimensions, {m.projection} projections, "
+        f"loss {m.loss.kind}"
+        + (f", codebook {m.loss.codebook_size}" if m.loss.codebook_size else ""),
+        (
+            f"- features: preset `{f.preset}`, {f.sample_rate_hz} Hz, {f.n_mels} mel bins, hop "
+            f"{f.hop_length} (fingerprint `{feature_fingerprint(f)}`)"
+        ),
+    ]
 
 
-def model_card(cfg: Any, *, summary: dict[str, Any] | None, eval_table: str | None,
-               name: str | None = None) -> str:
+def model_card(
+    cfg: Any, *, summary: dict[str, Any] | None, eval_table: str | None, name: str | None = None
+) -> str:
     audio = cfg.build.audio
-    norm = (f"loudness-normalized to {audio.target_lufs} LUFS (peak {audio.peak_limit})"
-            if audio.target_lufs is not None else f"peak-normalized to {audio.peak_limit}")
+    norm = (
+        f"loudness-normalized to {audio.target_lufs} LUFS (peak {audio.peak_limit})"
+        if audio.target_lufs is not None
+        else f"peak-normalized to {audio.peak_limit}"
+    )
     lines = [
-        "---", "library_name: polyclap", "tags: [audio, clap, zero-shot-audio-classification]",
-        "---", "", f"# {name or cfg.name or 'polyclap model'}", "",
-        "A contrastive audio-language model (CLAP) trained with polyclap.", "",
-        "```python", "from model import CLAP",
+        "---",
+        "library_name: polyclap",
+        "tags: [audio, clap, zero-shot-audio-classification]",
+        "---",
+        "",
+        f"# {name or cfg.name or 'polyclap model'}",
+        "",
+        "A contrastive audio-language model (CLAP) trained with polyclap.",
+        "",
+        "```python",
+        "from model import CLAP",
         'm = CLAP.from_pretrained("THIS_DIRECTORY")',
-        'probs = m.zero_shot(["clip.wav"], ["dog barking", "rain"])', "```", "",
-        "## Architecture", "", *_architecture(cfg), "",
-        "## Input", "",
-        (f"Any codec, rate and channel count: decoded, downmixed, resampled to "
-        f"{cfg.features.sample_rate_hz} Hz and {norm}, as in training. Inference does not trim "
-        f"silence; audio longer than {audio.max_segment_s:g} s is embedded in segments whose "
-        f"embeddings are averaged."), "",
-        "## Training data", "", *_data_section(summary), "",
-        "## Evaluation", "", eval_table.strip() if eval_table else "No evaluation table found.",
-        "", "## Intended use and limits", "",
-        ("- Intended: zero-shot audio classification with free-text labels, text-to-audio and "
-        "audio-to-audio retrieval, audio/text embeddings for research."),
-        ("- The model knows only what its training data covers (the table above): sound classes, "
-        "languages and recording conditions outside it are guesses; check accuracy on your own "
-        "labelled sample before relying on it."),
-        ("- Scores are similarities, not calibrated probabilities of presence; the zero-shot "
-        "softmax is relative to the label list given."),
-        ("- Not for surveillance of people, speaker identification or decisions about "
-        "individuals; speech corpora in the training data carry their own license terms."), "",
+        'probs = m.zero_shot(["clip.wav"], ["dog barking", "rain"])',
+        "```",
+        "",
+        "## Architecture",
+        "",
+        *_architecture(cfg),
+        "",
+        "## Input",
+        "",
+        (
+            f"Any codec, rate and channel count: decoded, downmixed, resampled to "
+            f"{cfg.features.sample_rate_hz} Hz and {norm}, as in training. Inference does not trim "
+            f"silence; audio longer than {audio.max_segment_s:g} s is embedded in segments whose "
+            f"embeddings are averaged."
+        ),
+        "",
+        "## Training data",
+        "",
+        *_data_section(summary),
+        "",
+        "## Evaluation",
+        "",
+        eval_table.strip() if eval_table else "No evaluation table found.",
+        "",
+        "## Intended use and limits",
+        "",
+        (
+            "- Intended: zero-shot audio classification with free-text labels, text-to-audio and "
+            "audio-to-audio retrieval, audio/text embeddings for research."
+        ),
+        (
+            "- The model knows only what its training data covers (the table above): sound "
+            "classes, "
+            "languages and recording conditions outside it are guesses; check accuracy on your own "
+            "labelled sample before relying on it."
+        ),
+        (
+            "- Scores are similarities, not calibrated probabilities of presence; the zero-shot "
+            "softmax is relative to the label list given."
+        ),
+        (
+            "- Not for surveillance of people, speaker identification or decisions about "
+            "individuals; speech corpora in the training data carry their own license terms."
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -140,8 +194,13 @@ def _find_eval_table(dest: Path, run_dir: Path | None) -> str | None:
     return None
 
 
-def write_model_card(dest: str | Path, cfg: Any, *, shards: str | Path | None = None,
-                     run_dir: str | Path | None = None) -> Path:
+def write_model_card(
+    dest: str | Path,
+    cfg: Any,
+    *,
+    shards: str | Path | None = None,
+    run_dir: str | Path | None = None,
+) -> Path:
     """Write ``<dest>/README.md``; ``shards`` defaults to ``cfg.loader.shards``."""
     dest = Path(dest)
     root = Path(shards) if shards is not None else Path(getattr(cfg.loader, "shards", ""))

@@ -16,6 +16,7 @@ DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "en": ("the sound of {}", "a recording of {}", "{} can be heard", "{}"),
 }
 
+
 def ensemble(embeddings: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     """Mean of consecutive groups of rows (``sizes``), renormalized: prompt ensembling."""
     out, i = [], 0
@@ -55,10 +56,10 @@ def resolve_templates(templates: Any, langs: Iterable[str] | None) -> dict[str, 
     for lang, ts in temps.items():
         bad = [t for t in ts if t.count("{}") != 1]
         if not ts or bad:
-            raise ValueError(f"templates ({lang}) must each contain exactly one '{{}}': {bad or ts}")
+            raise ValueError(
+                f"templates ({lang}) must each contain exactly one '{{}}': {bad or ts}"
+            )
     return temps
-
-
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # Ray workers get it on their PYTHONPATH
 
 log = logging.getLogger("polyclap.embed")
 EMBEDDINGS = "embeddings.parquet"
@@ -42,8 +40,7 @@ class Worker:
         from model import CLAP
 
         torch.set_num_threads(1)
-        self.m = CLAP.from_pretrained(model, device=device, batch_size=batch_size,
-                                      progress=False)
+        self.m = CLAP.from_pretrained(model, device=device, batch_size=batch_size, progress=False)
 
     def shard(self, split: str, tar: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         from dataprep.core.sample import MEL, META, TEXT
@@ -53,9 +50,17 @@ class Worker:
         if not samples:
             return [], []
         emb = self.m.embed_features([s[MEL] for s in samples])
-        rows = [{"key": s["__key__"], "corpus": s[META].get("corpus"), "split": split,
-                 "source": s[META].get("source_uri"), "text": s.get(TEXT) or "",
-                 "embedding": e.tolist()} for s, e in zip(samples, emb)]
+        rows = [
+            {
+                "key": s["__key__"],
+                "corpus": s[META].get("corpus"),
+                "split": split,
+                "source": s[META].get("source_uri"),
+                "text": s.get(TEXT) or "",
+                "embedding": e.tolist(),
+            }
+            for s, e in zip(samples, emb)
+        ]
         return rows, []
 
     def refs(self, refs: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -63,16 +68,25 @@ class Worker:
 
         emb, errors = self.m.embed_audio([r.audio for r in refs], return_errors=True)
         bad = {e.index: e for e in errors}
-        rows = [{"key": sample_key(r.corpus, r.source_id), "corpus": r.corpus, "split": r.split,
-                 "source": r.audio, "text": r.text or ", ".join(r.labels), "embedding": e.tolist()}
-                for i, (r, e) in enumerate(zip(refs, emb)) if i not in bad]
-        return rows, [{"source": e.name, "reason": e.reason, "detail": e.detail}
-                      for e in errors]
+        rows = [
+            {
+                "key": sample_key(r.corpus, r.source_id),
+                "corpus": r.corpus,
+                "split": r.split,
+                "source": r.audio,
+                "text": r.text or ", ".join(r.labels),
+                "embedding": e.tolist(),
+            }
+            for i, (r, e) in enumerate(zip(refs, emb))
+            if i not in bad
+        ]
+        return rows, [{"source": e.name, "reason": e.reason, "detail": e.detail} for e in errors]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", required=True, help="polyclap export (final/) or ClapModel dir")
     p.add_argument("--shards", default=None, help="shard set root (train/ val/ test/)")
     p.add_argument("--split", action="append", default=None, help="splits to embed (default all)")
@@ -99,8 +113,12 @@ def _shard_jobs(args: argparse.Namespace, features: Any) -> list[tuple[str, tupl
     if not build.is_file():
         raise ValueError(f"{root}: no {BUILD_JSON} (not a shard set root)")
     record = json.loads(build.read_text())
-    check_fingerprint(features, record.get("feature_fingerprint"), where=str(build),
-                      fields=record.get("feature_fields"))
+    check_fingerprint(
+        features,
+        record.get("feature_fingerprint"),
+        where=str(build),
+        fields=record.get("feature_fields"),
+    )
     splits = args.split or [s for s in SPLITS if (root / s).is_dir()]
     jobs = [("shard", (s, str(t))) for s in splits for t in shard_paths(root / s)]
     if not jobs:
@@ -116,17 +134,23 @@ def _corpus_jobs(args: argparse.Namespace) -> tuple[list[tuple[str, tuple[Any, .
     cfg = load_config(args.config)
     corpus = next((c for c in cfg.build.corpora if c.name == args.corpus), None)
     if corpus is None:
-        raise ValueError(f"{args.config}: no corpus {args.corpus!r} in build.corpora "
-                         f"({[c.name for c in cfg.build.corpora]})")
+        raise ValueError(
+            f"{args.config}: no corpus {args.corpus!r} in build.corpora "
+            f"({[c.name for c in cfg.build.corpora]})"
+        )
     listing = list(read_corpus(corpus))
     refs = [r for r in listing if not isinstance(r, Reject)]
-    rejects = [{"source": r.source, "reason": r.reason, "detail": r.detail}
-               for r in listing if isinstance(r, Reject)]
+    rejects = [
+        {"source": r.source, "reason": r.reason, "detail": r.detail}
+        for r in listing
+        if isinstance(r, Reject)
+    ]
     return [("refs", (refs[i : i + args.chunk],)) for i in range(0, len(refs), args.chunk)], rejects
 
 
-def write_index(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]],
-                info: dict[str, Any]) -> None:
+def write_index(
+    out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], info: dict[str, Any]
+) -> None:
     import io
 
     import pyarrow as pa
@@ -136,14 +160,20 @@ def write_index(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, st
 
     rows = sorted(rows, key=lambda r: r["key"])
     dim = info["embed_dim"]
-    table = pa.table({
-        **{c: pa.array([r[c] for r in rows], pa.string())
-           for c in ("key", "corpus", "split", "source", "text")},
-        "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array([x for r in rows for x in r["embedding"]], pa.float32()), dim),
-    })
-    err = pa.table({c: pa.array([e[c] for e in errors], pa.string())
-                    for c in ("source", "reason", "detail")})
+    table = pa.table(
+        {
+            **{
+                c: pa.array([r[c] for r in rows], pa.string())
+                for c in ("key", "corpus", "split", "source", "text")
+            },
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array([x for r in rows for x in r["embedding"]], pa.float32()), dim
+            ),
+        }
+    )
+    err = pa.table(
+        {c: pa.array([e[c] for e in errors], pa.string()) for c in ("source", "reason", "detail")}
+    )
     for name, t in ((EMBEDDINGS, table), (ERRORS, err)):
         buf = io.BytesIO()
         pq.write_table(t, buf)
@@ -153,7 +183,9 @@ def write_index(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from dataprep.core.features import FingerprintMismatch, feature_fingerprint
     from model import CLAP
     from model.api import ModelDirError
@@ -164,18 +196,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         m = CLAP.from_pretrained(args.model, device="cpu", progress=False)
-        jobs, errors = ((_shard_jobs(args, m.pre.features), []) if args.shards
-                        else _corpus_jobs(args))
-    except (ModelDirError, HFLoadError, FingerprintMismatch, FileNotFoundError, ValueError,
-            OSError) as err:
-        print("embed: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
-              file=sys.stderr)
+        jobs, errors = (
+            (_shard_jobs(args, m.pre.features), []) if args.shards else _corpus_jobs(args)
+        )
+    except (
+        ModelDirError,
+        HFLoadError,
+        FingerprintMismatch,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as err:
+        print(
+            "embed: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
+            file=sys.stderr,
+        )
         return 2
-    info = {"model": str(Path(args.model).resolve()), "model_kind": m.kind,
-            "model_fingerprint": m.fingerprint(), "embed_dim": m.embed_dim,
-            "feature_fingerprint": feature_fingerprint(m.pre.features),
-            "source": str(Path(args.shards).resolve()) if args.shards else
-            f"{Path(args.config).resolve()}#{args.corpus}"}
+    info = {
+        "model": str(Path(args.model).resolve()),
+        "model_kind": m.kind,
+        "model_fingerprint": m.fingerprint(),
+        "embed_dim": m.embed_dim,
+        "feature_fingerprint": feature_fingerprint(m.pre.features),
+        "source": str(Path(args.shards).resolve())
+        if args.shards
+        else f"{Path(args.config).resolve()}#{args.corpus}",
+    }
     del m
 
     import ray
@@ -183,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-        x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x)}}
+    runtime_env = {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join(
+                x for x in (str(REPO), os.environ.get("PYTHONPATH", "")) if x
+            )
+        }
+    }
     init_kwargs: dict[str, Any] = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
     if not os.environ.get("RAY_ADDRESS"):  # `ray job submit` sets it: join the cluster
         init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus)
@@ -192,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     try:
         actor = ray.remote(num_cpus=1)(Worker)
-        pool = ActorPool([actor.remote(args.model, args.device, args.batch_size)
-                          for _ in range(max(1, min(args.workers, len(jobs))))])
+        pool = ActorPool(
+            [
+                actor.remote(args.model, args.device, args.batch_size)
+                for _ in range(max(1, min(args.workers, len(jobs))))
+            ]
+        )
         results = pool.map_unordered(lambda a, job: getattr(a, job[0]).remote(*job[1]), jobs)
         for got, bad in tqdm(results, total=len(jobs), desc="embed", unit="task", disable=None):
             rows.extend(got)
@@ -202,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     out = Path(args.out)
     write_index(out, rows, errors, info)
-    log.info("embedded %d rows (%d errors) in %.1fs", len(rows), len(errors),
-             time.perf_counter() - t0)
+    log.info(
+        "embedded %d rows (%d errors) in %.1fs", len(rows), len(errors), time.perf_counter() - t0
+    )
     print(f"index: {out / EMBEDDINGS} ({len(rows)} rows, {len(errors)} errors in {out / ERRORS})")
     return 0
 

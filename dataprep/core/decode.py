@@ -187,4 +187,3 @@ def decode(
     else:
         head = data[:16]
     raise AudioError(_sniff(head), f"{uri}: " + "; ".join(errors))
-

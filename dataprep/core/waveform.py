@@ -115,7 +115,6 @@ def resample(wave: np.ndarray, orig_hz: int, target_hz: int) -> np.ndarray:
     return out.numpy()
 
 
-
 # ------------------------------------------------------------------------------ one waveform
 
 
@@ -160,7 +159,9 @@ def as_frames(array: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def gain_for(wave: np.ndarray, sample_rate_hz: int, audio: AudioConfig) -> tuple[float, float, float]:
+def gain_for(
+    wave: np.ndarray, sample_rate_hz: int, audio: AudioConfig
+) -> tuple[float, float, float]:
     """``(gain, lufs, peak)`` of the build's loudness normalization: ``audio.target_lufs`` (or
     peak normalization when it is None), never above ``audio.peak_limit``, never on silence."""
     lufs = loudness_lufs(wave, sample_rate_hz)
@@ -194,7 +195,12 @@ def load_waveform(
     if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
         name = name or str(src)
         dec = decode(str(src), start_s, end_s, limit_s)
-        raw, rate, header, truncated = dec.samples, dec.sample_rate_hz, dec.header_duration_s, dec.truncated
+        raw, rate, header, truncated = (
+            dec.samples,
+            dec.sample_rate_hz,
+            dec.header_duration_s,
+            dec.truncated,
+        )
     else:
         name = name or "array"
         if source_rate_hz is None:
@@ -226,8 +232,19 @@ def load_waveform(
         gain, lufs, peak = 1.0, float("nan"), max(float(wave.max()), -float(wave.min()))
     else:
         gain, lufs, peak = gain_for(wave, sample_rate_hz, audio)
-    return Waveform(wave, sample_rate_hz, gain, lufs, peak, source_peak, clip_ratio, rate,
-                    raw.shape[0] / rate, header, truncated)
+    return Waveform(
+        wave,
+        sample_rate_hz,
+        gain,
+        lufs,
+        peak,
+        source_peak,
+        clip_ratio,
+        rate,
+        raw.shape[0] / rate,
+        header,
+        truncated,
+    )
 
 
 # ---------------------------------------------------------------------- windows for embedding
@@ -263,8 +280,13 @@ def mel_windows(mel: np.ndarray, max_frames: int) -> list[np.ndarray]:
 
 
 def feature_windows(
-    wave: np.ndarray, sample_rate_hz: int, featurizer: Any, *, segment_s: float,
-    overlap_s: float, max_frames: int,
+    wave: np.ndarray,
+    sample_rate_hz: int,
+    featurizer: Any,
+    *,
+    segment_s: float,
+    overlap_s: float,
+    max_frames: int,
 ) -> list[tuple[float, float, np.ndarray]]:
     """``(start_s, end_s, features)`` per model input of a whole normalized waveform: segments
     as the build cuts them, each featurized, each feature cut by :func:`mel_windows`."""

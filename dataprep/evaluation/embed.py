@@ -17,13 +17,15 @@ import torch
 
 from dataprep.core.waveform import mel_windows as windows
 from dataprep.evaluation.data import EvalItem
-from model.api import encode_windows
+from model.inference import encode_windows
 from model.prompts import ensemble
 from model.tokenizer import make_tokenize
 
 
 class Embedder:
-    def __init__(self, model: Any, cfg: Any, tokenizer: Any, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(
+        self, model: Any, cfg: Any, tokenizer: Any, batch_size: int = 32, device: str = "cpu"
+    ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.tokenizer = tokenizer

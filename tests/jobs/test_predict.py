@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from hf_helpers import tiny_clap  # noqa: E402
+from hf_helpers import tiny_clap
 
 REPO = Path(__file__).resolve().parents[2]
 PREDICT = [sys.executable, str(REPO / "jobs" / "predict.py")]
@@ -45,14 +45,33 @@ def folder(tmp_path, corpora_root):
 
 
 def _run(args, env):
-    return subprocess.run([*PREDICT, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=REPO)
+    return subprocess.run(
+        [*PREDICT, *map(str, args)],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 def test_predict_folder_one_row_per_file(clap_dir, folder, tmp_path, subprocess_env):
     out = tmp_path / "preds.csv"
-    r = _run(["--model", clap_dir, "--labels", "dog barking,rain,a person speaking",
-              "--top-k", "2", "--out", out, folder], subprocess_env)
+    r = _run(
+        [
+            "--model",
+            clap_dir,
+            "--labels",
+            "dog barking,rain,a person speaking",
+            "--top-k",
+            "2",
+            "--out",
+            out,
+            folder,
+        ],
+        subprocess_env,
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     audio = sorted(p for p in folder.rglob("*") if p.suffix in {".wav", ".mp3"})
@@ -71,12 +90,30 @@ def test_predict_folder_one_row_per_file(clap_dir, folder, tmp_path, subprocess_
 def test_predict_manifest_jsonl_and_templates(clap_dir, folder, tmp_path, subprocess_env):
     manifest = tmp_path / "list.jsonl"
     names = sorted(p.name for p in folder.glob("*.wav"))
-    manifest.write_text("".join(json.dumps({"audio_filepath": f"unlabelled/{n}"}) + "\n"
-                                for n in names))
+    manifest.write_text(
+        "".join(json.dumps({"audio_filepath": f"unlabelled/{n}"}) + "\n" for n in names)
+    )
     out = tmp_path / "preds.jsonl"
-    r = _run(["--model", clap_dir, "--labels", "dog,rain", "--templates", "the sound of {}|{}",
-              "--templates", "ein {}", "--lang", "en", "--lang", "de", "--out", out, manifest],
-             subprocess_env)
+    r = _run(
+        [
+            "--model",
+            clap_dir,
+            "--labels",
+            "dog,rain",
+            "--templates",
+            "the sound of {}|{}",
+            "--templates",
+            "ein {}",
+            "--lang",
+            "en",
+            "--lang",
+            "de",
+            "--out",
+            out,
+            manifest,
+        ],
+        subprocess_env,
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [Path(x["file"]).name for x in rows] == names
@@ -85,13 +122,18 @@ def test_predict_manifest_jsonl_and_templates(clap_dir, folder, tmp_path, subpro
     assert all(abs(sum(t["score"] for t in x["top"]) - 1.0) < 1e-4 for x in ok)
 
 
-@pytest.mark.parametrize("labels, match", [
-    ("dog,rain,dog", "duplicate labels"),
-    ("dog,,rain", "empty label at position"),
-])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ("dog,rain,dog", "duplicate labels"),
+        ("dog,,rain", "empty label at position"),
+    ],
+)
 def test_bad_labels_exit_2_one_line(clap_dir, folder, tmp_path, subprocess_env, labels, match):
-    r = _run(["--model", clap_dir, "--labels", labels, "--out", tmp_path / "p.csv", folder],
-             subprocess_env)
+    r = _run(
+        ["--model", clap_dir, "--labels", labels, "--out", tmp_path / "p.csv", folder],
+        subprocess_env,
+    )
     assert r.returncode == 2
     assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.csv").exists()
@@ -106,10 +148,14 @@ def test_wrong_model_dirs_exit_2_one_line(clap_dir, folder, tmp_path, subprocess
     for f in clap_dir.iterdir():
         (wrong / f.name).symlink_to(f)
     (wrong / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
-    for model, match in ((bert, "a transformers 'bert' directory"),
-                         (wrong, "differ from the htsat preset"),
-                         (tmp_path / "missing", "not a local directory")):
-        r = _run(["--model", model, "--labels", "dog,rain", "--out", tmp_path / "p.csv", folder],
-                 subprocess_env)
+    for model, match in (
+        (bert, "a transformers 'bert' directory"),
+        (wrong, "differ from the htsat preset"),
+        (tmp_path / "missing", "not a local directory"),
+    ):
+        r = _run(
+            ["--model", model, "--labels", "dog,rain", "--out", tmp_path / "p.csv", folder],
+            subprocess_env,
+        )
         assert r.returncode == 2, r.stderr
         assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

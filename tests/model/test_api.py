@@ -40,8 +40,11 @@ def m(clap_dir):
 
 def _clips(corpora_root: Path) -> list[Path]:
     esc = sorted((corpora_root / "esc50_mini" / "audio").glob("*.wav"))[:2]
-    caps = sorted(p for p in (corpora_root / "audiocaps_mini" / "audio").rglob("*")
-                  if p.suffix in {".wav", ".flac", ".ogg", ".mp3"})[:1]
+    caps = sorted(
+        p
+        for p in (corpora_root / "audiocaps_mini" / "audio").rglob("*")
+        if p.suffix in {".wav", ".flac", ".ogg", ".mp3"}
+    )[:1]
     cv = sorted((corpora_root / "commonvoice_mini").rglob("*.mp3"))[:1]
     return esc + caps + cv
 
@@ -82,8 +85,9 @@ def test_zero_shot_similarity_and_bad_items(m, corpora_root, tmp_path):
     empty.write_bytes(b"")
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"this is not audio at all" * 10)
-    probs, errors = m.zero_shot([paths[0], empty, paths[1], junk], ["dog barking", "rain"],
-                                return_errors=True)
+    probs, errors = m.zero_shot(
+        [paths[0], empty, paths[1], junk], ["dog barking", "rain"], return_errors=True
+    )
     assert probs.shape == (4, 2)
     np.testing.assert_allclose(probs[[0, 2]].sum(axis=1), 1.0, rtol=1e-5)
     assert np.isnan(probs[1]).all() and np.isnan(probs[3]).all()
@@ -93,10 +97,10 @@ def test_zero_shot_similarity_and_bad_items(m, corpora_root, tmp_path):
     # the zero-shot probabilities are the softmax of the scaled cosine to the prompt ensembles
     ce = m.class_embeddings(["dog barking", "rain"])
     logits = m.embed_audio(paths[:1]) @ ce.T * float(m.net.logit_scale().detach())
-    np.testing.assert_allclose(probs[0], torch.softmax(torch.from_numpy(logits), -1)[0],
-                               rtol=1e-5)
-    multi = m.zero_shot(paths[:1], ["dog", "rain"], templates={"en": ["a {}"], "de": ["ein {}"]},
-                        langs=["de"])
+    np.testing.assert_allclose(probs[0], torch.softmax(torch.from_numpy(logits), -1)[0], rtol=1e-5)
+    multi = m.zero_shot(
+        paths[:1], ["dog", "rain"], templates={"en": ["a {}"], "de": ["ein {}"]}, langs=["de"]
+    )
     assert multi.shape == (1, 2)
 
 
@@ -119,8 +123,9 @@ def test_no_trim_and_long_audio_windows(m, corpora_root):
     x, sr = sf.read(str(clip), dtype="float32")
     spans = [(s, e) for s, e, _ in m.inputs(str(clip), name=str(clip))]
     assert spans == [(0.0, pytest.approx(len(x) / sr, abs=1e-3))]
-    built = audio.load_segments(SampleRef(corpus="esc50", source_id="x", audio=str(clip)),
-                                AudioConfig(), 48000)
+    built = audio.load_segments(
+        SampleRef(corpus="esc50", source_id="x", audio=str(clip)), AudioConfig(), 48000
+    )
     assert sum(s.duration_s for s in built) <= len(x) / sr  # the build may trim; inference not
     long = np.concatenate([x] * 9)  # 27 s at the clip's own rate, passed as an array
     wins = m.embed_audio([long], sample_rate=sr, per_window=True)[0]
@@ -128,11 +133,13 @@ def test_no_trim_and_long_audio_windows(m, corpora_root):
     np.testing.assert_allclose(wins.starts_s, [0.0, 10.0, 17.0], atol=1e-6)
     np.testing.assert_allclose(wins.ends_s, [10.0, 20.0, 27.0], atol=1e-6)
     mean = wins.embeddings.mean(axis=0)
-    np.testing.assert_allclose(m.embed_audio(long, sample_rate=sr)[0],
-                               mean / np.linalg.norm(mean), atol=1e-6)
+    np.testing.assert_allclose(
+        m.embed_audio(long, sample_rate=sr)[0], mean / np.linalg.norm(mean), atol=1e-6
+    )
     stereo = np.stack([x, x], axis=1)  # frames x channels: same as mono
-    np.testing.assert_allclose(m.embed_audio([stereo], sample_rate=sr),
-                               m.embed_audio([x], sample_rate=sr), atol=1e-6)
+    np.testing.assert_allclose(
+        m.embed_audio([stereo], sample_rate=sr), m.embed_audio([x], sample_rate=sr), atol=1e-6
+    )
 
 
 def test_not_a_model_dir_is_one_clear_error(tmp_path, clap_dir):

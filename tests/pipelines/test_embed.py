@@ -18,15 +18,22 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from hf_helpers import tiny_clap  # noqa: E402
+from hf_helpers import tiny_clap
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "test_small.yaml"
 
 
 def _run(cmd, env, timeout=600):
-    return subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, *map(str, cmd)],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +55,22 @@ def other_clap(clap_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, subprocess_env):
     out = tmp_path_factory.mktemp("shards") / "htsat"
-    r = _run(["pipelines/build_shards.py", "--config", CONFIG, "--out", out, "--num-cpus", "2",
-              "features.preset=htsat", "features.dtype=float32", "build.augment.templates=false"],
-             subprocess_env, timeout=900)
+    r = _run(
+        [
+            "pipelines/build_shards.py",
+            "--config",
+            CONFIG,
+            "--out",
+            out,
+            "--num-cpus",
+            "2",
+            "features.preset=htsat",
+            "features.dtype=float32",
+            "build.augment.templates=false",
+        ],
+        subprocess_env,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -62,13 +82,32 @@ def test_embed_shards_one_row_per_key(shards, clap_dir, tmp_path, subprocess_env
     from model import CLAP
 
     out = tmp_path / "index"
-    r = _run(["pipelines/embed.py", "--model", clap_dir, "--shards", shards, "--out", out,
-              "--workers", "2", "--num-cpus", "2"], subprocess_env)
+    r = _run(
+        [
+            "pipelines/embed.py",
+            "--model",
+            clap_dir,
+            "--shards",
+            shards,
+            "--out",
+            out,
+            "--workers",
+            "2",
+            "--num-cpus",
+            "2",
+        ],
+        subprocess_env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     table = pq.read_table(out / "embeddings.parquet")
     keys = table.column("key").to_pylist()
-    samples = {s["__key__"]: s for split in ("train", "val", "test") if (shards / split).is_dir()
-               for t in shard_paths(shards / split) for s in iter_shard(t)}
+    samples = {
+        s["__key__"]: s
+        for split in ("train", "val", "test")
+        if (shards / split).is_dir()
+        for t in shard_paths(shards / split)
+        for s in iter_shard(t)
+    }
     assert sorted(keys) == sorted(samples) and len(set(keys)) == len(keys)
     info = json.loads((out / "index.json").read_text())
     m = CLAP.from_pretrained(clap_dir, device="cpu")
@@ -80,8 +119,10 @@ def test_embed_shards_one_row_per_key(shards, clap_dir, tmp_path, subprocess_env
 
 
 def test_embed_refuses_features_of_another_model(shards, other_clap, tmp_path, subprocess_env):
-    r = _run(["pipelines/embed.py", "--model", other_clap, "--shards", shards, "--out",
-              tmp_path / "x"], subprocess_env)
+    r = _run(
+        ["pipelines/embed.py", "--model", other_clap, "--shards", shards, "--out", tmp_path / "x"],
+        subprocess_env,
+    )
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert "feature fingerprint mismatch" in line and "f_max_hz: 8000.0 != 14000.0" in line
@@ -89,15 +130,35 @@ def test_embed_refuses_features_of_another_model(shards, other_clap, tmp_path, s
 
 def test_corpus_index_and_search(clap_dir, other_clap, tmp_path, subprocess_env, corpora_root):
     out = tmp_path / "index"
-    r = _run(["pipelines/embed.py", "--model", clap_dir, "--config", CONFIG, "--corpus", "esc50",
-              "--out", out, "--workers", "1", "--num-cpus", "1", "--chunk", "8"], subprocess_env)
+    r = _run(
+        [
+            "pipelines/embed.py",
+            "--model",
+            clap_dir,
+            "--config",
+            CONFIG,
+            "--corpus",
+            "esc50",
+            "--out",
+            out,
+            "--workers",
+            "1",
+            "--num-cpus",
+            "1",
+            "--chunk",
+            "8",
+        ],
+        subprocess_env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((out / "index.json").read_text())
     assert info["rows"] == 16 and info["errors"] == 0  # max_items: 16 in test_small.yaml
     sources = pq.read_table(out / "embeddings.parquet").column("source").to_pylist()
     query = sorted(sources)[3]
-    r = _run(["jobs/search.py", "--index", out, "--audio", query, "--text", "a dog barks",
-              "--k", "3"], subprocess_env)
+    r = _run(
+        ["jobs/search.py", "--index", out, "--audio", query, "--text", "a dog barks", "--k", "3"],
+        subprocess_env,
+    )
     assert r.returncode == 0, r.stderr
     hits = [json.loads(x) for x in r.stdout.splitlines()]
     audio_hits = [h for h in hits if h["query"].startswith("audio:")]
@@ -107,6 +168,7 @@ def test_corpus_index_and_search(clap_dir, other_clap, tmp_path, subprocess_env,
     assert audio_hits[0]["source"] == query and audio_hits[0]["score"] > 0.9999
     assert [h["rank"] for h in text_hits] == [1, 2, 3]
     assert text_hits[0]["score"] >= text_hits[1]["score"] >= text_hits[2]["score"]
-    r = _run(["jobs/search.py", "--index", out, "--model", other_clap, "--text", "rain"],
-             subprocess_env)
+    r = _run(
+        ["jobs/search.py", "--index", out, "--model", other_clap, "--text", "rain"], subprocess_env
+    )
     assert r.returncode == 2 and "was embedded with" in r.stderr

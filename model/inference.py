@@ -1,0 +1,124 @@
+"""Inference building blocks behind :class:`model.api.CLAP`, shared with the evaluator.
+
+:func:`encode_windows` is the one batching of feature windows into audio embeddings (the
+evaluation harness's ``Embedder`` and the API both call it); :func:`clap_features` is the
+preprocessing an imported transformers ``ClapModel`` directory carries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dataprep.core.config import AudioConfig, FeatureConfig
+
+
+class ModelDirError(ValueError):
+    """A directory that is not a polyclap export or a transformers ClapModel (one line)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns a file into model inputs (the model's, saved with it)."""
+
+    features: FeatureConfig
+    audio: AudioConfig | None  # loudness normalization; None: none (imported LAION-CLAP)
+    segment_s: float  # long audio is cut into segments of this length (build.audio.max_segment_s)
+    overlap_s: float
+    max_frames: int  # each segment's features in windows of at most this many frames
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """An input that could not be embedded: its position, name and why."""
+
+    index: int
+    name: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Windows:
+    """``per_window=True``: one embedding per model input of a clip, with its time span."""
+
+    embeddings: np.ndarray  # [W, D]
+    starts_s: np.ndarray
+    ends_s: np.ndarray
+
+
+def as_list(x: Any) -> list[Any]:
+    if isinstance(x, (str, os.PathLike)) or (
+        isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 1
+    ):
+        return [x]
+    return list(x)
+
+
+@torch.no_grad()
+def encode_windows(
+    net: Any, windows: Sequence[np.ndarray], batch_size: int, device: Any, progress: bool = False
+) -> np.ndarray:
+    """``[N, D]`` audio embeddings of feature windows ``[n_mels, t]``, zero-padded per batch
+    with their true lengths (the evaluator's and inference's one batching)."""
+    out = []
+    steps = range(0, len(windows), batch_size)
+    for b in tqdm(steps, desc="audio", unit="batch", disable=not progress):
+        chunk = windows[b : b + batch_size]
+        width = max(w.shape[1] for w in chunk)
+        mel = np.zeros((len(chunk), chunk[0].shape[0], width), dtype=np.float32)
+        for j, w in enumerate(chunk):
+            mel[j, :, : w.shape[1]] = w
+        lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long, device=device)
+        emb = net.encode_audio(torch.from_numpy(mel).to(device), lengths)
+        out.append(emb.float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def transformers_model_type(path: Path) -> str | None:
+    """The ``model_type`` of a transformers directory's config.json, else None."""
+    f = path / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("model_type") if isinstance(data, dict) else None
+
+
+def clap_features(path: Path) -> FeatureConfig:
+    """The htsat preset of a ClapModel directory: its ``preprocessor_config.json`` (if saved)
+    sets the mel bins and band; any other extractor setting the preset fixes must agree."""
+    f = path / "preprocessor_config.json"
+    pre = json.loads(f.read_text()) if f.is_file() else {}
+    fields: dict[str, Any] = {"preset": "htsat", "dtype": "float32"}
+    for ours, theirs in (
+        ("n_mels", "feature_size"),
+        ("f_min_hz", "frequency_min"),
+        ("f_max_hz", "frequency_max"),
+    ):
+        if theirs in pre:
+            fields[ours] = pre[theirs]
+    fixed = {
+        "sampling_rate": 48000,
+        "hop_length": 480,
+        "fft_window_size": 1024,
+        "truncation": "rand_trunc",
+        "padding": "repeatpad",
+    }
+    bad = {k: pre[k] for k, want in fixed.items() if k in pre and pre[k] != want}
+    if bad:
+        raise ModelDirError(f"{f}: {bad} differ from the htsat preset {fixed} (LAION-CLAP's)")
+    if not math.isfinite(float(fields.get("f_max_hz", 14000.0))):
+        raise ModelDirError(f"{f}: frequency_max is not finite")
+    return FeatureConfig(**fields)
