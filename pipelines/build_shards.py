@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 
-from dataprep.core.config import ConfigError, check_local_out  # noqa: E402
-from dataprep.corpora import validate_corpora  # noqa: E402
+from dataprep.build.plan import BuildError, check_inputs  # noqa: E402
+from dataprep.core.config import ConfigError  # noqa: E402
 from model.config import load_config  # noqa: E402  (the whole file is validated, as every entry point does)
 
 log = logging.getLogger("polyclap.build")
@@ -47,41 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         # Reader names and options are typed per reader: a typo fails here, before Ray starts.
-        validate_corpora(cfg)
+        out = check_inputs(cfg, args.out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        out = Path(check_local_out(args.out or cfg.build.out))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    missing = [c for c in (*cfg.build.corpora, *cfg.build.eval_corpora) if "://" not in c.root and not Path(c.root).exists()]
-    if missing:
-        for c in missing:
-            print(f"error: corpus {c.name!r}: root path does not exist: {c.root}", file=sys.stderr)
-        return 2
 
-    import ray
-
-    from dataprep.build.executor import BuildError, run_build
+    from dataprep.build.executor import build_on_ray
 
     t0 = time.perf_counter()
-    # Inside `ray job submit` RAY_ADDRESS is set and ray.init() joins the cluster; in a plain
-    # script it starts an embedded local Ray. Workers must import this repo's packages.
-    repo = str(Path(__file__).resolve().parents[1])
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}}
-    init_kwargs: dict = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
-    if not os.environ.get("RAY_ADDRESS"):
-        init_kwargs.update(include_dashboard=False, num_cpus=args.num_cpus)
-    ray.init(**init_kwargs)
     try:
-        record = run_build(cfg, out)
+        record = build_on_ray(cfg, out, num_cpus=args.num_cpus)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    finally:
-        ray.shutdown()
     total = sum(c["samples"] for c in record["counts"].values())
     rej = sum(c["rejects"] for c in record["counts"].values())
     log.info("built %d samples (%d inputs rejected, reasons in rejects.parquet) in %.1fs", total, rej, time.perf_counter() - t0)

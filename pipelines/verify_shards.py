@@ -59,18 +59,35 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         print("error: --repair needs --config (the config the set was built with)", file=sys.stderr)
         return 2
-    from dataprep.build.finalize import PARTS
+    return repair(out, broken, args.config, args.overrides)
 
+
+def repair(out: Path, broken: dict[str, list[str]], config: str, overrides: list[str]) -> int:
+    """Rebuild the broken shards with the library's build (a resumed build redoes exactly the
+    shards whose part record is gone), then verify again."""
+    from dataprep.build.finalize import part_path
+    from dataprep.build.plan import BuildError, check_inputs
+    from dataprep.core.config import ConfigError
+    from model.config import load_config  # the whole experiment file, as build_shards reads it
+
+    try:
+        cfg = load_config(config, overrides)
+        check_inputs(cfg, str(out))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for split, names in broken.items():
         for name in names:
             # Removing the part record marks the shard unfinished; the builder redoes only it.
-            (out / split / PARTS / (name.removesuffix(".tar") + ".json")).unlink(missing_ok=True)
+            part_path(out, split, name).unlink(missing_ok=True)
             print(f"repair: rebuilding {split}/{name}")
-    import build_shards  # the sibling entry script: same code path as a normal (resumed) build
+    from dataprep.build.executor import build_on_ray
 
-    rc = build_shards.main(["--config", args.config, "--out", str(out), *args.overrides])
-    if rc != 0:
-        return rc
+    try:
+        build_on_ray(cfg, out)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     problems, _, counts = report(out)
     for prob in problems:
         print(f"problem after repair: {prob}")

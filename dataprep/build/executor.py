@@ -201,3 +201,26 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     record = _record(cfg, plan, counts, parts, timings, len(todo), eval_rejects)
     atomic.atomic_write_json(out / shards.BUILD_JSON, record)
     return record
+
+
+def build_on_ray(
+    cfg: DataConfig, out: str | os.PathLike[str], num_cpus: int | None = None
+) -> dict[str, Any]:
+    """:func:`run_build` on Ray: inside ``ray job submit`` (``RAY_ADDRESS`` set) it joins that
+    cluster, otherwise it starts an embedded local Ray with ``num_cpus``; shut down afterwards.
+    Workers import this checkout's packages (its root is put on their ``PYTHONPATH``)."""
+    import dataprep
+
+    repo = str(Path(dataprep.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    init_kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": {"PYTHONPATH": path}},
+        "logging_level": logging.WARNING,
+    }
+    if not os.environ.get("RAY_ADDRESS"):
+        init_kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    ray.init(**init_kwargs)
+    try:
+        return run_build(cfg, out)
+    finally:
+        ray.shutdown()

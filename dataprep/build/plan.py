@@ -16,7 +16,7 @@ from typing import Any
 
 from dataprep.build.manifest import ref_from_row
 from dataprep.core import atomic, features, shards
-from dataprep.core.config import DataConfig, config_to_dict
+from dataprep.core.config import ConfigError, DataConfig, check_local_out, config_to_dict
 from dataprep.core.sample import SPLITS
 from dataprep.process import assign_split
 
@@ -27,6 +27,26 @@ FLAC_BYTES_PER_SAMPLE = 1.2  # flac of 16-bit PCM, bytes per audio sample
 
 class BuildError(RuntimeError):
     """A problem that stops the build (bad config, mixing outputs), with a user-facing message."""
+
+
+def check_inputs(cfg: DataConfig, out: str | None = None) -> Path:
+    """The checks a build (or a repair) makes before any work or Ray: reader names and options,
+    a local output path (``out`` or ``build.out``), every local corpus root present. Returns the
+    output directory; raises :class:`ConfigError` naming every problem."""
+    from dataprep.corpora import validate_corpora
+
+    validate_corpora(cfg)
+    try:
+        out_dir = Path(check_local_out(out or cfg.build.out))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    corpora = (*cfg.build.corpora, *cfg.build.eval_corpora)
+    missing = [c for c in corpora if "://" not in c.root and not Path(c.root).exists()]
+    if missing:
+        raise ConfigError(
+            "; ".join(f"corpus {c.name!r}: root path does not exist: {c.root}" for c in missing)
+        )
+    return out_dir
 
 
 @dataclass(frozen=True)
