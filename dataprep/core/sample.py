@@ -8,7 +8,8 @@ builder turns each into one or more samples (plain dicts keyed by WebDataset ext
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -91,6 +92,22 @@ def is_text_reject(r: Reject | Mapping[str, Any]) -> bool:
     """Whether a reject (or its ``rejects.parquet`` row) is a dropped generated text."""
     stage = r.stage if isinstance(r, Reject) else r.get("stage")
     return stage == TEXT_REJECT_STAGE
+
+
+def reject_counts(rows: Iterable[Reject | Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts for a build summary: rejected inputs and rejected generated texts, apart (a build
+    of 90 samples with 142 rejected LLM texts has not rejected 142 inputs)."""
+    inputs: Counter[str] = Counter()
+    texts: Counter[str] = Counter()
+    for r in rows:
+        reason = r.reason if isinstance(r, Reject) else str(r.get("reason"))
+        (texts if is_text_reject(r) else inputs)[reason] += 1
+    return {
+        "rejects": sum(inputs.values()),
+        "reject_reasons": dict(inputs),
+        "text_rejects": sum(texts.values()),
+        "text_reject_reasons": dict(texts),
+    }
 
 
 class TextEntry(TypedDict):
