@@ -61,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     total = sum(c["samples"] for c in record["counts"].values())
     rej = sum(c["rejects"] for c in record["counts"].values())
-    log.info("built %d samples (%d inputs rejected, reasons in rejects.parquet) in %.1fs", total, rej, time.perf_counter() - t0)
+    text_rej = sum(c.get("text_rejects", 0) for c in record["counts"].values())
+    log.info("built %d samples (%d inputs rejected, %d generated texts rejected; reasons in rejects.parquet) in %.1fs",
+             total, rej, text_rej, time.perf_counter() - t0)
     for split, c in sorted(record["counts"].items()):
-        print(f"shards[{split}]: {out / split} ({c['samples']} samples, {c['rejects']} rejects)")
+        print(f"shards[{split}]: {out / split} ({c['samples']} samples, {c['rejects']} inputs rejected, "
+              f"{c.get('text_rejects', 0)} generated texts rejected)")
     print(f"build record: {out / 'build.json'}")
     return 0
 

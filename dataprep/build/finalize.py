@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from dataprep.build.manifest import REJECT_SCHEMA, write_table
 from dataprep.build.plan import Plan, ShardTask
 from dataprep.core import atomic, shards
 from dataprep.core.config import DedupConfig
+from dataprep.core.sample import reject_counts
 
 PARTS = ".parts"
 # Held-out splits first: a clip in both test and train is contamination, so the TRAIN copy
@@ -122,8 +122,8 @@ def finalize_split(
     atomic.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
     return {
         "samples": total - len(split_excluded),
-        "rejects": len(reject_rows),
-        "reject_reasons": dict(Counter(r["reason"] for r in reject_rows)),
+        # rejected inputs and rejected generated texts (LLM...) apart: a text reject keeps its sample
+        **reject_counts(reject_rows),
     }
 
 

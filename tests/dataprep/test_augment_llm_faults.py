@@ -247,6 +247,15 @@ def test_real_build_with_a_dying_server_finishes_and_a_rerun_reuses_the_cache(
 
     first = build(srv.url, tmp_path / "b1")
     assert first.returncode == 0, first.stderr[-3000:]
+    # build.json and the summary count rejected inputs and rejected generated texts apart
+    rows = _rejects(tmp_path / "b1")
+    counts = json.loads((tmp_path / "b1" / "build.json").read_text())["counts"].values()
+    n_text = sum(r["stage"] == "augment" for r in rows)
+    assert sum(c["text_rejects"] for c in counts) == n_text > 0
+    assert sum(c["rejects"] for c in counts) == len(rows) - n_text
+    assert f"{sum(c['rejects'] for c in counts)} inputs rejected, {n_text} generated texts" in (
+        first.stderr
+    )
     assert srv.proc.wait(timeout=10) == 3 and len(srv.requests()) == die_after + 1
     rej1 = [r for r in _rejects(tmp_path / "b1") if r["stage"] == "augment"]
     reasons = Counter(r["reason"] for r in rej1)
