@@ -130,3 +130,34 @@ def test_preset_conflicts_are_one_clear_error():
         FeatureConfig(preset="ast", multirate_hops=(320,))
     # free fields keep an explicit value: Whisper large-v3 has 128 mel bins
     assert FeatureConfig(preset="whisper", n_mels=128).n_mels == 128
+
+
+@pytest.mark.parametrize("preset", ["htsat", "whisper", "ast"])
+def test_the_shard_builder_stores_the_extractors_output(corpora_root, preset):
+    """The real SampleProcessor (the body of a shard task) on real ESC-50-layout clips: each
+    sample's stored ``mel.npy`` is the tower's extractor output on the waveform the builder
+    featurized (captured by wrapping the processor's own featurizer), in the shard dtype, and
+    the sample records the preset's fingerprint."""
+    from dataprep.core.config import CorpusConfig, DataConfig
+    from dataprep.core.sample import MEL, META
+    from dataprep.corpora import read_corpus
+    from dataprep.process import SampleProcessor
+
+    cfg = DataConfig.model_validate({"features": {"preset": preset, "dtype": "float32"},
+                                     "build": {"dedup": {"exact": False, "near": False}}})
+    refs = [r for r in read_corpus(CorpusConfig(name="esc", reader="esc50",
+                                                root=str(corpora_root / "esc50_mini")))][:2]
+    proc = SampleProcessor(cfg, augment=False)
+    seen: list[np.ndarray] = []
+    featurize = proc.logmel
+    proc.logmel = lambda w: (seen.append(np.array(w, copy=True)), featurize(w))[1]
+    try:
+        samples = [s for ref in refs for s in proc(ref, "train").samples]
+    finally:
+        proc.close()
+    assert len(samples) == len(seen) >= 2
+    ref_fn = _reference(cfg.features)
+    for sample, wave in zip(samples, seen):
+        assert sample[MEL].shape == SHAPE[preset] and sample[MEL].dtype == np.float32
+        assert np.abs(sample[MEL] - ref_fn(wave)).max() <= BOUND[preset]
+        assert sample[META]["feature_fingerprint"] == feature_fingerprint(cfg.features)
