@@ -184,3 +184,53 @@ def test_readme_snippet_runs_verbatim(clap_dir, corpora_root, tmp_path, monkeypa
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the documented snippet
     probs = scope["probs"]
     assert probs.shape == (1, 2) and abs(float(probs.sum()) - 1.0) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_polyclap():
+    """A TINY RANDOM polyclap model (1-layer patch transformer on the default log-mel, the real
+    packaged MiniLM text tower), wrapped as the API wraps an export."""
+    from dataprep.core.config import FeatureConfig
+    from model.clap import build_model
+    from model.config import AudioEncoderConfig, ModelConfig, TextEncoderConfig
+    from model.inference import Preprocessing
+    from model.tokenizer import MiniLMTokenizer, make_tokenize
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        audio=AudioEncoderConfig(dim=32, depth=1, heads=2, max_frames=256),
+        text=TextEncoderConfig(kind="minilm", max_len=32, freeze=True),
+        embed_dim=32,
+    )
+    net = build_model(cfg, 64)
+    pre = Preprocessing(FeatureConfig(), AudioConfig(), 10.0, 0.0, 256)
+    return CLAP(net, pre, make_tokenize(MiniLMTokenizer(), cfg.text), device="cpu")
+
+
+def test_polyclap_inference_does_not_trim(tiny_polyclap, corpora_root):
+    """The measured defect: the build's trim keeps 0.72 s of this 3-s ESC-50 clip; inference
+    embeds all 3 s (301 log-mel frames, two 256-frame windows), and a file equals its
+    decoded array."""
+    from dataprep import audio
+
+    clip = corpora_root / "esc50_mini" / "audio" / "1-248616-A-0.wav"
+    built = audio.load_segments(
+        SampleRef(corpus="esc50", source_id="x", audio=str(clip)), AudioConfig(), 16000
+    )
+    assert sum(s.duration_s for s in built) < 0.8
+    spans = [(a, b, m.shape) for a, b, m in tiny_polyclap.inputs(str(clip), name="clip")]
+    assert spans == [(0.0, 2.56, (64, 256)), (0.45, 3.0, (64, 256))]
+    x, sr = sf.read(str(clip), dtype="float32")
+    np.testing.assert_allclose(
+        tiny_polyclap.embed_audio([clip]), tiny_polyclap.embed_audio([x], sample_rate=sr), atol=1e-6
+    )
+    long = np.concatenate([x] * 9)  # 27 s: segments at 0, 10, 17 s, each in 256-frame windows
+    wins = tiny_polyclap.embed_audio(long, sample_rate=sr, per_window=True)[0]
+    assert wins.embeddings.shape == (12, 32)
+    # per segment: windows at frames 0, 256, 512 and the last one aligned to the segment's end
+    seg = [0.0, 2.56, 5.12, 7.45]
+    want = [s + o for o in (0.0, 10.0, 17.0) for s in seg]
+    np.testing.assert_allclose(wins.starts_s, want, atol=1e-6)
+    assert wins.ends_s[-1] == 27.0
+    probs = tiny_polyclap.zero_shot([clip], ["dog barking", "rain", "siren"])
+    assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
