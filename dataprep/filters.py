@@ -16,8 +16,9 @@ from dataclasses import replace
 
 from dataprep.audio import AudioError, Segment
 from dataprep.core.config import FilterConfig
+from dataprep.core.lang import same_language
 from dataprep.core.sample import Reject, SampleRef, ref_source
-from dataprep.text import detect_language, letter_ratio, same_language
+from dataprep.text import detect_language, letter_ratio
 
 # Tasks whose text is a transcript of the audio, so characters per second are meaningful.
 SPEECH_TASKS = {"asr", "speech", "transcript"}

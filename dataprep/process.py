@@ -7,7 +7,6 @@ training and evaluation audio go through the same code and the same feature fing
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from dataprep import dedup, filters
 from dataprep import text as text_mod
 from dataprep.core import features
 from dataprep.core.config import DataConfig
+from dataprep.core.hashing import stable_unit
 from dataprep.core.sample import (
     AUDIO,
     KIND_ORIGINAL,
@@ -55,8 +55,7 @@ def assign_split(ref: SampleRef, val_fraction: float, test_fraction: float, salt
         if mapped:
             return mapped
     unit = ref.speaker or ref.source_id
-    h = hashlib.sha1(f"{salt}\x00{ref.corpus}\x00{unit}".encode()).digest()
-    u = int.from_bytes(h[:8], "big") / 2**64
+    u = stable_unit(salt, ref.corpus, unit)
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:

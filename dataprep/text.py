@@ -20,6 +20,8 @@ from typing import Any
 
 import ftfy
 
+from dataprep.core.lang import base_lang
+
 # Dropped outright: zero-width space/no-break, word joiner, BOM, soft hyphen, bidi marks,
 # embeddings/overrides and isolates, Arabic letter mark, Mongolian vowel separator.
 _DROP = dict.fromkeys(
@@ -87,7 +89,7 @@ def normalize_text(text: str, lang: str | None = None, lowercase: bool = False) 
 
 
 def lower(text: str, lang: str | None) -> str:
-    if lang and lang.split("-")[0].lower() in _TURKIC:
+    if base_lang(lang) in _TURKIC:
         text = text.replace("I", "ı").replace("İ", "i")
     return text.lower()
 
@@ -131,8 +133,3 @@ def detect_language(
     return best.language.iso_code_639_1.name.lower(), float(best.value)
 
 
-def same_language(a: str | None, b: str | None) -> bool:
-    """Compare language tags by their base code (``zh-CN`` == ``zh``); unknown never differs."""
-    if not a or not b:
-        return True
-    return a.replace("_", "-").split("-")[0].lower() == b.replace("_", "-").split("-")[0].lower()

@@ -27,13 +27,13 @@ Terms:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dataprep.core.hashing import stable_hash
 from model.config import LossConfig
 
 
@@ -91,8 +91,7 @@ def loss_groups(groups: Tensor, labels: Sequence[Sequence[str]], cfg: LossConfig
     out = groups.clone()
     for i, lab in enumerate(labels):
         if lab:
-            blob = "\x00".join(["label", *sorted(set(lab))]).encode()
-            out[i] = int.from_bytes(hashlib.sha1(blob).digest()[:8], "little") >> 1
+            out[i] = stable_hash("label", *sorted(set(lab)))
     return out
 
 

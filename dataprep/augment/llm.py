@@ -51,7 +51,6 @@ counted in the log line :meth:`LLMAugmenter.close` writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -66,7 +65,9 @@ import yaml
 from dataprep.augment import validate as val
 from dataprep.augment.llm_client import BadReply, ChatClient, DiskCache, LLMError
 from dataprep.augment.llm_server import EmbeddedServer, llm_available
-from dataprep.augment.templates import base_lang, facts_of, load_templates
+from dataprep.augment.templates import facts_of, load_templates
+from dataprep.core.hashing import stable_seed
+from dataprep.core.lang import base_lang
 
 __all__ = ["ChatClient", "DiskCache", "EmbeddedServer", "LLMAugmenter", "LLMError", "llm_available"]
 
@@ -263,8 +264,7 @@ class LLMAugmenter:
 
 
 def _seed(*parts: Any) -> int:
-    h = hashlib.sha256("\x00".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+    return stable_seed(*parts) & 0x7FFFFFFF
 
 
 def _english_caption(meta: dict[str, Any], texts: list[dict[str, Any]]) -> str | None:

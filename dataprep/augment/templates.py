@@ -19,7 +19,6 @@ whose file lacks a label's translation gives no caption rather than a half-trans
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import random
 import re
@@ -29,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dataprep.core.hashing import stable_int
+from dataprep.core.lang import base_lang
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,9 @@ def norm_label(label: str) -> str:
     return label.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def base_lang(lang: str | None) -> str | None:
-    return lang.replace("_", "-").split("-")[0].lower() if lang else None
-
-
 def rng_for(seed: int, *parts: str) -> random.Random:
     """A private RNG from (seed, parts): same inputs, same draws, in any process."""
-    h = hashlib.sha256("\x00".join([str(seed), *parts]).encode()).digest()
-    return random.Random(int.from_bytes(h[:8], "big"))
+    return random.Random(stable_int(seed, *parts, algo="sha256"))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ outputs depend only on those inputs and callers' global RNG streams are left unt
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import re
@@ -48,6 +47,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from dataprep.core.hashing import stable_seed
+from dataprep.core.lang import base_lang
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def plan(name: str, text: str, lang: str | None) -> tuple[str, str] | None:
     present = scripts_in(text)
     if not present:
         return None
-    base = (lang or "").split("-")[0].lower()
+    base = base_lang(lang) or ""
     main = max(present, key=lambda k: present[k])
     if name == "keyboard":
         if _KEYBOARD_SCRIPT.get(base) in present:
@@ -152,8 +154,7 @@ def applies(name: str, text: str, lang: str | None) -> bool:
 
 
 def _seed_int(*parts: Any) -> int:
-    h = hashlib.sha256("\x00".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "big")
+    return stable_seed(*parts)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataprep.core.lang import base_lang
+
 log = logging.getLogger(__name__)
 
 _REFUSAL = re.compile(
@@ -184,7 +186,7 @@ def validate(
     ):
         # Small models echo the reply schema ("<one sentence>"), the instruction or its example.
         return caption, Verdict(False, "llm_copy", f"output echoes the prompt: {caption[:80]!r}")
-    exp = (expected_lang or "").split("-")[0].lower() or None
+    exp = base_lang(expected_lang)
     got_lang, conf = detect(caption, (*cfg.lid_langs, exp) if exp else tuple(cfg.lid_langs))
     checks["lang"], checks["lang_conf"] = got_lang, round(conf, 3)
     if cfg.check_language and exp and got_lang and got_lang != exp and conf >= 0.5:

@@ -260,13 +260,6 @@ def parse_float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def base_lang(code: str | None) -> str | None:
-    """``zh-CN`` -> ``zh``, ``pt_BR`` -> ``pt``, ``""`` -> None (codes stay lower case)."""
-    if not code or not str(code).strip():
-        return None
-    return re.split(r"[-_]", str(code).strip())[0].lower() or None
-
-
 class ReaderOptions(BaseModel):
     """A reader's ``options``: one frozen model per reader that forbids unknown keys, so a typo
     fails when the config loads (:func:`dataprep.corpora.validate_corpora`), before any work."""

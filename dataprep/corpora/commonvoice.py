@@ -22,12 +22,12 @@ import posixpath
 from collections.abc import Iterator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.lang import base_lang
 from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     CorpusRoot,
     ReaderOptions,
-    base_lang,
     parse_float,
     parse_options,
     read_table,

@@ -24,13 +24,13 @@ from typing import Any
 from pydantic import field_validator
 
 from dataprep.core.config import CorpusConfig
+from dataprep.core.lang import base_lang
 from dataprep.core.sample import SPLITS, Reject, SampleRef
 from dataprep.corpora import register
 from dataprep.corpora._common import (
     AUDIO_EXTENSIONS,
     CorpusRoot,
     ReaderOptions,
-    base_lang,
     parse_float,
     parse_options,
     read_jsonl,

@@ -10,7 +10,6 @@ Every item of the selected split is scored: one without features (undecodable au
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dataprep.core.hashing import stable_int
+from dataprep.core.lang import base_lang
 from dataprep.evaluation import metrics as M
 from dataprep.evaluation.data import EvalItem, load_eval_set, select
 from dataprep.evaluation.embed import Embedder
@@ -47,7 +48,7 @@ class TaskError(ValueError):
 
 
 def _h(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha1("\x00".join(map(str, parts)).encode()).digest()[:8], "big")
+    return stable_int(*parts)
 
 
 def _audio(emb: Embedder, items: list[EvalItem]) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +134,7 @@ def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder
     word as spoken (the transcript), templates in that language when the task has them."""
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        by_lang[(it.lang or "und").split("-")[0].lower()].append(i)
+        by_lang[base_lang(it.lang) or "und"].append(i)
     audio, ok = _audio(emb, items)
     temps = task.prompt_templates()
     correct = np.zeros(len(items))

@@ -5,7 +5,6 @@ Both raise ValueError on a bad sample; the loader hands that to its error policy
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +13,7 @@ import numpy as np
 
 from dataprep.core.config import FeatureConfig
 from dataprep.core.features import check_fingerprint
+from dataprep.core.hashing import stable_hash
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, TEXT
 from dataprep.core.tario import decode_npy
 
@@ -26,12 +26,6 @@ class PrepareSpec(Protocol):
     max_frames: int
     seed: int
     train: bool
-
-
-def stable_hash(*parts: Any) -> int:
-    """A 63-bit hash that is the same in every process and run (``hash()`` is salted)."""
-    blob = "\x00".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha1(blob).digest()[:8], "little") >> 1
 
 
 _EXPONENT = {

@@ -21,7 +21,6 @@ Definitions (the tests recount these from the tars):
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import re
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core.hashing import stable_int
 from dataprep.core.sample import (
     KIND_LLM_PREFIX,
     KIND_NLPAUG_PREFIX,
@@ -95,7 +95,7 @@ def snr_estimate_db(mel: np.ndarray) -> float:
 
 
 def _h64(s: str) -> int:
-    return int.from_bytes(hashlib.sha1(s.encode()).digest()[:8], "big")
+    return stable_int(s)
 
 
 @dataclass

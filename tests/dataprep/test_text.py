@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dataprep.text import detect_language, letter_ratio, lower, normalize_text, same_language
+from dataprep.core.lang import same_language
+from dataprep.text import detect_language, letter_ratio, lower, normalize_text
 
 
 @pytest.fixture(scope="session")
