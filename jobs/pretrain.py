@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from dataprep.core.config import ConfigError  # noqa: E402
+from dataprep.core.config import ConfigError, config_reference  # noqa: E402
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
 from model import finetune as ft  # noqa: E402
 from model import training as tr  # noqa: E402
@@ -57,7 +57,11 @@ log = logging.getLogger("pretrain")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (YAML sections, or section.key=value overrides):\n"
+        + config_reference(ExperimentConfig, ("model", "tokenizer", "train", "loader", "features")),
+    )
     ap.add_argument("--config", required=True, help="experiment YAML (sections features/model/train...)")
     ap.add_argument("--shards", help="shard set root (holds train/ [val/]); overrides loader.shards")
     ap.add_argument("--out", help="run directory; overrides train.out")

@@ -19,11 +19,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 
@@ -374,3 +379,36 @@ def load_config(
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
+
+
+def _type_name(ann: Any) -> str:
+    if get_origin(ann) is Literal:
+        return " | ".join(repr(a) for a in get_args(ann))
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann).replace("typing.", "").replace("model.config.", "")
+
+
+def config_reference(cls: type[BaseModel], sections: tuple[str, ...] | None = None) -> str:
+    """Every key of ``cls`` (or of its top-level ``sections``) as ``section.key: type = default``
+    lines, nested sections expanded: the reference entry scripts print in ``--help``."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            lines.append(f"  {key}: {_type_name(ann)} = {default!r}")
+
+    for name, info in cls.model_fields.items():
+        ann = info.annotation
+        if (sections is None or name in sections) and isinstance(ann, type) \
+                and issubclass(ann, BaseModel):
+            walk(ann, name + ".")
+    return "\n".join(lines)

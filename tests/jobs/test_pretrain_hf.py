@@ -104,3 +104,16 @@ def test_bad_init_and_preset_mismatch_exit_2_before_training(setup, subprocess_e
     assert p.returncode == 2
     assert "model.audio.kind=htsat reads features.preset=htsat" in p.stderr
     assert not os.path.exists(tmp_path / "o2" / "final")
+
+
+def test_help_lists_the_finetune_and_pretrained_tower_keys(subprocess_env):
+    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--help"], cwd=REPO,
+                       env=subprocess_env, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for line in ("model.init_from: str | None = None", "model.init_strict: bool = True",
+                 "train.finetune.text.unlocked_layers: int = 0",
+                 "train.finetune.audio.layer_decay: float = 1.0",
+                 "model.audio.kind: 'patch' | 'htsat' | 'whisper' | 'ast' = 'patch'",
+                 "features.preset: 'logmel' | 'htsat' | 'whisper' | 'ast' = 'logmel'"):
+        assert line in p.stdout, line
