@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
+from dataprep.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,8 @@ def _barrier() -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def config_yaml(cfg: Any) -> bytes:
