@@ -27,7 +27,9 @@ template caption), ``caption`` a clip from its facts (labels, emotion, gender, t
   (fallback: templates and originals).
 - **Server**: ``server: external`` talks to ``base_url`` (e.g. vLLM on the GPU nodes, see
   ``infra/``); ``server: embedded``: :mod:`dataprep.augment.llm_server` (llama.cpp on
-  127.0.0.1, PID tracked, ended in :meth:`LLMAugmenter.close`).
+  127.0.0.1, one server per node shared by its shard tasks through leases;
+  :meth:`LLMAugmenter.close` gives up this task's lease, the server's supervisor ends it
+  when no task on the node holds one).
 
 Production (vLLM on the cluster's GPU nodes, started there with e.g.
 ``vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000 --api-key $VLLM_API_KEY``)::
@@ -257,9 +259,10 @@ class LLMAugmenter:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        c = self.cache
         log.info(
             "LLM augmentation: %d accepted, rejected %s, cache %d hits / %d misses, %d requests",
-            self.accepted, self.rejected, self.cache.hits, self.cache.misses, self.client.requests_sent,
+            self.accepted, self.rejected, c.hits, c.misses, self.client.requests_sent,
         )  # fmt: skip
 
 

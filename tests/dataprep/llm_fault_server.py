@@ -33,8 +33,8 @@ from typing import Any
 class FaultServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, plan: dict[str, Any], log_path: Path) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, plan: dict[str, Any], log_path: Path, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
         self.plan = plan
         self.log_path = log_path
         self.lock = threading.Lock()
@@ -77,6 +77,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
+    def do_GET(self) -> None:  # /v1/models: the readiness check of a starting server
+        self._send(200, b'{"object": "list", "data": []}')
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         behaviour, caption, _ = self.server.decide(body)
@@ -107,8 +110,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             elif behaviour == "garbage":
                 self._send(200, b'\xff\xfe{"choices": [garbage')
             elif behaviour == "badjson":
-                reply = {"choices": [{"message": {"role": "assistant",
-                                                  "content": "Sure! Here is a caption"}}]}  # fmt: skip
+                msg = {"role": "assistant", "content": "Sure! Here is a caption"}
+                reply = {"choices": [{"message": msg}]}
                 self._send(200, json.dumps(reply).encode())
             else:
                 self._send(200, ok)
@@ -121,8 +124,9 @@ def main() -> None:
     p.add_argument("--plan", required=True)
     p.add_argument("--log", required=True)
     p.add_argument("--port-file", required=True)
+    p.add_argument("--port", type=int, default=0, help="0: a free one")
     args = p.parse_args()
-    srv = FaultServer(json.loads(Path(args.plan).read_text()), Path(args.log))
+    srv = FaultServer(json.loads(Path(args.plan).read_text()), Path(args.log), args.port)
     tmp = Path(args.port_file + ".tmp")
     tmp.write_text(str(srv.server_address[1]))
     tmp.replace(args.port_file)  # the test waits for this file: written whole or not at all

@@ -21,6 +21,7 @@ import pytest
 
 from dataprep.augment import TextAugmenter
 from dataprep.augment.llm import llm_available
+from dataprep.augment.llm_server import LINGER_S, _alive
 from dataprep.augment.validate import lost_content_words, numbers_of
 from dataprep.core.config import AugmentConfig, LLMConfig
 
@@ -368,15 +369,19 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
     cfg = AugmentConfig(template_langs=("en",), llm=llm, seed=0)
     aug = TextAugmenter(cfg)
     assert aug.llm is not None and aug.llm.server is not None
-    proc = aug.llm.server.proc
-    assert aug.llm.server.base_url.startswith("http://127.0.0.1:")
+    server = aug.llm.server  # the node's shared server (one supervisor pid), our lease on it
+    assert server.base_url.startswith("http://127.0.0.1:") and server.lease.exists()
     outs, rejects = [], []
     for m in metas:
         outs.append(aug(m))
         rejects.append(aug.drain_rejects())
     sent = aug.llm.client.requests_sent
     aug.close()
-    assert proc.poll() is not None  # the server we started is gone
+    assert not server.lease.exists()
+    deadline = time.monotonic() + LINGER_S + 20
+    while _alive(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(server.pid)  # no lease left on this node: the server is gone
     assert sent >= 5
     known = {"llm_malformed_json", "llm_length", "llm_refusal", "llm_copy", "llm_wrong_language",
              "llm_number_change", "llm_semantic_drift", "llm_content_change", "llm_invented_detail",
