@@ -32,7 +32,9 @@ def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
         raise ReportError(f"{root} is not a directory")
     jobs = []
     splits = [s for s in SPLITS if (root / s).is_dir()] + sorted(
-        p.name for p in root.iterdir() if p.is_dir() and p.name not in SPLITS and (p / "shards.json").is_file()
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and p.name not in SPLITS and (p / "shards.json").is_file()
     )
     for split in splits:
         try:
@@ -44,7 +46,9 @@ def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
         for entry in meta["shards"]:
             jobs.append((split, str(root / split / entry["name"]), exclude))
     if not jobs:
-        raise ReportError(f"{root}: no finished split (<split>/shards.json) found — is this a shard set?")
+        raise ReportError(
+            f"{root}: no finished split (<split>/shards.json) found — is this a shard set?"
+        )
     return jobs
 
 
@@ -111,18 +115,32 @@ def shards_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in splits:
         meta = read_shards_json(Path(shards_dir) / split)
-        entries = [{"name": e["name"], "samples": e["samples"], "bytes": e["bytes"]} for e in meta["shards"]]
+        entries = [
+            {"name": e["name"], "samples": e["samples"], "bytes": e["bytes"]}
+            for e in meta["shards"]
+        ]
         b = [e["bytes"] for e in entries]
         n = [e["samples"] for e in entries]
 
         def stat(v: list[int]) -> dict[str, Any]:
             mean = sum(v) / len(v)
             sd = (sum((x - mean) ** 2 for x in v) / len(v)) ** 0.5
-            return {"min": min(v), "max": max(v), "mean": round(mean, 4), "cv": round(sd / mean, 6) if mean else None,
-                    "max_over_mean": round(max(v) / mean, 6) if mean else None}
+            return {
+                "min": min(v),
+                "max": max(v),
+                "mean": round(mean, 4),
+                "cv": round(sd / mean, 6) if mean else None,
+                "max_over_mean": round(max(v) / mean, 6) if mean else None,
+            }
 
-        out[split] = {"count": len(entries), "total_bytes": sum(b), "bytes": stat(b) if b else None,
-                      "samples": stat(n) if n else None, "excluded": len(meta.get("exclude", [])), "list": entries}
+        out[split] = {
+            "count": len(entries),
+            "total_bytes": sum(b),
+            "bytes": stat(b) if b else None,
+            "samples": stat(n) if n else None,
+            "excluded": len(meta.get("exclude", [])),
+            "list": entries,
+        }
     return out
 
 
@@ -137,8 +155,14 @@ def build_section(shards_dir: str | Path) -> dict[str, Any]:
         "name": cfg.get("name"),
         "feature_fingerprint": b.get("feature_fingerprint"),
         "inputs": b.get("inputs"),
-        "counts": {s: {k: v for k, v in c.items() if k in ("samples", "rejects")} for s, c in sorted((b.get("counts") or {}).items())},
-        "corpora": [{"name": c.get("name"), "reader": c.get("reader"), "root": c.get("root")} for c in (cfg.get("build") or {}).get("corpora", [])],
+        "counts": {
+            s: {k: v for k, v in c.items() if k in ("samples", "rejects")}
+            for s, c in sorted((b.get("counts") or {}).items())
+        },
+        "corpora": [
+            {"name": c.get("name"), "reader": c.get("reader"), "root": c.get("root")}
+            for c in (cfg.get("build") or {}).get("corpora", [])
+        ],
         "llm": ((cfg.get("build") or {}).get("augment") or {}).get("llm", {}).get("server"),
     }
 
@@ -149,20 +173,28 @@ def assemble(shards_dir: str | Path, partial: Partial, problems: list[str]) -> d
     splits = list(dict.fromkeys(s for s, _, _ in jobs))
     rej = rejects_section(shards_dir, splits)
     rows = rej.pop("_rows")
-    report: dict[str, Any] = {"shards_dir": str(Path(shards_dir).resolve()), "splits": splits,
-                              "build": build_section(shards_dir)}
+    report: dict[str, Any] = {
+        "shards_dir": str(Path(shards_dir).resolve()),
+        "splits": splits,
+        "build": build_section(shards_dir),
+    }
     report.update(summarize_samples(partial))
     accepted = sum(n for k, n in report["augmentation"]["kinds"].items() if k.startswith("llm:"))
     llm_rejected = sum(1 for r in rows if is_text_reject(r))
     report["augmentation"]["llm"] = {
-        "accepted": accepted, "rejected": llm_rejected,
-        "acceptance_rate": round(accepted / (accepted + llm_rejected), 6) if accepted + llm_rejected else None,
+        "accepted": accepted,
+        "rejected": llm_rejected,
+        "acceptance_rate": round(accepted / (accepted + llm_rejected), 6)
+        if accepted + llm_rejected
+        else None,
     }
     dup = report["duplicates"]
     for reason in ("duplicate", "near_duplicate", "eval_overlap"):
         hit = sorted((r for r in rows if r["reason"] == reason), key=lambda r: r["source"])
         dup[f"rejected_{reason}"] = len(hit)
-        dup[f"{reason}_examples"] = [{"source": r["source"], "detail": r["detail"]} for r in hit[:EXAMPLES]]
+        dup[f"{reason}_examples"] = [
+            {"source": r["source"], "detail": r["detail"]} for r in hit[:EXAMPLES]
+        ]
     report["rejects"] = rej
     report["shards"] = shards_section(shards_dir, splits)
     report["problems"] = sorted(problems)
