@@ -2,7 +2,8 @@
 
 Embedded local Ray (a laptop)::
 
-    python pipelines/build_shards.py --config configs/demo.yaml [--out DIR] [build.shards.target_mb=16 ...]
+    python pipelines/build_shards.py --config configs/demo.yaml [--out DIR] \\
+        [build.shards.target_mb=16 ...]
 
 On a cluster (or a local head started with `ray start --head`)::
 
@@ -21,20 +22,22 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-
-from dataprep.build.plan import BuildError, check_inputs  # noqa: E402
-from dataprep.core.config import ConfigError  # noqa: E402
-from model.config import load_config  # noqa: E402  (the whole file is validated, as every entry point does)
+from dataprep.build.plan import BuildError, check_inputs
+from dataprep.core.config import ConfigError
+from model.config import load_config  # the whole file is validated, as every entry point does
 
 log = logging.getLogger("polyclap.build")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="experiment YAML (sections features/build/...)")
-    p.add_argument("--out", default=None, help="output directory (default: build.out from the config)")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: build.out from the config)"
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     p.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
     return p.parse_args(argv)
@@ -42,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(args.config, args.overrides)
         # Reader names and options are typed per reader: a typo fails here, before Ray starts.
@@ -62,11 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(c["samples"] for c in record["counts"].values())
     rej = sum(c["rejects"] for c in record["counts"].values())
     text_rej = sum(c.get("text_rejects", 0) for c in record["counts"].values())
-    log.info("built %d samples (%d inputs rejected, %d generated texts rejected; reasons in rejects.parquet) in %.1fs",
-             total, rej, text_rej, time.perf_counter() - t0)
+    log.info(
+        "built %d samples (%d inputs rejected, %d generated texts rejected; "
+        "reasons in rejects.parquet) in %.1fs",
+        total, rej, text_rej, time.perf_counter() - t0,
+    )  # fmt: skip
     for split, c in sorted(record["counts"].items()):
-        print(f"shards[{split}]: {out / split} ({c['samples']} samples, {c['rejects']} inputs rejected, "
-              f"{c.get('text_rejects', 0)} generated texts rejected)")
+        print(
+            f"shards[{split}]: {out / split} ({c['samples']} samples, "
+            f"{c['rejects']} inputs rejected, {c.get('text_rejects', 0)} generated texts rejected)"
+        )
     print(f"build record: {out / 'build.json'}")
     return 0
 

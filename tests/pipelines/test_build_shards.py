@@ -25,12 +25,27 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "test_small.yaml"
 
 
-def build(out: Path, env: dict, *overrides: str, config: Path = CONFIG, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "pipelines/build_shards.py", "--config", str(config), "--out", str(out),
-           "--num-cpus", "2", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def build(
+    out: Path, env: dict, *overrides: str, config: Path = CONFIG, check: bool = True
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "pipelines/build_shards.py",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+        *overrides,
+    ]
+    proc = subprocess.run(
+        cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     if check:
-        assert proc.returncode == 0, f"build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        assert proc.returncode == 0, (
+            f"build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -73,8 +88,21 @@ def test_artifacts_match_contract(built: Path):
                 assert m["feature_fingerprint"] == record["feature_fingerprint"]
                 assert s["mel.npy"].dtype.name == "float16" and s["mel.npy"].shape[0] == 64
                 assert m["texts"] and s["txt"] == m["texts"][0]["text"]
-                assert {"id", "corpus", "source_id", "source_uri", "segment", "lang", "duration", "sample_rate",
-                        "labels", "speaker", "license", "audio_sha1", "texts"} <= set(m)
+                assert {
+                    "id",
+                    "corpus",
+                    "source_id",
+                    "source_uri",
+                    "segment",
+                    "lang",
+                    "duration",
+                    "sample_rate",
+                    "labels",
+                    "speaker",
+                    "license",
+                    "audio_sha1",
+                    "texts",
+                } <= set(m)
                 keys.append(s["__key__"])
         index = pq.read_table(d / shards.INDEX).to_pylist()
         assert sorted(r["key"] for r in index) == sorted(set(keys) - set(meta["exclude"]))
@@ -91,7 +119,9 @@ def test_stock_webdataset_reads_shards(built: Path):
     import webdataset as wds
 
     urls = [str(p) for p in shards.shard_paths(built / "train")]
-    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False).decode()
+    ds = wds.WebDataset(
+        urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False
+    ).decode()
     n = 0
     for s in ds:
         assert s["mel.npy"].ndim == 2 and isinstance(s["json"], dict) and isinstance(s["txt"], str)
@@ -116,7 +146,9 @@ def test_ray_data_read_webdataset_reads_shards(built: Path):
 
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
-        rows = ray.data.read_webdataset([str(p) for p in shards.shard_paths(built / "train")]).take_all()
+        rows = ray.data.read_webdataset(
+            [str(p) for p in shards.shard_paths(built / "train")]
+        ).take_all()
     finally:
         ray.shutdown()
     meta = json.loads((built / "train" / shards.SHARDS_JSON).read_text())
@@ -132,7 +164,11 @@ def test_rerun_is_a_no_op_and_feature_change_refuses_to_mix(built: Path, subproc
     assert sha_list(built) == before
     assert {p: p.stat().st_mtime_ns for p in built.rglob("shard-*.tar")} == mtimes
     proc = build(built, subprocess_env, "features.n_mels=80", check=False)
-    assert proc.returncode == 1 and "refusing to mix" in proc.stderr and "feature_fingerprint" in proc.stderr
+    assert (
+        proc.returncode == 1
+        and "refusing to mix" in proc.stderr
+        and "feature_fingerprint" in proc.stderr
+    )
 
 
 def test_bad_config_fails_before_work_naming_the_key(tmp_path, subprocess_env):
@@ -179,10 +215,25 @@ def test_two_builds_are_byte_identical(built: Path, tmp_path, subprocess_env):
 @pytest.mark.slow
 def test_kill_9_mid_build_then_resume_equals_uninterrupted(built: Path, tmp_path, subprocess_env):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "pipelines/build_shards.py", "--config", str(CONFIG), "--out", str(out), "--num-cpus", "1",
-           "build.shards.max_parallel_tasks=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "pipelines/build_shards.py",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "1",
+        "build.shards.max_parallel_tasks=1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not list(out.glob("*/.parts/*.json")):
@@ -210,22 +261,35 @@ def test_verify_finds_corruption_and_repair_fixes_it(built: Path, tmp_path, subp
     data[700] ^= 0xFF
     victim.write_bytes(bytes(data))
     verify = [sys.executable, "pipelines/verify_shards.py", str(out)]
-    proc = subprocess.run(verify, cwd=REPO, env=subprocess_env, capture_output=True, text=True)
+    proc = subprocess.run(
+        verify, check=False, cwd=REPO, env=subprocess_env, capture_output=True, text=True
+    )
     assert proc.returncode == 1 and victim.name in proc.stdout and "sha256" in proc.stdout
-    proc = subprocess.run([*verify, "--repair", "--config", str(CONFIG)], cwd=REPO, env=subprocess_env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*verify, "--repair", "--config", str(CONFIG)],
+        check=False,
+        cwd=REPO,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "repaired" in proc.stdout
     assert sha_list(out) == sha_list(built)
 
 
 @pytest.mark.slow
-def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(corpora_root, tmp_path, subprocess_env):
+def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(
+    corpora_root, tmp_path, subprocess_env
+):
     """Every row of bad_inputs/manifest.jsonl (5-min clip generated here) ends as samples or a
     reject with the reason its README expects; the build itself succeeds."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("layout_builders", REPO / "tests/fixtures/layouts/builders.py")
+    spec = importlib.util.spec_from_file_location(
+        "layout_builders", REPO / "tests/fixtures/layouts/builders.py"
+    )
     layouts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layouts)
     bad = tmp_path / "bad_inputs"
@@ -246,18 +310,30 @@ def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(corpora_root,
         name = r["source"].split(":", 1)[-1].split("@")[0]
         by_file.setdefault(name, set()).add(r["reason"])
     expected = {
-        "empty.wav": "empty_file", "not_audio.wav": "not_audio", "silent.wav": "silent",
-        "too_short_0.05s.wav": "too_short", "nan_inf_float.wav": "non_finite", "missing_file.wav": "missing_file",
+        "empty.wav": "empty_file",
+        "not_audio.wav": "not_audio",
+        "silent.wav": "silent",
+        "too_short_0.05s.wav": "too_short",
+        "nan_inf_float.wav": "non_finite",
+        "missing_file.wav": "missing_file",
     }
     for name, reason in expected.items():
         assert reason in by_file.get(name, set()), (name, by_file.get(name))
     assert all(r["detail"] for r in rejects)
     index = pq.read_table(out / "train" / shards.INDEX).to_pylist()
     kept = {r["key"]: r for r in index}
-    meta = {s["__key__"]: s["json"] for p in shards.shard_paths(out / "train") for s in tario.iter_shard(p)}
+    meta = {
+        s["__key__"]: s["json"]
+        for p in shards.shard_paths(out / "train")
+        for s in tario.iter_shard(p)
+    }
     sources = [m["source_id"] for k, m in meta.items() if k in kept]
     # the duplicate group (byte copy, lossless re-encode, repeated row) is reduced to one sample
-    dups = [s for s in sources if s in {"dup_original.wav", "dup_copy_renamed.wav", "dup_reencoded.flac"}]
+    dups = [
+        s
+        for s in sources
+        if s in {"dup_original.wav", "dup_copy_renamed.wav", "dup_reencoded.flac"}
+    ]
     assert len(dups) == 1, dups
     # the 5-minute clip is cut into bounded segments; the clipped clip is kept with a flag
     long_segs = [m for m in meta.values() if m["source_id"] == "very_long_5min.ogg"]
@@ -269,3 +345,40 @@ def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(corpora_root,
     if weird:
         text = weird[0]["texts"][0]["text"]
         assert not any(ch in text for ch in "\x00\x07\t\r\n\u200b\u202e\u202c")
+
+
+@pytest.mark.slow
+def test_decontamination_through_the_build(corpora_root, tmp_path, subprocess_env):
+    """An eval clip that is also a training input ends as an eval_overlap reject; unreadable
+    eval items are recorded in eval_rejects.parquet (never silently skipped)."""
+    clips = sorted((corpora_root / "esc50_mini" / "audio").glob("*.wav"))[:4]
+    train, ev = tmp_path / "train", tmp_path / "eval"
+    train.mkdir()
+    ev.mkdir()
+    for c in clips:
+        shutil.copy(c, train / c.name)
+    shutil.copy(clips[0], ev / "same.wav")
+    (ev / "broken.wav").write_bytes(b"RIFF this is not a wave file")
+    rows = [{"audio_filepath": n, "text": "a sound", "duration": 5.0}
+            for n in ("same.wav", "broken.wav", "absent.wav")]  # fmt: skip
+    (ev / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "decon.yaml"
+    cfg.write_text(
+        "build:\n"
+        f"  corpora: [{{name: tr, reader: folder, root: {train}, options: {{task: sfx}}}}]\n"
+        f"  eval_corpora: [{{name: ev, reader: nemo, root: {ev}, splits: [manifest.jsonl]}}]\n"
+        "  splits: {val_fraction: 0.0}\n"
+        "  filters: {require_text: false}\n"
+    )
+    out = tmp_path / "out"
+    build(out, subprocess_env, config=cfg)
+    rejects = pq.read_table(out / "train" / shards.REJECTS).to_pylist()
+    overlap = [r for r in rejects if r["reason"] == "eval_overlap"]
+    assert [r["source"] for r in overlap] == [f"tr:{clips[0].name}"] and "ev-" in overlap[0][
+        "detail"
+    ]
+    ev_rejects = pq.read_table(out / "eval_rejects.parquet").to_pylist()
+    assert {(r["source"], r["stage"]) for r in ev_rejects} >= {("ev:broken.wav", "decode")}
+    assert any(r["reason"] == "missing_file" for r in ev_rejects)
+    record = json.loads((out / shards.BUILD_JSON).read_text())
+    assert record["eval_rejects"] == len(ev_rejects) == 2
