@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dataprep.core.config import FeatureConfig  # noqa: E402
-from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel  # noqa: E402
-from dataprep.loader import ShardLoader, iter_shard_texts  # noqa: E402
-from dataprep.core.atomic import atomic_write_json  # noqa: E402
-from dataprep.core.shards import shard_name, shard_paths  # noqa: E402
-from dataprep.core.tario import write_tar_atomic  # noqa: E402
-from model.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from dataprep.core.atomic import atomic_write_json
+from dataprep.core.config import FeatureConfig
+from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel
+from dataprep.core.shards import shard_name, shard_paths
+from dataprep.core.tario import write_tar_atomic
+from dataprep.loader import ShardLoader, iter_shard_texts
+from model.tokenizer import Tokenizer, train_tokenizer
 
 
 def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndarray]]:
@@ -52,7 +52,9 @@ def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndar
     out = []
     with open(esc / "meta" / "esc50.csv", newline="") as f:
         for row in csv.DictReader(f):
-            wave, sr = sf.read(str(esc / "audio" / row["filename"]), dtype="float32", always_2d=True)
+            wave, sr = sf.read(
+                str(esc / "audio" / row["filename"]), dtype="float32", always_2d=True
+            )
             wave = wave.mean(1)
             if sr != features.sample_rate_hz:
                 g = np.gcd(sr, features.sample_rate_hz)
@@ -61,8 +63,14 @@ def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndar
     return out
 
 
-def make_set(mels: list[tuple[str, np.ndarray]], out: Path, n_samples: int, n_shards: int,
-             features: FeatureConfig, frames: int | None = None) -> None:
+def make_set(
+    mels: list[tuple[str, np.ndarray]],
+    out: Path,
+    n_samples: int,
+    n_shards: int,
+    features: FeatureConfig,
+    frames: int | None = None,
+) -> None:
     """A shard set of ``n_samples`` under new keys; ``frames``: tile clips to this length
     (e.g. 1000 = 10 s, the usual training crop) instead of their own 3 s."""
     fp = feature_fingerprint(features)
@@ -70,16 +78,37 @@ def make_set(mels: list[tuple[str, np.ndarray]], out: Path, n_samples: int, n_sh
     for i in range(n_samples):
         cat, mel = mels[i % len(mels)]
         if frames is not None:
-            mel = np.concatenate([mels[(i + j) % len(mels)][1] for j in range(-(-frames // mel.shape[1]) + 1)], axis=1)[:, :frames]
+            mel = np.concatenate(
+                [mels[(i + j) % len(mels)][1] for j in range(-(-frames // mel.shape[1]) + 1)],
+                axis=1,
+            )[:, :frames]
         texts = [f"the sound of {cat}", f"a recording of {cat}", f"{cat} can be heard nearby"]
-        meta = {"id": f"bench-{i:08d}", "corpus": "bench", "group": f"g{i}", "feature_fingerprint": fp,
-                "duration": mel.shape[1] * features.hop_length / features.sample_rate_hz,
-                "texts": [{"text": t, "lang": "en", "kind": "original" if j == 0 else "template",
-                           "provenance": {}} for j, t in enumerate(texts)]}
+        meta = {
+            "id": f"bench-{i:08d}",
+            "corpus": "bench",
+            "group": f"g{i}",
+            "feature_fingerprint": fp,
+            "duration": mel.shape[1] * features.hop_length / features.sample_rate_hz,
+            "texts": [
+                {
+                    "text": t,
+                    "lang": "en",
+                    "kind": "original" if j == 0 else "template",
+                    "provenance": {},
+                }
+                for j, t in enumerate(texts)
+            ],
+        }
         samples.append({"__key__": f"bench-{i:08d}", "mel.npy": mel, "json": meta, "txt": texts[0]})
-    entries = [write_tar_atomic(out / "train" / shard_name(s), samples[s::n_shards]) for s in range(n_shards)]
+    entries = [
+        write_tar_atomic(out / "train" / shard_name(s), samples[s::n_shards])
+        for s in range(n_shards)
+    ]
     atomic_write_json(out / "train" / "shards.json", {"shards": entries})
-    atomic_write_json(out / "build.json", {"feature_fingerprint": fp, "feature_fields": fingerprint_fields(features)})
+    atomic_write_json(
+        out / "build.json",
+        {"feature_fingerprint": fp, "feature_fields": fingerprint_fields(features)},
+    )
 
 
 def raw_read(split_dir: Path) -> int:
@@ -99,10 +128,20 @@ def raw_read(split_dir: Path) -> int:
     return n
 
 
-def ours(split_dir: Path, features: FeatureConfig, tok: Tokenizer, workers: int, verify: bool = True) -> int:
-    ld = ShardLoader(split_dir, features=features, max_frames=1024, batch_size=32,
-                     tokenize=partial(tok.encode_batch, max_len=64), num_workers=workers, drop_last=False,
-                     pad_multiple=16, verify=verify)
+def ours(
+    split_dir: Path, features: FeatureConfig, tok: Tokenizer, workers: int, verify: bool = True
+) -> int:
+    ld = ShardLoader(
+        split_dir,
+        features=features,
+        max_frames=1024,
+        batch_size=32,
+        tokenize=partial(tok.encode_batch, max_len=64),
+        num_workers=workers,
+        drop_last=False,
+        pad_multiple=16,
+        verify=verify,
+    )
     return sum(len(b["keys"]) for b in ld.iter_epoch())
 
 
@@ -113,14 +152,18 @@ def timed(fn, *args) -> tuple[float, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shards", type=Path, help="an existing shard set root (default: make one)")
     ap.add_argument("--corpora", type=Path, default=REPO / "tests" / "fixtures" / "corpora")
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--shard-count", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--frames", type=int, default=None, help="tile clips to this many frames")
-    ap.add_argument("--mels", type=Path, help="npz of precomputed mels (--save-mels) instead of --corpora")
+    ap.add_argument(
+        "--mels", type=Path, help="npz of precomputed mels (--save-mels) instead of --corpora"
+    )
     ap.add_argument("--save-mels", type=Path, help="write the fixture mels to this npz and exit")
     ap.add_argument("--write-set", type=Path, help="only write the shard set to this directory")
     args = ap.parse_args()
@@ -132,7 +175,11 @@ def main() -> int:
     else:
         mels = real_mels(args.corpora, features)
     if args.save_mels:
-        np.savez(args.save_mels, categories=np.array([c for c, _ in mels]), **{f"m{i}": m for i, (_, m) in enumerate(mels)})
+        np.savez(
+            args.save_mels,
+            categories=np.array([c for c, _ in mels]),
+            **{f"m{i}": m for i, (_, m) in enumerate(mels)},
+        )
         return 0
     if args.write_set:
         make_set(mels, args.write_set, args.samples, args.shard_count, features, args.frames)
@@ -165,9 +212,14 @@ def main() -> int:
     par_sps = n_par / statistics.median(par_t)
     print(f"samples per epoch: {n_raw} (median of {args.repeat} runs each)")
     print(f"raw tarfile+np.load : {raw_sps:9.1f} samples/s")
-    print(f"ShardLoader, 0 workers: {ours_sps:9.1f} samples/s  ratio {ours_sps / raw_sps:.2f}x (target >= 0.8x)")
-    print(f"  without the sha256 check (verify=False): {plain_sps:9.1f} samples/s  ratio "
-          f"{plain_sps / raw_sps:.2f}x; checked/unchecked {ours_sps / plain_sps:.2f}x")
+    print(
+        f"ShardLoader, 0 workers: {ours_sps:9.1f} samples/s  "
+        f"ratio {ours_sps / raw_sps:.2f}x (target >= 0.8x)"
+    )
+    print(
+        f"  without the sha256 check (verify=False): {plain_sps:9.1f} samples/s  ratio "
+        f"{plain_sps / raw_sps:.2f}x; checked/unchecked {ours_sps / plain_sps:.2f}x"
+    )
     print(f"ShardLoader, 2 workers: {par_sps:9.1f} samples/s  ratio {par_sps / raw_sps:.2f}x")
     return 0
 

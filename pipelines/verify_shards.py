@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.repair:
         print(
-            f"{len(problems)} problem(s); rerun with --repair --config FILE to rebuild the broken shards"
+            f"{len(problems)} problem(s); rerun with --repair --config FILE to rebuild the "
+            "broken shards"
         )
         return 1
     if not args.config:

@@ -3,7 +3,7 @@
 Layout (DESIGN.md "Shard set layout")::
 
     out/<split>/shard-000000.tar    written to a temp name, fsynced, renamed
-    out/<split>/shards.json         {"shards": [{name, samples, bytes, sha256}], ...}  (written last)
+    out/<split>/shards.json         {"shards": [{name, samples, bytes, sha256}], ...} (last)
     out/<split>/index.parquet       one row per sample
     out/<split>/rejects.parquet     one row per rejected input
     out/build.json                  config, feature fingerprint, versions, counts, timings

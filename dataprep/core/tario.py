@@ -50,7 +50,7 @@ def encode_npy(arr: np.ndarray) -> bytes:
 
 @lru_cache(maxsize=8192)
 def _npy_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    """``(dtype, shape, fortran_order, data offset)`` of a ``.npy`` whose first bytes are ``head``."""
+    """``(dtype, shape, fortran_order, data offset)`` of the ``.npy`` starting with ``head``."""
     f = io.BytesIO(head)
     version = npy_format.read_magic(f)
     if version == (1, 0):

@@ -85,7 +85,8 @@ class _EpochDataset(IterableDataset):
             stream = shuffled(stream, spec.shuffle_buffer, rng)
         for i, batch in enumerate(batches(spec, stream, rng)):
             if i < self.skip[v]:
-                policy.drain()  # consumed before the checkpoint: regenerated to keep the RNG in step
+                # consumed before the checkpoint: regenerated to keep the RNG in step
+                policy.drain()
                 continue
             out = collate(spec, batch)
             out["_worker"], out["_index"], out["_stats"] = v, i, policy.drain()
@@ -96,7 +97,8 @@ class _EpochDataset(IterableDataset):
         spec = self.spec
         segments = epoch_segments(
             spec.shard_set.shards, epoch=self.epoch, seed=spec.seed, shuffle=spec.train,
-            rank=spec.rank, world_size=spec.world_size, worker=v, num_workers=max(1, spec.num_workers),
+            rank=spec.rank, world_size=spec.world_size, worker=v,
+            num_workers=max(1, spec.num_workers),
         )  # fmt: skip
         for name, key, members in read_segments(spec.shard_set, segments, policy, spec.verify):
             try:
@@ -230,7 +232,9 @@ class ShardLoader:
             prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
             # its own generator: the DataLoader draws a base seed per iterator, which would
             # otherwise advance the global torch RNG (dropout) and break exact resume
-            generator=torch.Generator().manual_seed(stable_hash(self.spec.seed, self.epoch, self.spec.rank)),
+            generator=torch.Generator().manual_seed(
+                stable_hash(self.spec.seed, self.epoch, self.spec.rank)
+            ),
         )  # fmt: skip
 
     def iter_epoch(self) -> Iterator[dict[str, Any]]:

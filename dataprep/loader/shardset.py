@@ -52,7 +52,7 @@ class ShardSet:
         unchecked = [r.name for r in records.values() if not r.sha256]
         if unchecked:
             log.warning(
-                "%s: shards.json records no sha256 for %d shard(s) (%s...): they are read unchecked",
+                "%s: shards.json has no sha256 for %d shard(s) (%s...): they are read unchecked",
                 split_dir, len(unchecked), unchecked[0],
             )  # fmt: skip
         shards = tuple((e["name"], int(e["samples"])) for e in entries)

@@ -25,8 +25,12 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
+from dataprep.core.atomic import atomic_write_json
 from dataprep.core.config import FeatureConfig
 from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_mel
+from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
+from dataprep.core.shards import shard_name
+from dataprep.core.tario import decode_members, iter_tar_members, write_tar_atomic
 from dataprep.loader import (
     ErrorPolicy,
     FingerprintMismatch,
@@ -35,10 +39,6 @@ from dataprep.loader import (
     epoch_segments,
     iter_shard_texts,
 )
-from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, sample_key
-from dataprep.core.atomic import atomic_write_json
-from dataprep.core.shards import shard_name
-from dataprep.core.tario import decode_members, iter_tar_members, write_tar_atomic
 from model.tokenizer import Tokenizer, train_tokenizer
 
 FEATURES = FeatureConfig()
@@ -67,7 +67,9 @@ def _clips(corpora_root: Path) -> list[tuple[str, str, Path, list[str], str]]:
     for split, ext in (("train", "ogg"), ("val", "flac")):
         with open(ac / f"{split}.csv", newline="") as f:
             for row in csv.DictReader(f):
-                caps.setdefault((row["youtube_id"], f"audio/{split}/{row['youtube_id']}.{ext}"), []).append(row["caption"])
+                caps.setdefault(
+                    (row["youtube_id"], f"audio/{split}/{row['youtube_id']}.{ext}"), []
+                ).append(row["caption"])
     for (yid, rel), texts in sorted(caps.items()):
         out.append(("audiocaps", yid, ac / rel, texts, yid))
     return out
@@ -90,11 +92,22 @@ def make_shards(
         mel = log_mel(wave, features)
         key = sample_key(corpus, sid)
         meta = {
-            "id": key, "corpus": corpus, "source_id": sid, "source_uri": str(path),
-            "duration": len(wave) / features.sample_rate_hz, "sample_rate": features.sample_rate_hz,
-            "group": f"{corpus}:{group}", "feature_fingerprint": fp, "split": split,
+            "id": key,
+            "corpus": corpus,
+            "source_id": sid,
+            "source_uri": str(path),
+            "duration": len(wave) / features.sample_rate_hz,
+            "sample_rate": features.sample_rate_hz,
+            "group": f"{corpus}:{group}",
+            "feature_fingerprint": fp,
+            "split": split,
             "texts": [
-                {"text": t, "lang": "en", "kind": KIND_ORIGINAL if i == 0 else KIND_TEMPLATE, "provenance": {}}
+                {
+                    "text": t,
+                    "lang": "en",
+                    "kind": KIND_ORIGINAL if i == 0 else KIND_TEMPLATE,
+                    "provenance": {},
+                }
                 for i, t in enumerate(texts)
             ],
         }
@@ -105,19 +118,26 @@ def make_shards(
         part = samples[i::n_shards]
         entries.append(write_tar_atomic(root / split / shard_name(i), part))
     atomic_write_json(root / split / "shards.json", {"shards": entries})
-    atomic_write_json(root / "build.json", {"feature_fingerprint": fp, "feature_fields": fingerprint_fields(features)})
+    atomic_write_json(
+        root / "build.json",
+        {"feature_fingerprint": fp, "feature_fields": fingerprint_fields(features)},
+    )
     return [s["__key__"] for s in samples]
 
 
 @pytest.fixture(scope="module")
-def shard_root(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> tuple[Path, list[str]]:
+def shard_root(
+    tmp_path_factory: pytest.TempPathFactory, corpora_root: Path
+) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("shards")
     keys = make_shards(corpora_root, root, n_shards=5, limit=60)
     return root, keys
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shard_root: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+def tokenizer(
+    shard_root: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> Tokenizer:
     out = tmp_path_factory.mktemp("tok") / "tok.model"
     train_tokenizer(iter_shard_texts(shard_root[0] / "train"), out, vocab_size=400)
     return Tokenizer(out)
@@ -125,9 +145,8 @@ def tokenizer(shard_root: tuple[Path, list[str]], tmp_path_factory: pytest.TempP
 
 def _loader(root: Path, tok: Tokenizer | None = None, **kw) -> ShardLoader:
     tokenize = partial(tok.encode_batch, max_len=64) if tok is not None else None
-    args = dict(features=FEATURES, max_frames=128, batch_size=4, tokenize=tokenize, seed=3)
-    args.update(kw)
-    return ShardLoader(root / "train", **args)
+    args = {"features": FEATURES, "max_frames": 128, "batch_size": 4, "tokenize": tokenize}
+    return ShardLoader(root / "train", **{**args, "seed": 3, **kw})
 
 
 def test_segments_partition_every_position() -> None:
@@ -135,8 +154,16 @@ def test_segments_partition_every_position() -> None:
     seen = Counter()
     for rank in range(3):
         for w in range(2):
-            for name, lo, hi in epoch_segments(shards, epoch=1, seed=0, shuffle=True, rank=rank,
-                                               world_size=3, worker=w, num_workers=2):
+            for name, lo, hi in epoch_segments(
+                shards,
+                epoch=1,
+                seed=0,
+                shuffle=True,
+                rank=rank,
+                world_size=3,
+                worker=w,
+                num_workers=2,
+            ):
                 seen.update((name, p) for p in range(lo, hi))
     assert sorted(seen) == sorted((n, p) for n, c in shards for p in range(c))
     assert set(seen.values()) == {1}
@@ -177,7 +204,9 @@ def test_deterministic_and_texts_vary_by_epoch(shard_root, tokenizer) -> None:
         for batch in ld.iter_epoch():
             texts[e].update(zip(batch["keys"], batch["texts"]))
     common = set(texts[0]) & set(texts[1])
-    assert any(texts[0][k] != texts[1][k] for k in common), "caption choice should change with epoch"
+    assert any(texts[0][k] != texts[1][k] for k in common), (
+        "caption choice should change with epoch"
+    )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -225,7 +254,9 @@ def test_not_a_shard_set(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("verify", [False, True])
-def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, caplog, verify: bool) -> None:
+def test_corrupt_and_missing_shards_are_skipped(
+    shard_root, tmp_path: Path, caplog, verify: bool
+) -> None:
     src, keys = shard_root
     root = tmp_path / "bad"
     shutil.copytree(src, root)
@@ -253,8 +284,12 @@ def test_corrupt_and_missing_shards_are_skipped(shard_root, tmp_path: Path, capl
     if verify:  # both damaged shards are refused whole, before any of their samples is used
         assert len(got) == per_shard[0] - 1 + per_shard[4]
         assert "corrupt shard" in text and names[3] in text and "sha256" in text
-        assert ld.stats == {"missing_shards": 1, "corrupt_shards": 2, "bad_samples": 0,
-                            "skipped_samples": sum(per_shard[1:4])}
+        assert ld.stats == {
+            "missing_shards": 1,
+            "corrupt_shards": 2,
+            "bad_samples": 0,
+            "skipped_samples": sum(per_shard[1:4]),
+        }
     else:  # unchecked: the truncated shard is read up to the damage, the bad member is skipped
         whole = per_shard[0] - 1 + per_shard[3] - 1 + per_shard[4]  # shard 2 is read partially
         assert whole <= len(got) < whole + per_shard[2]
@@ -297,19 +332,23 @@ def test_fast_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
 
 
 def test_non_finite_mel_is_a_bad_sample(shard_root) -> None:
-    from dataprep.loader import prepare_sample
     from dataprep.core.tario import encode_npy
+    from dataprep.loader import prepare_sample
 
     ld = _loader(shard_root[0])
     meta = json.dumps({"texts": [{"text": "x", "kind": "original"}]}).encode()
     mel = np.zeros((FEATURES.n_mels, 50), np.float16)
-    assert prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})["text"] == "x"
+    assert (
+        prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})["text"] == "x"
+    )
     for bad in (np.inf, np.nan):
         mel[3, 7] = bad
         with pytest.raises(ValueError, match="non-finite"):
             prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(mel), "json": meta})
     with pytest.raises(ValueError, match="mel shape"):
-        prepare_sample(ld.spec, 0, "k", {"mel.npy": encode_npy(np.zeros((80, 5), np.float16)), "json": meta})
+        prepare_sample(
+            ld.spec, 0, "k", {"mel.npy": encode_npy(np.zeros((80, 5), np.float16)), "json": meta}
+        )
 
 
 def _corrupt_copy(src: Path, tmp_path: Path) -> tuple[Path, list[str], list[int]]:
@@ -351,16 +390,24 @@ def test_flipped_mel_bytes_never_reach_training_and_are_counted(
     ld = _loader(root, drop_last=False, shuffle_buffer=1, num_workers=num_workers)
     got = [k for b in ld.iter_epoch() for k in b["keys"]]
     assert sorted(got) == sorted(set(keys) - bad_keys) and not bad_keys & set(got)
-    assert ld.stats == {"missing_shards": 0, "corrupt_shards": 1, "skipped_samples": per_shard[1],
-                        "bad_samples": 0}
+    assert ld.stats == {
+        "missing_shards": 0,
+        "corrupt_shards": 1,
+        "skipped_samples": per_shard[1],
+        "bad_samples": 0,
+    }
     if num_workers == 0:  # worker processes log to their own stderr, out of caplog's reach
-        assert "corrupt shard" in caplog.text and names[1] in caplog.text and "sha256" in caplog.text
+        assert (
+            "corrupt shard" in caplog.text and names[1] in caplog.text and "sha256" in caplog.text
+        )
     # tokenizer texts come through the same checked reader
     assert len(list(iter_shard_texts(root / "train"))) < len(list(iter_shard_texts(src / "train")))
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_error_counters_are_exact_across_resume(shard_root, tmp_path: Path, num_workers: int) -> None:
+def test_error_counters_are_exact_across_resume(
+    shard_root, tmp_path: Path, num_workers: int
+) -> None:
     src, _ = shard_root
     root, names, _ = _corrupt_copy(src, tmp_path)
     _flip_mel_bytes(root / "train" / names[2])
