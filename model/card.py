@@ -2,8 +2,7 @@
 
 Architecture and feature preset from the model's config; the training data summary from the
 shard set's ``build.json`` and per-split ``index.parquet`` (corpora, hours, languages; licenses
-from the sample records of the first shard of each split, since the index has no license
-column); the evaluation table if one was written (``eval/results.md`` beside the export or in the
+from the samples' JSON records, since the index has no license column); the evaluation table if one was written (``eval/results.md`` beside the export or in the
 run directory); intended use and limits. Anything not found is said to be unknown, never guessed.
 """
 
@@ -28,10 +27,6 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
     """Corpora, hours, languages and licenses per split of a shard set (None: no build.json)."""
     import pyarrow.parquet as pq
 
-    from dataprep.core.sample import META
-    from dataprep.core.shards import shard_paths
-    from dataprep.core.tario import iter_shard
-
     build = shards / "build.json"
     if not build.is_file():
         return None
@@ -52,12 +47,7 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
         hours: dict[str, float] = defaultdict(float)
         for r in rows:
             hours[r["corpus"]] += (r["duration"] or 0.0) / 3600.0
-        licenses: dict[str, set[str]] = defaultdict(set)
-        paths = shard_paths(shards / split)
-        if paths:
-            for sample in iter_shard(paths[0]):
-                meta = sample.get(META) or {}
-                licenses[meta.get("corpus", "?")].add(str(meta.get("license") or "unknown"))
+        licenses = _licenses(shards / split, set(hours))
         out["splits"][split] = {
             "samples": len(rows),
             "hours": {k: round(v, 3) for k, v in sorted(hours.items())},
@@ -65,6 +55,24 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
             "licenses": {k: sorted(v) for k, v in sorted(licenses.items())},
         }
     return out
+
+
+def _licenses(split_dir: Path, corpora: set[str]) -> dict[str, list[str]]:
+    """Licenses recorded on the samples, read from the tars' JSON records in shard order until
+    every corpus of the split was seen once (the index has no license column; a corpus's
+    license is one per corpus in every reader today)."""
+    from dataprep.core.sample import META
+    from dataprep.core.shards import shard_paths
+    from dataprep.core.tario import iter_tar_members
+
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in shard_paths(split_dir):
+        for _, members in iter_tar_members(path):
+            meta = json.loads(members.get(META, b"{}"))
+            found[meta.get("corpus", "?")].add(str(meta.get("license") or "unknown"))
+            if corpora <= set(found):
+                return {k: sorted(v) for k, v in sorted(found.items())}
+    return {k: sorted(v) for k, v in sorted(found.items())}
 
 
 def _data_section(summary: dict[str, Any] | None) -> list[str]:
@@ -76,7 +84,7 @@ def _data_section(summary: dict[str, Any] | None) -> list[str]:
             f"corpora: {', '.join(summary['corpora']) or 'unknown'}."
         ),
         "",
-        "| split | samples | hours per corpus | languages | licenses (first shard) |",
+        "| split | samples | hours per corpus | languages | licenses |",
         "|---|---|---|---|---|",
     ]
     for split, s in summary["splits"].items():

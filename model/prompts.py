@@ -28,6 +28,8 @@ def ensemble(embeddings: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
 
 def check_labels(labels: Sequence[str]) -> list[str]:
     """Refuse an empty label list, empty labels and duplicates (one clear line)."""
+    if isinstance(labels, str):
+        raise ValueError(f"labels must be a list of strings, not one string {labels!r}")
     labels = [str(x).strip() for x in labels]
     if len(labels) < 1:
         raise ValueError("no labels given")
@@ -42,13 +44,19 @@ def check_labels(labels: Sequence[str]) -> list[str]:
 
 
 def resolve_templates(templates: Any, langs: Iterable[str] | None) -> dict[str, tuple[str, ...]]:
+    """``{lang: templates}`` to ensemble: ``templates`` is None (the defaults), a mapping per
+    language, or one list (any language); ``langs`` selects languages of a mapping."""
+    if isinstance(templates, str):
+        templates = [templates]
     if templates is None:
         temps = dict(DEFAULT_TEMPLATES)
     elif isinstance(templates, Mapping):
         temps = {k: tuple(v) for k, v in templates.items()}
     else:
+        if langs is not None:
+            raise ValueError("langs selects languages of a {lang: [templates]} mapping")
         temps = {"any": tuple(templates)}
-    if langs is not None and not (templates is not None and not isinstance(templates, Mapping)):
+    if langs is not None:
         missing = [lang for lang in langs if lang not in temps]
         if missing:
             raise ValueError(f"no templates for languages {missing}; have {sorted(temps)}")

@@ -172,3 +172,37 @@ def test_corpus_index_and_search(clap_dir, other_clap, tmp_path, subprocess_env,
         ["jobs/search.py", "--index", out, "--model", other_clap, "--text", "rain"], subprocess_env
     )
     assert r.returncode == 2 and "was embedded with" in r.stderr
+
+
+def test_model_card_summarizes_the_training_shards(shards, tmp_path):
+    """model.card on a real shard set: corpora, hours, languages and licenses per split."""
+    from model.card import data_summary, write_model_card
+    from model.config import ExperimentConfig
+
+    summary = data_summary(shards)
+    assert set(summary["corpora"]) == {"esc50", "audiocaps", "commonvoice"}
+    train = summary["splits"]["train"]
+    assert train["samples"] > 0 and set(train["hours"]) <= set(summary["corpora"])
+    assert "en" in train["languages"] and sum(train["languages"].values()) == train["samples"]
+    assert all(lic for lics in train["licenses"].values() for lic in lics)
+    cfg = ExperimentConfig.model_validate({"features": {"preset": "htsat"}})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.md").write_text("| task | acc |\n|---|---|\n| esc50 | 0.5 |\n")
+    card = write_model_card(tmp_path, cfg, shards=shards).read_text()
+    for part in (
+        "## Architecture",
+        "preset `htsat`",
+        "## Training data",
+        "commonvoice",
+        "| esc50 | 0.5 |",
+        "## Intended use and limits",
+        "does not trim",
+    ):
+        assert part in card, part
+    assert "No evaluation table" in model_card_without_eval(cfg)
+
+
+def model_card_without_eval(cfg):
+    from model.card import model_card
+
+    return model_card(cfg, summary=None, eval_table=None)
