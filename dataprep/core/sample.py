@@ -2,7 +2,7 @@
 
 A reader yields :class:`SampleRef` records (metadata only, audio never decoded). The shard
 builder turns each into one or more samples (plain dicts keyed by WebDataset extension plus
-``__key__``) or exactly one :class:`Reject` row. See DESIGN.md "Sample contract".
+``__key__``) or exactly one :class:`Reject` row. See ARCHITECTURE.md "The sample inside a shard".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The shard-set bookkeeping: file names, ``shards.json``, and verification of a split.
 
-Layout (DESIGN.md "Shard set layout")::
+Layout (ARCHITECTURE.md)::
 
     out/<split>/shard-000000.tar    written to a temp name, fsynced, renamed
     out/<split>/shards.json         {"shards": [{name, samples, bytes, sha256}], ...} (last)
