@@ -3,9 +3,10 @@
     python jobs/evaluate.py --checkpoint outputs/demo/run/final --tasks configs/tasks/demo.yaml \
         [--out outputs/demo/eval/results.json] [--compare PREVIOUS_CHECKPOINT]
 
---checkpoint takes an fp32 export (``final/``), a run directory, or a DeepSpeed checkpoint
-directory. Columns: the checkpoint, the same architecture with seeded random weights
-(``random-init``, the floor every number must beat), and ``--compare`` when given. Evaluation
+--checkpoint takes an export (``final/``: model.safetensors + config.json), a run directory,
+or a DeepSpeed checkpoint directory this project wrote (its marker's checksums verified, its
+files read weights-only). Nothing is unpickled: an old ``model.pt`` export is refused.
+Columns: the checkpoint, the same architecture with seeded random weights (``random-init``, the floor every number must beat), and ``--compare`` when given. Evaluation
 audio is read with the corpus readers and featurized by the training code with the model's
 feature config; featurized sets are cached per feature fingerprint (--cache-dir).
 Writes ``--out`` (JSON, every number) and the Markdown table beside it (``.md``).
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataprep.evaluation.runner import Column, evaluate, markdown_table
     from dataprep.evaluation.tasks import load_tasks
     from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
     from model.clap import build_model
 
     try:

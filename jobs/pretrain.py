@@ -15,9 +15,13 @@ Launch (the same script on CPU, one GPU, several GPUs, several nodes)::
 
 Outputs under ``train.out``: ``metrics.jsonl`` + ``tb/`` (TensorBoard), ``checkpoints/`` (every
 ``train.save_every`` steps, on SIGTERM/SIGINT, at the end; the last ``train.keep_last`` kept) and
-``final/`` (fp32 weights, config, tokenizer; read it with ``model.checkpoint.load_for_eval``).
+``final/`` (``model.safetensors`` fp32 weights, ``config.json``, tokenizer; read it with
+``model.weights.load_for_eval``; no load path unpickles).
 A rerun with the same ``--out`` resumes from the latest complete checkpoint: same loss sequence as
 an uninterrupted run (model/optimizer/scheduler, RNG streams and the loader position restored).
+Resuming TRUSTS ``--out``: DeepSpeed unpickles its own checkpoint files. A checkpoint whose
+marker is not this project's, or whose files changed since the save, is refused before any file
+is read (``model.checkpoint.verify_checkpoint``).
 """
 
 from __future__ import annotations
@@ -40,11 +44,19 @@ from dataprep.core.config import ConfigError, config_reference  # noqa: E402
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
 from model import finetune as ft  # noqa: E402
 from model import training as tr  # noqa: E402
-from model.checkpoint import export_final, latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from model.checkpoint import (  # noqa: E402
+    latest_checkpoint,
+    load_checkpoint,
+    UntrustedCheckpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from model.clap import build_model  # noqa: E402
 from model.config import ExperimentConfig, load_config  # noqa: E402
 from model.gradcache import cached_step, plain_step  # noqa: E402
 from model.losses import ContrastiveLoss, loss_groups  # noqa: E402
+from model.weights import export_final  # noqa: E402
 from model.tokenizer import (  # noqa: E402
     TextTokenizer,
     load_tokenizer,
@@ -186,17 +198,20 @@ def main() -> None:
     step = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        state = load_checkpoint(engine, ckpt)
+        try:
+            state = load_checkpoint(engine, ckpt)
+        except UntrustedCheckpoint as err:
+            fail(f"not resuming from {out}: {err}")
         step = int(state["step"])
         loader.load_state_dict(state["loader"])
-        tr.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("resumed from %s (step %d, epoch %d)", ckpt, step, loader.epoch)
     else:
         tr.seed_everything(t.seed + 1000 * rank)  # ranks draw different dropout/augment masks
     metrics = tr.MetricsLog(out, enabled=rank == 0, tensorboard=t.tensorboard, resume_step=step if ckpt else None)
 
     def checkpoint() -> Path:
-        state = {"step": step, "loader": loader.state_dict(), "rng": tr.rng_state()}
+        state = {"step": step, "loader": loader.state_dict(), "rng": rng_state()}
         return save_checkpoint(engine, out, step, trainer_state=state, cfg=cfg,
                                tokenizer_path=tokenizer_path, keep_last=t.keep_last)
 

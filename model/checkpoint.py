@@ -1,49 +1,62 @@
-"""Training checkpoints (resume) and the consolidated fp32 export (inference/eval).
+"""Training checkpoints: save, find, verify and resume (exact, same world size).
 
 Layout under a run's ``out`` directory::
 
     checkpoints/step-00000100/      DeepSpeed files (model/optimizer/scheduler, ZeRO partitions)
-        trainer_state_rank{r}.pt    per rank: step, loader position, RNG states
-        config.yaml                 the ExperimentConfig
+        trainer_state_rank{r}.json  per rank: step, loader position, RNG states (JSON, no pickle)
+        config.json                 the ExperimentConfig
         tokenizer.model             copy of the sentencepiece model (if the text tower uses it)
         complete.json               written last, after every rank has saved: the commit marker
     checkpoints/latest              name of the newest complete checkpoint (atomic rename)
-    final/                          model.pt (fp32 state dict), config.yaml, tokenizer.model,
-                                    meta.json
+    final/                          the export (``model.weights``): model.safetensors, config.json,
+                                    tokenizer.model, meta.json
 
 A checkpoint directory without ``complete.json`` (a save interrupted by SIGKILL) is never
-loaded; ``latest`` only moves after the commit marker exists. :func:`load_for_eval` accepts the
-``final`` directory, a run directory, a ``checkpoints`` directory or one checkpoint directory.
+loaded; ``latest`` only moves after the commit marker exists.
+
+Trust. DeepSpeed pickles its model/optimizer files, and resuming lets DeepSpeed load them: a
+resumed run directory is TRUSTED (point ``--out`` only at a run this project wrote). The
+marker records ``writer: polyclap`` and the sha256 of every file of the checkpoint;
+:func:`verify_checkpoint` refuses a directory without it, with a changed, missing or extra file,
+before anything in it is read. Evaluation, inference and export never unpickle: they read
+``model.safetensors`` or DeepSpeed's files with ``torch.load(weights_only=True)``
+(``model.weights``). A checksum shows the files are the ones this project wrote there, not who
+wrote the directory: it guards against a swapped or planted file, not against someone able to
+write the marker too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 
-from dataprep.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from dataprep.core.atomic import atomic_write_bytes, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 FINAL = "final"
-CONFIG_YAML = "config.yaml"
+CONFIG = "config.json"
 TOKENIZER = "tokenizer.model"
-WEIGHTS = "model.pt"
 COMPLETE = "complete.json"
+WRITER = "polyclap"
+MARKER_FORMAT = 2  # 1: no writer/files (before checksums); refused
 _TAG = re.compile(r"^step-(\d{8})$")
+
+
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint directory this project did not write, or whose files changed since."""
 
 
 def tag_for(step: int) -> str:
@@ -55,13 +68,49 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def config_json(cfg: Any) -> bytes:
+    return json.dumps(cfg.model_dump(mode="json"), indent=1, ensure_ascii=False).encode()
 
 
-def config_yaml(cfg: Any) -> bytes:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True).encode()
+# --------------------------------------------------------------------------------------------
+# RNG state as JSON (exact resume without a pickle)
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as plain JSON values."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [version, list(state), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state().tolist()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, st, gauss = state["python"]
+    random.setstate((version, tuple(st), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# Save / verify / resume
+# --------------------------------------------------------------------------------------------
+
+
+def _file_digests(ckpt: Path) -> dict[str, str]:
+    return {
+        p.relative_to(ckpt).as_posix(): sha256_file(p)
+        for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE
+    }
 
 
 def save_checkpoint(
@@ -74,7 +123,10 @@ def save_checkpoint(
     tokenizer_path: Path | None,
     keep_last: int,
 ) -> Path:
-    """Collective: every rank calls it. Returns the checkpoint directory."""
+    """Collective: every rank calls it. Returns the checkpoint directory.
+
+    ``trainer_state`` must be JSON-serializable (use :func:`rng_state` for the RNG streams).
+    """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     root = out / CHECKPOINTS
@@ -85,19 +137,47 @@ def save_checkpoint(
     _barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
     ckpt.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save(trainer_state, ckpt / f"trainer_state_rank{rank}.pt")
+    atomic_write_json(ckpt / f"trainer_state_rank{rank}.json", trainer_state)
     if rank == 0:
-        atomic_write_bytes(ckpt / CONFIG_YAML, config_yaml(cfg))
+        atomic_write_bytes(ckpt / CONFIG, config_json(cfg))
         if tokenizer_path is not None:
             atomic_write_bytes(ckpt / TOKENIZER, Path(tokenizer_path).read_bytes())
     _barrier()  # every rank's files are on disk before the commit marker
     if rank == 0:
-        atomic_write_json(ckpt / COMPLETE, {"step": step, "world_size": world, "time": time.time()})
+        atomic_write_json(ckpt / COMPLETE, {
+            "writer": WRITER, "format": MARKER_FORMAT, "step": step, "world_size": world,
+            "time": time.time(), "files": _file_digests(ckpt),
+        })
         atomic_write_bytes(root / LATEST, tag.encode())
         _prune(root, keep_last, keep=tag)
     _barrier()
     log.info("saved checkpoint %s", ckpt)
     return ckpt
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The marker of a checkpoint this project wrote, every file unchanged; else
+    :class:`UntrustedCheckpoint`. Reads nothing of the checkpoint but the marker and the bytes
+    it hashes."""
+    try:
+        meta = json.loads((ckpt / COMPLETE).read_text())
+    except (OSError, ValueError) as err:
+        raise UntrustedCheckpoint(f"{ckpt}: no readable {COMPLETE} commit marker ({err})") from None
+    if not isinstance(meta, dict) or meta.get("writer") != WRITER or not isinstance(meta.get("files"), dict):
+        raise UntrustedCheckpoint(
+            f"{ckpt}: {COMPLETE} was not written by polyclap (no writer/file checksums: another "
+            f"tool, a hand-made directory, or a checkpoint from before checksums); refusing to load "
+            f"its pickled files"
+        )
+    found = _file_digests(ckpt)
+    want: dict[str, str] = meta["files"]
+    problems = [f"missing {n}" for n in sorted(set(want) - set(found))]
+    problems += [f"not written by this save: {n}" for n in sorted(set(found) - set(want))]
+    problems += [f"changed since saved: {n}" for n in sorted(set(want) & set(found)) if want[n] != found[n]]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        raise UntrustedCheckpoint(f"{ckpt}: refusing to load: {shown}")
+    return meta
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:
@@ -112,7 +192,8 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+    """The newest complete checkpoint of a run, or None (not yet verified: see
+    :func:`verify_checkpoint`)."""
     root = out / CHECKPOINTS
     marker = root / LATEST
     if marker.is_file():
@@ -127,10 +208,14 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(engine: Any, ckpt: Path) -> dict[str, Any]:
-    """Collective: restore engine state from ``ckpt``; returns this rank's trainer state."""
+    """Collective: restore engine state from ``ckpt``; returns this rank's trainer state.
+
+    The directory is verified first (:func:`verify_checkpoint`); then DeepSpeed loads its own
+    (pickled) files: resuming trusts a run directory this project wrote.
+    """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    meta = json.loads((ckpt / COMPLETE).read_text())
+    meta = verify_checkpoint(ckpt)
     if meta["world_size"] != world:
         raise RuntimeError(
             f"{ckpt} was saved by {meta['world_size']} ranks, this run has {world}: an exact resume "
@@ -141,89 +226,4 @@ def load_checkpoint(engine: Any, ckpt: Path) -> dict[str, Any]:
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt}")
-    return torch.load(ckpt / f"trainer_state_rank{rank}.pt", map_location="cpu", weights_only=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Consolidated fp32 weights
-# --------------------------------------------------------------------------------------------
-
-
-def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 model weights from one DeepSpeed checkpoint directory (any ZeRO stage)."""
-    if any(ckpt.glob("zero_pp_rank_*_optim_states.pt")):
-        # ZeRO 1/2/3: the fp32 master weights live in the optimizer partitions
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
-    else:
-        states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        sd = states["module"]
-    return {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in sd.items()}
-
-
-def export_final(out: Path, ckpt: Path, meta: dict[str, Any]) -> Path:
-    """Rank 0: write ``<out>/final`` (fp32 weights + config + tokenizer) atomically."""
-    final = out / FINAL
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
-        torch.save(consolidated_state_dict(ckpt), tmp / WEIGHTS)
-        shutil.copyfile(ckpt / CONFIG_YAML, tmp / CONFIG_YAML)
-        if (ckpt / TOKENIZER).is_file():
-            shutil.copyfile(ckpt / TOKENIZER, tmp / TOKENIZER)
-        atomic_write_json(tmp / "meta.json", {**meta, "source_checkpoint": str(ckpt)})
-        if final.exists():
-            old = out / f".final-old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("exported fp32 weights to %s", final)
-    return final
-
-
-def _resolve(path: Path) -> Path:
-    """A directory holding config.yaml + (model.pt | DeepSpeed files)."""
-    if (path / WEIGHTS).is_file() or (path / COMPLETE).is_file():
-        return path
-    if (path / FINAL / WEIGHTS).is_file():
-        return path / FINAL
-    run = path.parent if path.name == CHECKPOINTS else path
-    ckpt = latest_checkpoint(run)
-    if ckpt is not None:
-        return ckpt
-    raise FileNotFoundError(
-        f"{path}: no model here (expected a final/ export with {WEIGHTS}, a run directory with "
-        f"{CHECKPOINTS}/, or a checkpoint directory with {COMPLETE})"
-    )
-
-
-def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
-    """``(model in eval mode, ExperimentConfig, tokenizer)`` from an export or a checkpoint.
-
-    The tokenizer has ``encode_batch(texts, max_len) -> (ids, mask)``; for ``text.kind: minilm``
-    it is the packaged MiniLM WordPiece tokenizer behind the same interface.
-    """
-    from dataprep.core.config import ConfigError
-    from model.clap import build_model
-    from model.config import ExperimentConfig, load_config
-    from model.tokenizer import load_tokenizer
-
-    d = _resolve(Path(path))
-    try:
-        cfg = load_config(d / CONFIG_YAML)
-    except ConfigError as err:
-        # A checkpoint outlives schema changes in sections evaluation does not use (build.*):
-        # keep what defines the model and its inputs, and say what was dropped.
-        tree = yaml.safe_load((d / CONFIG_YAML).read_text())
-        kept = {k: tree[k] for k in ("name", "features", "model") if k in tree}
-        cfg = ExperimentConfig.model_validate(kept)
-        log.warning("%s: loaded only features/model sections (%s)", d / CONFIG_YAML, str(err).splitlines()[-1].strip())
-    sd = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True) if (d / WEIGHTS).is_file() else consolidated_state_dict(d)
-    model = build_model(cfg.model, cfg.features.n_mels)
-    model.load_state_dict(sd, strict=True)
-    model.to(device).eval()
-    tok = load_tokenizer(cfg.model.text, d / TOKENIZER)
-    return model, cfg, tok
+    return json.loads((ckpt / f"trainer_state_rank{rank}.json").read_text())

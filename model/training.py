@@ -90,27 +90,8 @@ def autocast_dtype(t: TrainConfig) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# RNG state (exact resume)
+# Seeding (the resumable RNG state itself: model.checkpoint.rng_state)
 # --------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:

@@ -56,7 +56,7 @@ def test_build_train_evaluate(tmp_path, subprocess_env):
     final = run_dir / "final"
     assert final.is_dir(), proc.stdout[-2000:]
 
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     model, cfg, tokenizer = load_for_eval(final)
     assert sum(p.numel() for p in model.parameters()) > 0 and cfg.train.zero_stage == 2

@@ -16,6 +16,7 @@ such a key names its replacement instead of just "unknown key".
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -363,7 +364,12 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         source = str(p)
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        try:
+            # JSON exactly as JSON (exports write config.json); YAML 1.1 would read 1e-06 as text
+            loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as err:
+            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -142,7 +142,7 @@ def test_undecodable_eval_item_is_scored_wrong_and_listed(corpora: Path, tmp_pat
     from dataprep.evaluation import runner
     from dataprep.evaluation.data import load_eval_set
     from dataprep.evaluation.tasks import Defaults, TaskConfig, TaskFile
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
     from eval_helpers import make_export

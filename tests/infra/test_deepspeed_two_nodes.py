@@ -87,4 +87,4 @@ def test_two_nodes_no_ssh_train_with_a_preset(tmp_path, corpora_root, subprocess
     steps = sorted({r["step"] for r in rows if "loss" in r})
     assert steps == [1, 2, 3], rows
     assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in rows if "loss" in r)  # finite
-    assert (out / "final" / "model.pt").is_file()
+    assert (out / "final" / "model.safetensors").is_file()

@@ -92,7 +92,7 @@ def test_two_node_deepspeed_trains_on_built_shards(built, tmp_path, subprocess_e
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 2, meta
     assert meta["zero_stage"] == 2  # configs/test_small.yaml's train.zero_stage
-    assert (out / "final" / "model.pt").is_file()
+    assert (out / "final" / "model.safetensors").is_file()
     # the tokenizer next to the shards was used and exported with the weights, not retrained
     assert (out / "final" / "tokenizer.model").read_bytes() == (built / "tokenizer.model").read_bytes()
     assert not (out / "tokenizer.model").exists()

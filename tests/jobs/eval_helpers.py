@@ -1,7 +1,7 @@
 """Test helper: a tiny exported CLAP model (fp32 ``final/`` layout) made at run time.
 
-This is the export format ``jobs/pretrain.py`` writes (model.pt + config.yaml +
-tokenizer.model), produced here without training so evaluation tests stay fast.
+This is the export format ``jobs/pretrain.py`` writes (``model.weights.write_export``:
+model.safetensors + config.json + tokenizer.model), produced here without training so evaluation tests stay fast.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from model.config import load_config
-from dataprep.core.atomic import atomic_write_bytes
 from model.tokenizer import train_tokenizer
-from model.checkpoint import config_yaml
+from model.weights import write_export
 from model.clap import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +29,9 @@ def make_export(out: Path, seed: int = 0, overrides: tuple[str, ...] = ()) -> Pa
     """Write ``out/final`` for a seeded random model of configs/test_small.yaml's architecture."""
     cfg = load_config(REPO / "configs" / "test_small.yaml", list(overrides))
     final = out / "final"
-    final.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(TEXTS, final / "tokenizer.model", vocab_size=cfg.model.text.vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(TEXTS, out / "tokenizer.model", vocab_size=cfg.model.text.vocab_size)
     torch.manual_seed(seed)
     model = build_model(cfg.model, cfg.features.n_mels)
-    torch.save(model.state_dict(), final / "model.pt")
-    atomic_write_bytes(final / "config.yaml", config_yaml(cfg))
+    write_export(final, model.state_dict(), cfg, tokenizer=out / "tokenizer.model")
     return final

@@ -91,7 +91,7 @@ def test_demo_tasks_every_type_three_columns_cached_rerun(tmp_path: Path, subpro
     assert {"accuracy_en", "accuracy_hi", "accuracy_zh"} <= set(kws)
 
     # featurized sets are cached under the feature fingerprint; a rerun reads them, same numbers
-    cfg = load_config(ckpt / "config.yaml")
+    cfg = load_config(ckpt / "config.json")
     assert list((cache / feature_fingerprint(cfg.features)).glob("*.npz"))
     out2 = tmp_path / "eval2.json"
     r2 = _run([*args[:5], str(out2), *args[6:]], subprocess_env)
@@ -232,7 +232,7 @@ def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Pat
 def test_long_audio_is_windowed_and_averaged(sets, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     _, _, esc, _ = sets
     model, cfg, tok = load_for_eval(make_export(tmp_path / "m", seed=0))
@@ -263,7 +263,7 @@ def test_public_benchmark_templates_run_on_the_bundled_layouts(tmp_path: Path, c
     the same layout, each runs end to end (what a user does with the real benchmark)."""
     import yaml
 
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     model, cfg, tok = load_for_eval(make_export(tmp_path / "m", seed=0))
     bundled = {"esc50": "esc50_mini", "cremad": "cremad_mini", "speechcommands": "kws_mini"}

@@ -33,7 +33,7 @@ def test_deepspeed_checkpoint_and_export_evaluate_identically(tmp_path: Path, su
           "configs/test_small.yaml", "--shards", str(shards), "--out", str(run), "train.tensorboard=false",
           "train.max_steps=8", "train.save_every=8", "train.lr=0.01", "train.warmup_steps=1"], env)
     ckpts = sorted((run / "checkpoints").glob("step-*"))
-    assert ckpts and (run / "final" / "model.pt").is_file()
+    assert ckpts and (run / "final" / "model.safetensors").is_file()
     out = tmp_path / "eval.json"
     stdout = _run([py, "jobs/evaluate.py", "--checkpoint", str(ckpts[-1]), "--compare", str(run / "final"),
                    "--tasks", "configs/tasks/demo.yaml", "--only", "esc50_zero_shot", "--only", "audiocaps_val_retrieval",

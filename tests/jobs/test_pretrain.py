@@ -112,7 +112,9 @@ def _free_port() -> int:
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "final" / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
 
 
 @pytest.mark.slow
@@ -162,7 +164,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, shards: Path, env
     assert {f.name for f in ckpt.glob("trainer_state_rank*.pt")} == {"trainer_state_rank0.pt", "trainer_state_rank1.pt"}
     assert not (out / "final").exists()
     # the DeepSpeed checkpoint is usable for evaluation as it is (zero_to_fp32 on the fly)
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     model, cfg_loaded, tok = load_for_eval(out)
     assert cfg_loaded.train.max_steps == 100000 and not model.training
@@ -182,12 +184,12 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
     assert last < first - 0.1, f"ZeRO-{stage}: loss did not decrease ({first:.3f} -> {last:.3f})"
     assert "Traceback" not in text
     # final export loads and embeds
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     # an export outlives schema changes of sections evaluation does not need
-    conf = yaml.safe_load((out / "final" / "config.yaml").read_text())
+    conf = json.loads((out / "final" / "config.json").read_text())
     conf.setdefault("build", {})["key_from_another_version"] = 1
-    (out / "final" / "config.yaml").write_text(yaml.safe_dump(conf))
+    (out / "final" / "config.json").write_text(json.dumps(conf))
     model, _, tok = load_for_eval(out / "final")
     ids, mask = tok.encode_batch(["rain on a roof", "a dog"], 24)
     emb = model.encode_text(ids, mask)
@@ -235,11 +237,20 @@ def test_time_budget_zero0_single_process_without_launcher(tmp_path: Path, shard
     assert 1 <= steps < 100000
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["step"] == steps and meta["zero_stage"] == 0
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     model, _, _ = load_for_eval(out / "checkpoints")  # stage 0: weights from the model-states file
     final = _final_weights(out)
     assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
+    # the checkpoint was read weights-only and its marker verified; a file planted into it
+    # afterwards makes the resume refuse the directory before DeepSpeed unpickles anything
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert json.loads((ckpt / "complete.json").read_text())["writer"] == "polyclap"
+    (ckpt / "extra_optim_states.pt").write_bytes(b"not ours")
+    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(shards),
+                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 2 and "not resuming from" in p.stderr, p.stderr[-3000:]
+    assert "not written by this save: extra_optim_states.pt" in p.stderr
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_build_tokenize_train_export(tmp_path: Path, corpora_root: Path, subproc
     assert any("val_a2t_r1" in r for r in rows)
     assert list((out / "tb").iterdir()), "TensorBoard event file"
 
-    from model.checkpoint import load_for_eval
+    from model.weights import load_for_eval
 
     model, cfg, tokenizer = load_for_eval(out / "final")
     assert (out / "final" / "tokenizer.model").read_bytes() == (shards / "tokenizer.model").read_bytes()
