@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 
@@ -91,3 +92,30 @@ def test_cli(tmp_path: Path, repo_root: Path, subprocess_env: dict[str, str]) ->
     assert run("--help").returncode == 0
     p = run("--shards", str(tmp_path), "--out", str(tmp_path / "t.model"))
     assert p.returncode == 2 and "shards.json is missing" in p.stderr
+
+
+def test_resolution_rules_and_the_injected_tokenize(tmp_path: Path, sentences: list[str]) -> None:
+    """tokenizer.path, else <shards>/tokenizer.model, else <out>/tokenizer.model to train; the
+    loader/evaluator get a picklable callable cutting to model.text.max_len."""
+    from model.config import TextEncoderConfig
+    from model.tokenizer import load_tokenizer, make_tokenize, tokenizer_path
+
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    shards.mkdir()
+    assert tokenizer_path(None, shards, out) == (out / "tokenizer.model", True)
+    train_tokenizer(sentences, out / "tokenizer.model", vocab_size=300)
+    assert tokenizer_path(None, shards, out) == (out / "tokenizer.model", False)
+    train_tokenizer(sentences, shards / "tokenizer.model", vocab_size=300)
+    assert tokenizer_path(None, shards, out) == (shards / "tokenizer.model", False)
+    assert tokenizer_path(out / "tokenizer.model", shards, out) == (out / "tokenizer.model", False)
+    with pytest.raises(FileNotFoundError, match="tokenizer.path="):
+        tokenizer_path(tmp_path / "nope.model", shards, out)
+
+    text = TextEncoderConfig(vocab_size=300, max_len=12)
+    tok = load_tokenizer(text, shards / "tokenizer.model")
+    with pytest.raises(ValueError, match="model.text.vocab_size=100"):
+        load_tokenizer(TextEncoderConfig(vocab_size=100), shards / "tokenizer.model")
+    tokenize = pickle.loads(pickle.dumps(make_tokenize(tok, text)))
+    ids, mask = tokenize(sentences[:3])
+    assert ids.shape == mask.shape == (3, 12)
+    assert torch.equal(ids, tok.encode_batch(sentences[:3], 12)[0])
