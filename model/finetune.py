@@ -160,7 +160,10 @@ class InitReport:
 
 def _source_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str], str]:
     """(state dict under polyclap names, keys with no polyclap home, kind) of ``path``."""
-    if (path / "config.json").is_file():
+    from model.inference import transformers_model_type
+
+    # a polyclap export has a config.json too (the ExperimentConfig, no ``model_type``)
+    if transformers_model_type(path) is not None:
         from model.hf_common import HFLoadError
         from model.hf_import import clap_state_dict
 
@@ -169,16 +172,13 @@ def _source_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str], str]:
         except HFLoadError as err:
             raise InitError(str(err)) from None
         return state, unexpected, "clap"
-    from model.checkpoint import WEIGHTS, consolidated_state_dict
-    from model.checkpoint import _resolve as resolve_model_dir
+    from model.weights import load_state_dict
 
-    try:
-        d = resolve_model_dir(path)
-    except FileNotFoundError as err:
+    try:  # safetensors, or a verified checkpoint read weights-only (model.weights)
+        state, _ = load_state_dict(path)
+    except (FileNotFoundError, ValueError) as err:
         raise InitError(f"model.init_from: {err}") from None
-    if (d / WEIGHTS).is_file():
-        return torch.load(d / WEIGHTS, map_location="cpu", weights_only=True), [], "polyclap"
-    return consolidated_state_dict(d), [], "polyclap"
+    return state, [], "polyclap"
 
 
 def init_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> InitReport:

@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from hf_helpers import tiny_clap, tiny_xlmr
 from model_helpers import N_MELS, tiny_config
 
@@ -112,8 +113,8 @@ def test_init_from_a_polyclap_export_is_strict(tmp_path):
     src = build_model(cfg, N_MELS)
     export = tmp_path / "final"
     export.mkdir()
-    torch.save(src.state_dict(), export / "model.pt")
-    (export / "config.yaml").write_text("{}\n")
+    save_file(src.state_dict(), str(export / "model.safetensors"))  # the export's weights
+    (export / "config.json").write_text("{}\n")  # a polyclap config: no transformers model_type
     torch.manual_seed(2)
     dst = build_model(cfg, N_MELS)
     report = init_weights(dst, export)
@@ -127,7 +128,7 @@ def test_init_from_a_polyclap_export_is_strict(tmp_path):
     # strict=False: missing keys are listed and the rest loads
     sd = src.state_dict()
     del sd["log_scale"]
-    torch.save(sd, export / "model.pt")
+    save_file(sd, str(export / "model.safetensors"))
     with pytest.raises(InitError, match=r"missing \['log_scale'\] \(1\)"):
         init_weights(dst, export)
     assert init_weights(dst, export, strict=False).missing == ["log_scale"]
