@@ -91,17 +91,30 @@ def audio_fingerprint(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     return words
 
 
+FP_HEX_DTYPE = "<u4"
+
+
 def fingerprint_to_hex(fp: np.ndarray) -> str:
-    return np.asarray(fp, dtype="<u4").tobytes().hex()
+    """The stored form of a fingerprint (a sample's ``audio_fp``, the part records): the
+    little-endian uint32 words as hex, then ``:<u4``."""
+    return np.asarray(fp, dtype=FP_HEX_DTYPE).tobytes().hex() + f":{FP_HEX_DTYPE}"
 
 
-def fingerprint_from_hex(text: str) -> np.ndarray:
-    return np.frombuffer(bytes.fromhex(text), dtype="<u4").astype(np.uint32)
+def fingerprint_from_hex(text: str) -> np.ndarray | None:
+    """The fingerprint of :func:`fingerprint_to_hex`'s text (the ``:<dtype>`` suffix is
+    optional); None for ``""``, the ``audio_fp`` of a sample without one (an augmented view)."""
+    if not text:
+        return None
+    hexpart, _, dtype = text.partition(":")
+    return np.frombuffer(bytes.fromhex(hexpart), dtype=np.dtype(dtype or FP_HEX_DTYPE)).astype(
+        np.uint32
+    )
 
 
 def _as_fp(fp: np.ndarray | list[int] | str) -> np.ndarray:
     if isinstance(fp, str):
-        return fingerprint_from_hex(fp)
+        arr = fingerprint_from_hex(fp)
+        return np.zeros(0, dtype=np.uint32) if arr is None else arr
     return np.asarray(fp, dtype=np.uint32)
 
 

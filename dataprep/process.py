@@ -218,7 +218,7 @@ class SampleProcessor:
             "split": split,
             "group": group,
             "audio_sha1": pcm,
-            "audio_fp": _fp_hex(fp),
+            "audio_fp": dedup.fingerprint_to_hex(fp),
             "feature_fingerprint": self.fingerprint,
             "texts": self._texts(ref, text, lang),
             "flags": flags,
@@ -256,18 +256,6 @@ def _segment_source(ref: SampleRef, seg: Any, n_segments: int) -> str:
     """The reject ``source`` of one segment: the input's own when it has one segment."""
     src = ref_source(ref)
     return src if n_segments == 1 else f"{src}@{seg.start_s:.2f}-{seg.end_s:.2f}"
-
-
-def _fp_hex(fp: Any) -> str:
-    arr = np.asarray(fp)
-    return arr.tobytes().hex() + f":{arr.dtype.str}"
-
-
-def fp_from_hex(s: str) -> np.ndarray | None:
-    if not s:
-        return None
-    hexpart, _, dtype = s.partition(":")
-    return np.frombuffer(bytes.fromhex(hexpart), dtype=np.dtype(dtype))
 
 
 def _round(v: Any) -> Any:

@@ -68,13 +68,11 @@ def resolve_cross_shard_duplicates(
     parts: list[dict[str, Any]], near: bool, threshold: float
 ) -> dict[str, str]:
     """Keys to exclude -> the key they duplicate; the first in the given part order wins."""
-    from dataprep.process import fp_from_hex
-
     index = dedup.DedupIndex(near_threshold=threshold, near=near)
     excluded: dict[str, str] = {}
     for part in parts:
         for row in part["fingerprints"]:
-            fp = fp_from_hex(row["fp"]) if near else None
+            fp = dedup.fingerprint_from_hex(row["fp"]) if near else None
             dup = index.add(row["key"], row["pcm"], fp)
             if dup is not None:
                 excluded[row["key"]] = dup
@@ -122,7 +120,8 @@ def finalize_split(
     atomic.atomic_write_json(out / split / shards.SHARDS_JSON, meta)
     return {
         "samples": total - len(split_excluded),
-        # rejected inputs and rejected generated texts (LLM...) apart: a text reject keeps its sample
+        # rejected inputs and rejected generated texts (LLM...) apart: a text reject keeps
+        # its sample
         **reject_counts(reject_rows),
     }
 

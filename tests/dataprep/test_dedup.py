@@ -98,6 +98,10 @@ def test_fingerprint_is_small_and_storable(robustness: dict) -> None:
     fp = audio_fingerprint(wave, SR)
     assert fp.dtype == np.uint32 and 0 < fp.size <= wave.size / SR * 20 + 1
     assert (fingerprint_from_hex(fingerprint_to_hex(fp)) == fp).all()
+    # The stored form (sample json ``audio_fp``): hex of the little-endian words + dtype.
+    assert fingerprint_to_hex(fp) == fp.astype("<u4").tobytes().hex() + ":<u4"
+    assert (fingerprint_from_hex(fingerprint_to_hex(fp).split(":")[0]) == fp).all()
+    assert fingerprint_from_hex("") is None  # an augmented view stores no fingerprint
     assert fingerprint_similarity(fp, fingerprint_to_hex(fp)) == 1.0
     assert audio_fingerprint(np.zeros(1000, np.float32), SR).size == 0
 
