@@ -20,6 +20,11 @@ regularizer (MGA-CLAP's L1/L2 ratio, see ``model.losses``).
 CALM alignment: with ``text.kind: minilm``, ``text.freeze: true``, ``text.project: false`` and
 ``embed_dim: 384`` the text side is the pretrained MiniLM sentence space itself and only the
 audio tower (and its projection) learns to land in it.
+
+CALM's alignment proper (``model.calm.enabled``, needs ``text.kind: hf``): the audio tower's
+frame features go through ``calm_in`` into the text model's input-embedding space and through
+the (shared, optionally locked) text model itself; its pooled output, projected, is the audio
+embedding. Text embeddings are computed as usual, so both modalities leave the same network.
 """
 
 from __future__ import annotations
@@ -91,7 +96,11 @@ class CLAP(nn.Module):
         self.audio = build_audio_tower(cfg.audio, n_mels)
         self.text = TextEncoder(cfg.text)
         audio_dim = int(self.audio.out_dim)
-        self.audio_proj = projection(cfg.projection, audio_dim, cfg.embed_dim)
+        self.calm_in: nn.Module | None = None
+        if cfg.calm.enabled:  # audio frames -> the text LM's input space -> the LM
+            self.calm_in = nn.Linear(audio_dim, self.text.out_dim)
+        pooled_dim = self.text.out_dim if cfg.calm.enabled else audio_dim
+        self.audio_proj = projection(cfg.projection, pooled_dim, cfg.embed_dim)
         if cfg.text.project:
             self.text_proj: nn.Module = projection(cfg.projection, self.text.out_dim,
                                                    cfg.embed_dim)
@@ -148,7 +157,9 @@ class CLAP(nn.Module):
     ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         fine = self.codebook is not None
-        if mel is not None:
+        if mel is not None and self.calm_in is not None:
+            self._calm_audio(mel, mel_lengths, out)
+        elif mel is not None:
             if fine:
                 pooled, frames, fmask = self.audio(mel, mel_lengths, return_frames=True)
                 self._finish(self.audio_proj(pooled), (self.frame_proj(frames), fmask),
@@ -165,6 +176,13 @@ class CLAP(nn.Module):
                 self._finish(self.text_proj(self.text(ids, mask)), None, "text", out)
         out["logit_scale"] = self.logit_scale()
         return out
+
+    def _calm_audio(self, mel: Tensor, mel_lengths: Tensor | None,
+                    out: dict[str, Tensor]) -> None:
+        _, frames, valid = self.audio(mel, mel_lengths, return_frames=True)
+        pooled, _, _ = self.text.impl.encode_embeds(self.calm_in(frames), valid)
+        local = (self.frame_proj(frames), valid) if self.codebook is not None else None
+        self._finish(self.audio_proj(pooled), local, "audio", out)
 
     def encode_audio(self, mel: Tensor, mel_lengths: Tensor | None = None) -> Tensor:
         """L2-normalized audio embeddings ``[B, embed_dim]`` (float32)."""

@@ -130,6 +130,15 @@ class LossConfig(_Section):
         return self
 
 
+class CalmConfig(_Section):
+    """CALM's alignment proper (``model.calm``): the audio tower's frame features, projected
+    into the input-embedding space of the pretrained text model (``text.kind: hf``), pass
+    through that model as its input tokens; the audio embedding is its pooled output (the text
+    tower's pooling). Off: the output-space alignment (separate towers)."""
+
+    enabled: bool = False
+
+
 class ModelConfig(_Section):
     audio: AudioEncoderConfig = AudioEncoderConfig()
     text: TextEncoderConfig = TextEncoderConfig()
@@ -143,6 +152,14 @@ class ModelConfig(_Section):
     # transformers ClapModel dir. Strict: every missing or unexpected key is an error.
     init_from: str | None = None
     init_strict: bool = True
+    calm: CalmConfig = CalmConfig()
+
+    @model_validator(mode="after")
+    def _calm_needs_hf_text(self) -> ModelConfig:
+        if self.calm.enabled and self.text.kind != "hf":
+            raise ValueError(f"model.calm.enabled needs model.text.kind=hf (a pretrained "
+                             f"language model), not {self.text.kind}")
+        return self
 
 
 class TokenizerConfig(_Section):

@@ -172,8 +172,18 @@ class HFText(nn.Module):
         if ids.dim() != 2 or ids.shape != mask.shape:
             raise ValueError(f"ids/mask must both be [B, L], got {tuple(ids.shape)}, "
                              f"{tuple(mask.shape)}")
-        bmask = mask.bool()
-        kwargs: dict[str, Tensor] = {"input_ids": ids, "attention_mask": bmask.long()}
+        return self._run({"input_ids": ids}, mask.bool())
+
+    def encode_embeds(self, embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The model on input embeddings ``[B, L, H]`` instead of token ids (CALM: acoustic
+        tokens in the language model's input space), pooled as the text is."""
+        if embeds.dim() != 3 or embeds.shape[:2] != mask.shape or embeds.shape[2] != self.out_dim:
+            raise ValueError(f"embeds must be [B, L, {self.out_dim}] with mask [B, L], got "
+                             f"{tuple(embeds.shape)}, {tuple(mask.shape)}")
+        return self._run({"inputs_embeds": embeds}, mask.bool())
+
+    def _run(self, inputs: dict[str, Tensor], bmask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        kwargs: dict[str, Tensor] = {**inputs, "attention_mask": bmask.long()}
         if self.decoder_only:
             # Positions over real tokens only: left padding must not shift them.
             kwargs["position_ids"] = (bmask.long().cumsum(1) - 1).clamp_min(0)
@@ -186,5 +196,6 @@ class HFText(nn.Module):
         elif self.pooling == "pooler":
             pooled = out.pooler_output
         else:
-            pooled = tokens[torch.arange(ids.shape[0], device=ids.device), last_token_index(bmask)]
+            rows = torch.arange(tokens.shape[0], device=tokens.device)
+            pooled = tokens[rows, last_token_index(bmask)]
         return pooled, tokens, bmask
