@@ -10,6 +10,7 @@ which needs the ``[llm]`` extra (the real one runs in test_augment_llm.py when i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -103,3 +104,4 @@ def test_one_server_per_node_shared_across_processes_and_ended_when_idle(
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10)
+        shutil.rmtree(a.root, ignore_errors=True)  # this test's node registry (its own key)
