@@ -7,7 +7,8 @@ loudness path that evaluation and inference share. Only the region the reference
 read, so a huge file never sits in memory whole.
 
 Quality numbers are measured on the decoded audio *before* any gain (a silent clip stays silent,
-a clipped clip keeps its clip ratio) and travel in ``Segment.stats``; the filters decide.
+a clipped clip keeps its clip ratio) and travel in ``Segment.stats``; the filters decide. A
+segment's level (``dbfs``) is measured without its DC offset, so a constant signal is silent.
 Every failure is an :class:`AudioError` with a short machine-readable ``reason``.
 """
 
@@ -72,6 +73,14 @@ def hop_mean_square(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     if rest.size or n == 0:
         out = np.append(out, float(np.dot(rest, rest)) / max(1, rest.size))
     return out
+
+
+def ac_rms(wave: np.ndarray) -> float:
+    """RMS level without the DC offset: a constant (a detached microphone, a bad ADC bias) is
+    no sound, so a file that is only DC must read as silent, not as loud."""
+    dc = np.float32(np.mean(wave, dtype=np.float64))
+    centered = wave - dc
+    return math.sqrt(float(np.dot(centered, centered)) / max(1, wave.size))
 
 
 def frame_rms(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
@@ -182,7 +191,7 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
             piece = piece.copy()  # overlapping views would let an in-place edit leak across
         stats = dict(source_stats)
         if piece.size:
-            stats["dbfs"] = _db(math.sqrt(float(np.dot(piece, piece)) / piece.size) / gain)
+            stats["dbfs"] = _db(ac_rms(piece) / gain)
             stats["peak"] = max(float(piece.max()), -float(piece.min())) / gain
         else:
             stats["dbfs"], stats["peak"] = STATS_FLOOR_DB, 0.0

@@ -228,3 +228,25 @@ def test_a_rate_coprime_with_the_target_resamples_in_bounded_time(tmp_path: Path
         path = _wav(tmp_path / f"r{bad_sr}.wav", np.zeros(bad_sr // 10) + 0.1, bad_sr)
         res = _processor()(SampleRef("c", f"r{bad_sr}", path, text="x"), "train")
         assert [r.reason for r in res.rejects] == ["bad_sample_rate"] and not res.samples
+
+
+# ------------------------------------------------------------ defect 3: a file that is only DC
+
+
+def test_a_file_that_is_only_a_dc_offset_is_silent(corpora: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    proc = _processor()
+    dc_only = _wav(tmp_path / "dc.wav", np.full(32000, 0.3))
+    res = proc(SampleRef("c", "dc.wav", dc_only, text="a constant hum"), "train")
+    assert not res.samples and [(r.stage, r.reason) for r in res.rejects] == [("filter", "silent")]
+    # real sound riding on the same offset is kept: only the offset is discounted
+    speech, sr = sf.read(corpora / "nemo_manifest_mini" / "audio" / "utt_000_en.wav")
+    on_dc = _wav(tmp_path / "speech_dc.wav", speech + 0.3, sr)
+    res = proc(SampleRef("c", "speech_dc.wav", on_dc, text="a voice over a hum"), "train")
+    assert len(res.samples) == 1 and not res.rejects
+    level = res.samples[0]["json"]["stats"]["dbfs"]
+    clean = _processor()(
+        SampleRef("c", "s.wav", _wav(tmp_path / "s.wav", speech, sr), text="v"), "t"
+    )
+    assert level == pytest.approx(clean.samples[0]["json"]["stats"]["dbfs"], abs=0.5)
