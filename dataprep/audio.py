@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SILENCE_FRAME_DBFS = -60.0  # a 20-ms frame below this counts towards silence_ratio
 DURATION_MISMATCH = 0.10  # declared vs decoded duration: flag when off by more than 10 %
+WHOLE_TRIM_MARGIN_S = 5.0  # an utterance is decoded this far past its limit: trimming may fit it
 _FRAME_S = 0.02
 _HOP_S = 0.01
 
@@ -120,17 +121,29 @@ def _trim_from_rms(
 # ----------------------------------------------------------------------------- the stage
 
 
-def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -> list[Segment]:
+def load_segments(
+    ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int, whole_up_to_s: float | None = None
+) -> list[Segment]:
     """Decode ``ref`` once and return normalized segments (see module docstring).
 
+    Without ``whole_up_to_s`` a recording longer than ``max_segment_s`` is cut into windows
+    (each flagged ``window``): right for sound-event clips, whose caption or labels describe
+    the clip as a whole and hold for its parts. With it the input is one utterance whose text
+    must cover all of its audio (a transcript): it stays ONE segment, never cut, and one that
+    is longer than ``whole_up_to_s`` after trimming is ``transcript_too_long`` (the text cannot
+    follow a cut, and we have no alignment to cut it with).
+
     Raises :class:`AudioError` (missing_file, empty_file, read_error, not_audio, decode_error,
-    empty_audio, non_finite, bad_region, bad_sample_rate).
+    empty_audio, non_finite, bad_region, bad_sample_rate, transcript_too_long).
     """
     start_s = float(ref.start_s or 0.0)
     if start_s < 0 or (ref.end_s is not None and ref.end_s <= start_s):
         raise AudioError("bad_region", f"region [{ref.start_s}, {ref.end_s}] is empty or negative")
-    step = audio_cfg.max_segment_s - audio_cfg.segment_overlap_s
-    limit_s = audio_cfg.max_segment_s + step * max(0, audio_cfg.max_segments_per_source - 1)
+    if whole_up_to_s is None:
+        step = audio_cfg.max_segment_s - audio_cfg.segment_overlap_s
+        limit_s = audio_cfg.max_segment_s + step * max(0, audio_cfg.max_segments_per_source - 1)
+    else:
+        limit_s = whole_up_to_s + WHOLE_TRIM_MARGIN_S
     w = load_waveform(ref.audio, sample_rate_hz, audio_cfg, start_s=start_s, end_s=ref.end_s,
                       limit_s=limit_s, name=ref.audio)
     wave, gain, lufs, peak = w.wave, w.gain, w.lufs, w.peak
@@ -177,7 +190,21 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
     }
     offset_s = start_s + lo / sample_rate_hz
     body_s = body.shape[0] / sample_rate_hz
-    starts = segment_starts(body_s, audio_cfg.max_segment_s, audio_cfg.segment_overlap_s)
+    if whole_up_to_s is not None:
+        if w.truncated or body_s > whole_up_to_s:
+            longer = "more than " if w.truncated else ""
+            raise AudioError(
+                "transcript_too_long",
+                f"{ref.audio}: a transcribed utterance of {longer}{body_s:.1f} s (after trimming) "
+                f"> max {whole_up_to_s} s; cutting it would pair the transcript with part of "
+                "its audio",
+            )
+        starts, window_s = [0.0], body_s
+    else:
+        starts = segment_starts(body_s, audio_cfg.max_segment_s, audio_cfg.segment_overlap_s)
+        window_s = audio_cfg.max_segment_s
+        if len(starts) > 1:
+            flags.append("window")
     if len(starts) > audio_cfg.max_segments_per_source:
         starts = starts[: audio_cfg.max_segments_per_source]
         if "source_cropped" not in flags:
@@ -185,7 +212,7 @@ def load_segments(ref: SampleRef, audio_cfg: AudioConfig, sample_rate_hz: int) -
     segments = []
     for s in starts:
         a = round(s * sample_rate_hz)
-        b = min(body.shape[0], a + round(audio_cfg.max_segment_s * sample_rate_hz))
+        b = min(body.shape[0], a + round(window_s * sample_rate_hz))
         piece = body[a:b]
         if audio_cfg.segment_overlap_s > 0:
             piece = piece.copy()  # overlapping views would let an in-place edit leak across

@@ -20,8 +20,11 @@ from dataprep.core.lang import same_language
 from dataprep.core.sample import Reject, SampleRef, ref_source
 from dataprep.text import detect_language, letter_ratio
 
-# Tasks whose text is a transcript of the audio, so characters per second are meaningful.
-SPEECH_TASKS = {"asr", "speech", "transcript"}
+# Tasks whose text *describes* the sound instead of transcribing it. Every other text (no task,
+# asr, kws, emotion...) is transcript-like: its characters per second are bounded, and its
+# utterance is never cut into windows (dataprep.audio.load_segments).
+CAPTION_TASKS = {"caption", "audio_caption", "captioning", "description", "classification",
+                 "tagging", "sound_event"}  # fmt: skip
 LANG_MIN_CONFIDENCE = 0.8  # below this the detector is not trusted to contradict the corpus
 LANG_MIN_CHARS = 12  # shorter texts are too ambiguous for a mismatch verdict
 GARBAGE_LETTER_RATIO = 0.5
@@ -102,8 +105,11 @@ def check_segment(
     return rej
 
 
-def is_speech(ref: SampleRef) -> bool:
-    return ref.extra_dict().get("task") in SPEECH_TASKS
+def is_transcript(ref: SampleRef) -> bool:
+    """Whether ``ref``'s text (if any) stands for what is said in all of its audio: true unless
+    the corpus declares a caption-like task (``CAPTION_TASKS``). A NeMo manifest without
+    ``task`` is transcripts, so a 5,000-character "transcript" of 2 s is rejected."""
+    return ref.extra_dict().get("task") not in CAPTION_TASKS
 
 
 def check_text(
@@ -127,7 +133,7 @@ def check_text(
     ratio = letter_ratio(body)
     if ratio < GARBAGE_LETTER_RATIO:
         return _reject(ref, "garbage_text", f"only {ratio:.0%} of characters are letters or digits")
-    if is_speech(ref) and duration_s > 0:
+    if is_transcript(ref) and duration_s > 0:
         cps = n / duration_s
         if cps < cfg.min_chars_per_s:
             return _reject(

@@ -125,8 +125,11 @@ class SampleProcessor:
     # -- one input --------------------------------------------------------------------------
     def __call__(self, ref: SampleRef, split: str) -> ProcessResult:
         res = ProcessResult()
+        acfg = self.bcfg.audio
+        # A transcript covers its whole utterance: one segment, never windows (issue 19).
+        whole_s = acfg.max_transcript_s if ref.text and filters.is_transcript(ref) else None
         try:
-            segments = audio_mod.load_segments(ref, self.bcfg.audio, self.fcfg.sample_rate_hz)
+            segments = audio_mod.load_segments(ref, acfg, self.fcfg.sample_rate_hz, whole_s)
         except Exception as e:  # noqa: BLE001 - one policy at the boundary: a reject row
             res.rejects.append(filters.decode_reject(ref, e))
             return res

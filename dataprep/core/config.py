@@ -127,7 +127,10 @@ class AudioConfig(Section):
     target_lufs: float | None = -23.0  # loudness normalization target (None: peak only)
     peak_limit: float = 0.99
     trim_silence_db: float | None = 40.0  # trim leading/trailing below peak-X dB (None: off)
-    max_segment_s: float = 10.0  # longer recordings are cut into segments
+    max_segment_s: float = 10.0  # longer sound-event recordings are cut into windows
+    # A transcribed utterance is never cut (its transcript covers all of it): kept whole up to
+    # this length, longer ones are rejected as transcript_too_long.
+    max_transcript_s: float = 30.0
     segment_overlap_s: float = 0.0
     max_segments_per_source: int = 32  # bound per-input memory and output for huge files
     keep_audio: bool = False  # also store normalized audio as flac in the shard
@@ -139,7 +142,7 @@ class FilterConfig(Section):
     silence_dbfs: float = -60.0
     max_clip_ratio: float = 0.2  # above: rejected; clipping between the two is kept with a flag
     clip_flag_ratio: float = 0.001
-    min_chars_per_s: float = 1.0  # speech transcripts only
+    min_chars_per_s: float = 1.0  # transcript-like texts (filters.is_transcript), not captions
     max_chars_per_s: float = 40.0
     min_text_chars: int = 1
     require_text: bool = True

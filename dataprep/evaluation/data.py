@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.core.features import check_fingerprint, feature_fingerprint
 from dataprep.core.sample import KIND_ORIGINAL, MEL, META, Reject, SampleRef
-from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
 from dataprep.corpora import read_corpus
 from dataprep.process import _SPLIT_ALIASES, SampleProcessor
 from dataprep.text import normalize_text
@@ -99,7 +99,12 @@ def eval_processing_config(cfg: DataConfig) -> DataConfig:
     b = cfg.build
     dedup = b.dedup.model_copy(update={"exact": False, "near": False, "decontaminate": False})
     filters = b.filters.model_copy(update=_NO_FILTERS)
-    build = b.model_copy(update={"dedup": dedup, "filters": filters})
+    # A long transcribed test utterance is scored whole (the embedder windows and averages
+    # it), up to the decode bound that windowed audio has anyway.
+    a = b.audio
+    bound_s = a.max_segment_s * a.max_segments_per_source
+    audio = a.model_copy(update={"max_transcript_s": max(a.max_transcript_s, bound_s)})
+    build = b.model_copy(update={"dedup": dedup, "filters": filters, "audio": audio})
     return cfg.model_copy(update={"build": build})
 
 

@@ -57,7 +57,12 @@ def rows(corpora_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[A
     if not (root / "very_long_5min.ogg").exists():
         long_clip = layouts.long_clip(corpora_root, tmp_path_factory.getbasetemp())
         shutil.copy(long_clip, root / "very_long_5min.ogg")
-    items = list(read_corpus(CorpusConfig(name="bad", reader="nemo", root=str(root))))
+    # The fixture's texts describe its clips (README: "a captioning task"); a NeMo manifest is
+    # read as transcripts unless it says so, and transcripts are never cut into windows.
+    cfg = CorpusConfig(
+        name="bad", reader="nemo", root=str(root), options={"default_task": "caption"}
+    )
+    items = list(read_corpus(cfg))
     assert len(items) == len((root / "manifest.jsonl").read_text().splitlines())
     return items
 

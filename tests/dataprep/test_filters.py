@@ -117,6 +117,7 @@ def test_reject_helpers_name_their_source() -> None:
 
 
 ASR = (("task", "asr"),)
+CAPTION = (("task", "caption"),)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +132,8 @@ ASR = (("task", "asr"),)
         ("\U0001f600\U0001f600\U0001f600 \U0001f3b5", 2.0, (), (), FilterConfig(), "garbage_text"),
         ("hi", 10.0, ASR, (), FilterConfig(), "chars_per_s_low"),
         ("x" * 200, 2.0, ASR, (), FilterConfig(), "chars_per_s_high"),
-        ("x" * 200, 2.0, (), (), FilterConfig(), None),  # captions are not paced like speech
+        ("x" * 200, 2.0, (), (), FilterConfig(), "chars_per_s_high"),  # no task: a transcript
+        ("x" * 200, 2.0, CAPTION, (), FilterConfig(), None),  # captions are not paced like speech
         ("The coffee is still hot, so please be careful.", 3.0, ASR, (), FilterConfig(), None),
         ("\u4f60\u597d\uff0c\u4e16\u754c", 1.5, ASR, (), FilterConfig(), None),
     ],

@@ -63,6 +63,7 @@ PROCESS_REASONS = {
     "non_finite",
     "bad_region",
     "bad_sample_rate",
+    "transcript_too_long",
     # filter
     "too_short",
     "too_long",

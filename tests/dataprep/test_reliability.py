@@ -247,6 +247,91 @@ def test_a_file_that_is_only_a_dc_offset_is_silent(corpora: Path, tmp_path: Path
     assert len(res.samples) == 1 and not res.rejects
     level = res.samples[0]["json"]["stats"]["dbfs"]
     clean = _processor()(
-        SampleRef("c", "s.wav", _wav(tmp_path / "s.wav", speech, sr), text="v"), "t"
+        SampleRef("c", "s.wav", _wav(tmp_path / "s.wav", speech, sr), text="a voice"), "t"
     )
     assert level == pytest.approx(clean.samples[0]["json"]["stats"]["dbfs"], abs=0.5)
+
+
+# ---------------------------------------- defect 3: text-rate bounds for every transcript
+
+
+def _nemo_rows(root: Path, rows: list[dict]) -> list[SampleRef]:
+    (root / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    refs, rejects = _read(root, splits=("m",))
+    assert not rejects
+    return refs
+
+
+def test_a_5000_character_transcript_for_2_s_is_rejected_without_a_task(
+    corpora: Path, tmp_path: Path
+) -> None:
+    import soundfile as sf
+
+    speech, sr = sf.read(corpora / "nemo_manifest_mini" / "audio" / "utt_000_en.wav")
+    two_s = speech[: 2 * sr]
+    _wav(tmp_path / "a.wav", two_s, sr)
+    _wav(tmp_path / "b.wav", two_s[::-1].copy(), sr)  # other audio: no duplicate reject
+    long_text = "the quick brown fox jumps over the lazy dog " * 114  # ~5,000 characters
+    refs = _nemo_rows(
+        tmp_path,
+        [
+            {"audio_filepath": "a.wav", "text": long_text, "duration": 2.0},  # no task at all
+            {
+                "audio_filepath": "b.wav",
+                "text": long_text[:190],
+                "duration": 2.0,
+                "task": "caption",
+            },
+        ],
+    )
+    proc = _processor()
+    transcript, caption = (proc(r, "train") for r in refs)
+    assert not transcript.samples
+    assert [(r.reason, r.source) for r in transcript.rejects] == [("chars_per_s_high", "n:a.wav")]
+    # a caption describes the sound: 95 characters per second of a 2-s clip are fine
+    assert len(caption.samples) == 1 and not caption.rejects
+
+
+# -------------------------------- defect 6: a transcript is never paired with part of its audio
+
+
+def test_a_long_transcribed_utterance_stays_whole_or_is_rejected(
+    corpora: Path, tmp_path: Path
+) -> None:
+    import soundfile as sf
+
+    speech, sr = sf.read(corpora / "nemo_manifest_mini" / "audio" / "utt_000_en.wav")
+    long_utt = np.concatenate([speech] * 5)  # ~15 s: longer than max_segment_s (10 s)
+    _wav(tmp_path / "long.wav", long_utt, sr)
+    text = "my brother takes the bus to work every morning " * 5
+    (ref,) = _nemo_rows(tmp_path, [{"audio_filepath": "long.wav", "text": text}])
+    res = _processor()(ref, "train")
+    assert len(res.samples) == 1 and not res.rejects  # one sample: all the audio, all the text
+    m = res.samples[0]["json"]
+    assert m["duration"] > 12 and "window" not in m["flags"]
+    assert res.samples[0]["txt"] == text.strip()
+    # above the maximum it is one reasoned reject, never windows carrying the whole text
+    res = _processor("build.audio.max_transcript_s=12")(ref, "train")
+    assert not res.samples and [r.reason for r in res.rejects] == ["transcript_too_long"]
+    assert "12.0 s" in res.rejects[0].detail
+
+
+def test_a_long_captioned_clip_is_cut_into_flagged_windows(corpora: Path, tmp_path: Path) -> None:
+    """The documented rule for sound-event clips: the caption describes the whole clip and
+    holds for its windows, each flagged ``window``."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    clip = np.concatenate(
+        [rng.normal(0, 0.1, 16000) * np.sin(np.arange(16000) / 90) for _ in range(25)]
+    )
+    _wav(tmp_path / "rain.wav", clip)
+    assert sf.info(tmp_path / "rain.wav").duration == pytest.approx(25.0)
+    (ref,) = _nemo_rows(
+        tmp_path, [{"audio_filepath": "rain.wav", "text": "steady rain", "task": "caption"}]
+    )
+    res = _processor()(ref, "train")
+    assert len(res.samples) == 3 and not res.rejects
+    for s in res.samples:
+        assert "window" in s["json"]["flags"] and s["txt"] == "steady rain"
+        assert s["json"]["duration"] <= 10.0
