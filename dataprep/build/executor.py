@@ -26,6 +26,7 @@ from dataprep.build.plan import (
     ShardTask,
     build_signature,
     check_or_write_plan,
+    check_signature,
     plan_shards,
 )
 from dataprep.build.progress import BuildProgress
@@ -170,11 +171,11 @@ def _record(
 def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     """Scan, plan, execute and finalize a shard set under ``out``. Returns the build record."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not cfg.build.corpora:
         raise BuildError("build.corpora is empty: nothing to build")
-    if n_tmp := remove_leftovers(out):
-        log.info("removed %d temp files of an interrupted run", n_tmp)
+    # Every refusal comes before the first write into ``out`` (a refused rerun used to
+    # overwrite the old build's manifest.parquet first): the config here, the inputs below.
+    check_signature(out, cfg)
     timings: dict[str, float] = {}
     with _timed(timings, "scan_s"):
         rows, scan_rejects = scan(cfg)
@@ -184,7 +185,10 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
         )
     with _timed(timings, "plan_s"):
         plan = plan_shards(rows, cfg)
+        out.mkdir(parents=True, exist_ok=True)
         check_or_write_plan(out, cfg, plan)
+        if n_tmp := remove_leftovers(out):
+            log.info("removed %d temp files of an interrupted run", n_tmp)
         manifest_path = manifest.write_manifest(out, plan.rows)
     todo = [t for t in plan.shards if not shard_is_done(out, t.split, t.name)]
     per_split = ", ".join(f"{s}={sum(t.split == s for t in plan.shards)}" for s in plan.splits())

@@ -150,23 +150,33 @@ def plan_sha256(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_or_write_plan(out: Path, cfg: DataConfig, plan: Plan) -> None:
-    """Refuse to continue a build made with another config or from other inputs."""
-    sig = build_signature(cfg)
-    sha = plan_sha256(plan)
+def check_signature(out: Path, cfg: DataConfig) -> dict[str, Any] | None:
+    """Refuse ``out`` when it holds a build made with another config; reads only. Runs before
+    the build writes (or deletes) anything there. Returns the existing plan record, if any."""
     p = out / PLAN_JSON
     if not p.exists():
-        counts = {s: sum(t.split == s for t in plan.shards) for s in plan.splits()}
-        atomic.atomic_write_json(p, {"signature": sig, "plan_sha256": sha, "shards": counts})
-        return
+        return None
+    sig = build_signature(cfg)
     old = json.loads(p.read_text())
     old_sig = old.get("signature", {})
     if old_sig != sig:
         diff = [f"{k}: {old_sig.get(k)} != {v}" for k, v in sig.items() if old_sig.get(k) != v]
         raise BuildError(
             f"{out} holds shards built with a different configuration ({'; '.join(diff)}); "
-            "refusing to mix them. Use a new --out directory."
+            "refusing to mix them (nothing was written). Use a new --out directory."
         )
+    return old
+
+
+def check_or_write_plan(out: Path, cfg: DataConfig, plan: Plan) -> None:
+    """Refuse to continue a build made with another config or from other inputs."""
+    sha = plan_sha256(plan)
+    old = check_signature(out, cfg)
+    if old is None:
+        counts = {s: sum(t.split == s for t in plan.shards) for s in plan.splits()}
+        record = {"signature": build_signature(cfg), "plan_sha256": sha, "shards": counts}
+        atomic.atomic_write_json(out / PLAN_JSON, record)
+        return
     if old.get("plan_sha256") != sha:
         raise BuildError(
             f"{out} was planned from different inputs (plan {old.get('plan_sha256')} != {sha}); "
