@@ -29,9 +29,11 @@ from dataprep.core.sample import (
     SampleMeta,
     SampleRef,
     TextEntry,
+    canonical_meta,
     ref_source,
     sample_key,
 )
+from dataprep.corpora._common import CorpusRoot
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ class SampleProcessor:
         self.fcfg = cfg.features
         self.bcfg = cfg.build
         self.fingerprint = features.feature_fingerprint(self.fcfg)
+        # Samples record their audio relative to its corpus root, so shards do not depend on
+        # where the corpora (or the checkout holding them) live.
+        self.roots = {c.name: CorpusRoot(c.root) for c in self.bcfg.corpora}
         self.logmel = features.make_featurizer(self.fcfg)
         self.eval_index = eval_index
         dc = self.bcfg.dedup
@@ -210,7 +215,7 @@ class SampleProcessor:
             "id": key,
             "corpus": ref.corpus,
             "source_id": ref.source_id,
-            "source_uri": ref.audio,
+            "source_uri": self._source_uri(ref),
             "segment": [round(seg.start_s, 3), round(seg.end_s, 3)],
             "lang": lang,
             "duration": round(len(seg.wave) / self.fcfg.sample_rate_hz, 4),
@@ -227,16 +232,21 @@ class SampleProcessor:
             "flags": flags,
             "stats": {k: _round(v) for k, v in sorted(seg.stats.items())},
         }
-        attributes = ref.extra_dict()
-        if attributes:
-            meta["attributes"] = {k: v for k, v in attributes.items() if _jsonable(v)}
+        meta["attributes"] = {k: v for k, v in ref.extra_dict().items() if _jsonable(v)}
         if self.text_aug is not None:
             meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
         if not meta["texts"] and self.bcfg.filters.require_text:
             return {}, filters.no_text_reject(ref)
         return self._pack(key, meta, seg.wave), None
 
+    def _source_uri(self, ref: SampleRef) -> str:
+        root = self.roots.get(ref.corpus)
+        rel = root.relative_uri(ref.audio) if root is not None else None
+        return ref.audio if rel is None else rel  # outside every root (evaluation): as given
+
     def _pack(self, key: str, meta: SampleMeta, wave: np.ndarray) -> dict[str, Any]:
+        # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
+        meta = canonical_meta(meta)
         sample: dict[str, Any] = {"__key__": key, MEL: self.logmel(wave), META: meta}
         texts = meta["texts"]
         sample[TEXT] = texts[0]["text"] if texts else ""

@@ -19,7 +19,13 @@ import ray
 
 from dataprep import dedup
 from dataprep.build import manifest
-from dataprep.build.finalize import finalize_build, remove_leftovers, shard_is_done, versions
+from dataprep.build.finalize import (
+    finalize_build,
+    remove_leftovers,
+    shard_is_done,
+    versions,
+    write_dataset_card,
+)
 from dataprep.build.plan import (
     BuildError,
     Plan,
@@ -33,6 +39,7 @@ from dataprep.build.progress import BuildProgress
 from dataprep.build.shard import build_shard
 from dataprep.core import atomic, features, shards
 from dataprep.core.config import CorpusConfig, DataConfig, config_to_dict
+from dataprep.corpora._common import CorpusRoot
 
 log = logging.getLogger("polyclap.build")
 
@@ -140,12 +147,23 @@ def execute(
         progress.close()
 
 
+def corpus_roots(cfg: DataConfig) -> dict[str, str]:
+    """Each training corpus's root as this build resolved it (an absolute path or a URI)."""
+    out = {}
+    for c in cfg.build.corpora:
+        root = CorpusRoot(c.root)
+        out[c.name] = root.uri_of(root.root)
+    return out
+
+
 def _record(
     cfg: DataConfig, plan: Plan, counts: dict[str, Any], parts: list[dict[str, Any]],
     timings: dict[str, float], built: int, eval_rejects: int,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "config": config_to_dict(cfg),
+        # Samples name their audio relative to these (source_uri); recorded once, here.
+        "corpus_roots": corpus_roots(cfg),
         "feature_fingerprint": features.feature_fingerprint(cfg.features),
         "feature_fields": features.fingerprint_fields(cfg.features),
         "signature": build_signature(cfg),
@@ -202,6 +220,7 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
         execute(cfg, out, manifest_path, todo, index)
     with _timed(timings, "finalize_s"):
         counts, parts = finalize_build(out, plan, scan_rejects, cfg.build.dedup)
+        write_dataset_card(out, plan.splits(), cfg.build.audio.keep_audio)
     record = _record(cfg, plan, counts, parts, timings, len(todo), eval_rejects)
     atomic.atomic_write_json(out / shards.BUILD_JSON, record)
     return record

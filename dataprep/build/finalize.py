@@ -3,7 +3,8 @@
 Resumability: a rerun skips a shard whose tar exists and matches its part record's size and
 sha256 (:func:`shard_is_done`), and redoes the rest. ``index.parquet``, ``rejects.parquet`` and
 ``wids-index.json`` are assembled from the parts at the end, ``shards.json`` last, as the
-completion marker of the split.
+completion marker of the split. ``README.md`` is a dataset card declaring the sample schema
+for independent readers (Hugging Face ``datasets``).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dataprep import dedup
 from dataprep.build.manifest import REJECT_SCHEMA, write_table
 from dataprep.build.plan import Plan, ShardTask
 from dataprep.core import atomic, shards
 from dataprep.core.config import DedupConfig
-from dataprep.core.sample import reject_counts
+from dataprep.core.sample import hf_features, reject_counts
 
 PARTS = ".parts"
+DATASET_CARD = "README.md"
 # Held-out splits first: a clip in both test and train is contamination, so the TRAIN copy
 # is the one excluded and the evaluation split stays intact.
 _SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
@@ -150,6 +154,30 @@ def finalize_build(
         first = scan_rejects if split == splits[0] else []
         counts[split] = finalize_split(out, split, split_parts, first, excluded)
     return counts, parts
+
+
+def write_dataset_card(out: Path, splits: list[str], with_audio: bool) -> Path:
+    """``<out>/README.md``: a Hugging Face dataset card whose YAML declares the splits' tars and
+    the sample schema (:func:`dataprep.core.sample.hf_features`), so ``datasets.load_dataset(
+    "<out>")`` reads the shard set with one declared schema instead of guessing types from the
+    first samples (an empty ``labels`` list has no element type to guess)."""
+    card = {
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"{s}/shard-*.tar"} for s in splits],
+            }
+        ],
+        "dataset_info": {"features": hf_features(with_audio)},
+    }
+    text = (
+        "---\n" + yaml.safe_dump(card, sort_keys=False, allow_unicode=True) + "---\n\n"
+        "# polyclap shard set\n\nWebDataset tars written by `pipelines/build_shards.py`; "
+        "`build.json` holds the config, the corpus roots and the counts.\n"
+    )
+    path = out / DATASET_CARD
+    atomic.atomic_write_bytes(path, text.encode())
+    return path
 
 
 def versions() -> dict[str, str]:

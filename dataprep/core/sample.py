@@ -134,11 +134,13 @@ class SampleMeta(TypedDict, total=False):
     split: str
     group: str  # samples sharing a group are never each other's negatives
     audio_sha1: str  # sha1 of the normalized float32 PCM bytes
+    audio_fp: str  # audio fingerprint (near-duplicate detection), hex; "" for augmented views
     feature_fingerprint: str
     texts: list[TextEntry]
     flags: list[str]  # kept-but-flagged conditions, e.g. "clipping"
     stats: dict[str, float]  # loudness, dbfs, clip ratio... for the quality report
-    augment: list[dict[str, Any]]  # audio transform chain for augmented views
+    augment: list[dict[str, Any]]  # audio transform chain for augmented views ([] otherwise)
+    attributes: dict[str, Any]  # the reader's extra metadata (task, fold, ...), JSON scalars
 
 
 def sample_key(corpus: str, source_id: str, segment: tuple[float, float] | None = None) -> str:
@@ -150,3 +152,93 @@ def sample_key(corpus: str, source_id: str, segment: tuple[float, float] | None 
 
 def ref_source(ref: SampleRef) -> str:
     return f"{ref.corpus}:{ref.source_id}"
+
+
+# ----------------------------------------------------------------------- one JSON schema
+# Every sample's ``json`` member has exactly these keys with these types, so independent readers
+# (webdataset, wids, Ray Data, Hugging Face ``datasets``) infer one schema from any sample: no
+# key is ever missing, no value is ever null. A missing string is "", a missing list is [].
+# ``JSON`` marks a free-form object whose keys differ by corpus or stage (per-corpus attributes,
+# a text's provenance, audio stats, an augmentation chain); readers keep it as one JSON value.
+JSON = "json"
+TEXT_SCHEMA: dict[str, Any] = {"text": str, "lang": str, "kind": str, "provenance": JSON}
+META_SCHEMA: dict[str, Any] = {
+    "id": str,
+    "corpus": str,
+    "source_id": str,
+    "source_uri": str,  # relative to the corpus root (roots are recorded once, in build.json)
+    "segment": [float],
+    "lang": str,
+    "duration": float,
+    "sample_rate": int,
+    "labels": [str],
+    "speaker": str,
+    "license": str,
+    "split": str,
+    "group": str,
+    "audio_sha1": str,
+    "audio_fp": str,
+    "feature_fingerprint": str,
+    "texts": [TEXT_SCHEMA],
+    "flags": [str],
+    "stats": JSON,
+    "attributes": JSON,
+    "augment": [JSON],
+}
+
+
+def _canon(kind: Any, value: Any) -> Any:
+    if kind is JSON or kind == JSON:
+        return value if isinstance(value, dict) else ({} if value is None else value)
+    if isinstance(kind, list):
+        return [_canon(kind[0], v) for v in (value or [])]
+    if isinstance(kind, dict):
+        value = value or {}
+        return {k: _canon(t, value.get(k)) for k, t in kind.items()}
+    if kind is str:
+        return "" if value is None else str(value)
+    if kind is float:
+        return float(value) if value is not None else 0.0
+    if kind is int:
+        return int(value) if value is not None else 0
+    raise TypeError(f"unknown schema type {kind!r}")
+
+
+def canonical_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` with every key of :data:`META_SCHEMA`, typed: None -> "" / [] / {}.
+
+    Keys outside the schema are refused (a new field is added to the schema first, so every
+    sample gets it), which keeps "every sample has the same keys" true by construction.
+    """
+    extra = set(meta) - set(META_SCHEMA)
+    if extra:
+        raise ValueError(f"sample json keys outside META_SCHEMA: {sorted(extra)}")
+    return {k: _canon(t, meta.get(k)) for k, t in META_SCHEMA.items()}
+
+
+def _hf_feature(name: str | None, kind: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {} if name is None else {"name": name}
+    if isinstance(kind, list):
+        inner = _hf_feature(None, kind[0])
+        # HF's YAML: "list: string" for scalars, "list: [fields]" for a list of structs
+        out["list"] = inner["dtype"] if "dtype" in inner else inner["struct"]
+    elif isinstance(kind, dict):
+        out["struct"] = [_hf_feature(k, t) for k, t in kind.items()]
+    else:
+        out["dtype"] = {str: "string", float: "float64", int: "int64", JSON: "json"}[kind]
+    return out
+
+
+def hf_features(with_audio: bool = False) -> list[dict[str, Any]]:
+    """The ``dataset_info.features`` of a shard set's dataset card (Hugging Face YAML form),
+    from :data:`META_SCHEMA`: what ``datasets.load_dataset(<shard set dir>)`` reads with, so no
+    type is guessed from the first samples (an empty ``labels`` list has no element type)."""
+    feats = [
+        {"name": "__key__", "dtype": "string"},
+        _hf_feature(META, META_SCHEMA),
+        {"name": MEL, "list": {"list": "float16"}},
+        {"name": TEXT, "dtype": "string"},
+    ]
+    if with_audio:
+        feats.append({"name": AUDIO, "dtype": "audio"})
+    return feats

@@ -68,6 +68,15 @@ class CorpusRoot:
     def relpath(self, path: str) -> str:
         return posixpath.relpath(path, self.root)
 
+    def relative_uri(self, uri: str) -> str | None:
+        """``uri`` (as :meth:`uri_of` made it) relative to the root; None when outside it.
+
+        This is what a sample records as ``source_uri``: it names the same file on any machine
+        and from any checkout, with the root itself recorded once (``build.json``)."""
+        path = uri if self.local else _strip(self.fs, uri)
+        base = self.root.rstrip("/") + "/"
+        return path[len(base) :] if path.startswith(base) and len(path) > len(base) else None
+
     def exists(self, path: str) -> bool:
         """Existence via one cached directory listing per folder (cheap over HTTP/S3)."""
         parent = posixpath.dirname(path)
