@@ -10,12 +10,15 @@ any work starts (``dataprep.core.config`` cannot import the readers: it is the l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dataprep.core.config import ConfigError, CorpusConfig
 from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora._common import ReaderOptions, parse_options
+
+log = logging.getLogger(__name__)
 
 Reader = Callable[[CorpusConfig], Iterator[SampleRef | Reject]]
 READERS: dict[str, Reader] = {}
@@ -87,12 +90,36 @@ def validate_corpora(cfg: Any) -> None:
 
 
 def read_corpus(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
-    """All items of one configured corpus (at most ``cfg.max_items`` SampleRefs)."""
+    """All items of one configured corpus (at most ``cfg.max_items`` SampleRefs).
+
+    A reader that fails on its metadata (a metadata file that is not UTF-8, unreadable, a
+    symlink out of the root...) ends as one ``unreadable_metadata`` reject naming the corpus,
+    after the items it had yielded: the build goes on with the other corpora instead of dying
+    with a traceback. A configuration error (unknown option) still stops the run.
+    """
     reader = get_reader(cfg.reader)
     n = 0
-    for item in reader(cfg):
+    items = reader(cfg)
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one boundary: a recorded reject, not a crash
+            log.warning("corpus %s: reading stopped: %s: %s", cfg.name, type(err).__name__, err)
+            yield Reject(
+                source=f"{cfg.name}:{cfg.root}",
+                stage="reader",
+                reason="unreadable_metadata",
+                detail=f"reading {cfg.reader} corpus {cfg.name!r} stopped after {n} items: "
+                f"{type(err).__name__}: {err}",
+                corpus=cfg.name,
+            )
+            return
         if isinstance(item, SampleRef):
             if cfg.max_items is not None and n >= cfg.max_items:
-                break
+                return
             n += 1
         yield item

@@ -335,3 +335,19 @@ def test_a_long_captioned_clip_is_cut_into_flagged_windows(corpora: Path, tmp_pa
     for s in res.samples:
         assert "window" in s["json"]["flags"] and s["txt"] == "steady rain"
         assert s["json"]["duration"] <= 10.0
+
+
+def test_any_reader_failing_on_its_metadata_is_one_reject_not_a_traceback(
+    corpora: Path, tmp_path: Path
+) -> None:
+    """The boundary for every reader (CSV/TSV layouts read whole files): a Latin-1 byte in
+    ESC-50's metadata ends that corpus with one recorded reject instead of killing the build."""
+    root = tmp_path / "esc"
+    shutil.copytree(corpora / "esc50_mini", root)
+    meta = root / "meta" / "esc50.csv"
+    meta.write_bytes(meta.read_bytes().replace(b"dog", b"d\xf6g", 1))
+    items = list(read_corpus(CorpusConfig(name="esc", reader="esc50", root=str(root))))
+    assert [(r.reason, r.stage) for r in items if isinstance(r, Reject)] == [
+        ("unreadable_metadata", "reader")
+    ]
+    assert "UnicodeDecodeError" in items[-1].detail
