@@ -95,7 +95,6 @@ def _frames_from_hops(ms: np.ndarray) -> np.ndarray:
     return np.sqrt((ms[:-1] + ms[1:]) * 0.5)
 
 
-
 def trim_bounds(wave: np.ndarray, sample_rate_hz: int, below_peak_db: float) -> tuple[int, int]:
     """First/last sample of the part louder than (loudest frame - ``below_peak_db``)."""
     return _trim_from_rms(
@@ -144,8 +143,15 @@ def load_segments(
         limit_s = audio_cfg.max_segment_s + step * max(0, audio_cfg.max_segments_per_source - 1)
     else:
         limit_s = whole_up_to_s + WHOLE_TRIM_MARGIN_S
-    w = load_waveform(ref.audio, sample_rate_hz, audio_cfg, start_s=start_s, end_s=ref.end_s,
-                      limit_s=limit_s, name=ref.audio)
+    w = load_waveform(
+        ref.audio,
+        sample_rate_hz,
+        audio_cfg,
+        start_s=start_s,
+        end_s=ref.end_s,
+        limit_s=limit_s,
+        name=ref.audio,
+    )
     wave, gain, lufs, peak = w.wave, w.gain, w.lufs, w.peak
     source_peak, clip_ratio, decoded_s = w.source_peak, w.clip_ratio, w.decoded_s
 
@@ -182,9 +188,7 @@ def load_segments(
         "clip_ratio": clip_ratio,
         "silence_ratio": silence_ratio,
         "decoded_duration_s": decoded_s,
-        "source_duration_s": w.header_duration_s
-        if w.header_duration_s is not None
-        else decoded_s,
+        "source_duration_s": w.header_duration_s if w.header_duration_s is not None else decoded_s,
         "source_sample_rate_hz": float(w.source_rate_hz),
         "declared_duration_s": float(declared) if declared is not None else -1.0,
     }

@@ -136,7 +136,9 @@ def cache_key(cfg: DataConfig, corpus: CorpusConfig, listing: list[SampleRef | R
 
 
 def _item_from_sample(ref: SampleRef, meta: dict[str, Any]) -> EvalItem:
-    originals = [t["text"] for t in meta.get("texts", []) if t.get("kind") == KIND_ORIGINAL and t["text"]]
+    originals = [
+        t["text"] for t in meta.get("texts", []) if t.get("kind") == KIND_ORIGINAL and t["text"]
+    ]
     if ref.text is None and not ref.captions:
         originals = []  # label-only clips: the label text is not a reference caption
     return _item(ref, originals, meta.get("lang") or ref.lang)
@@ -165,7 +167,9 @@ def _item(ref: SampleRef, texts: list[str], lang: str | None) -> EvalItem:
         split=_mapped_split(ref.split),
         speaker=ref.speaker,
         group=str(ref.extra_dict().get("group") or ref.speaker or ref.source_id),
-        attributes={k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float, bool))},
+        attributes={
+            k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float, bool))
+        },
     )
 
 
@@ -180,8 +184,10 @@ def _save(path: Path, es: EvalSet) -> None:
     atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
     items = [{k: v for k, v in it.__dict__.items() if k != "mels"} for it in es.items]
     # the .json is written last: it is the cache entry's commit marker
-    atomic_write_json(path.with_suffix(".json"), {"corpus": es.corpus, "fingerprint": es.fingerprint,
-                                                  "items": items, "rejects": es.rejects})
+    atomic_write_json(
+        path.with_suffix(".json"),
+        {"corpus": es.corpus, "fingerprint": es.fingerprint, "items": items, "rejects": es.rejects},
+    )
 
 
 def _load(path: Path) -> EvalSet | None:
@@ -211,11 +217,17 @@ def load_eval_set(
     """Every item of ``corpus`` featurized with ``cfg``'s features (from cache when present)."""
     fp = feature_fingerprint(cfg.features)
     listing = list(read_corpus(corpus))  # metadata only: cheap next to decoding
-    path = Path(cache_dir) / fp / f"{corpus.name}-{cache_key(cfg, corpus, listing)}" if cache_dir else None
+    path = (
+        Path(cache_dir) / fp / f"{corpus.name}-{cache_key(cfg, corpus, listing)}"
+        if cache_dir
+        else None
+    )
     if path is not None:
         cached = _load(path)
         if cached is not None:
-            check_fingerprint(cfg.features, cached.fingerprint, where=f"eval cache {path}", expected=fp)
+            check_fingerprint(
+                cfg.features, cached.fingerprint, where=f"eval cache {path}", expected=fp
+            )
             log.info("eval set %s: %d items from cache %s", corpus.name, len(cached.items), path)
             return cached
     proc = SampleProcessor(eval_processing_config(cfg), augment=False)
@@ -233,21 +245,33 @@ def load_eval_set(
             item = _item_from_sample(ref, res.samples[0][META])
             for s in res.samples:
                 # equal by construction; refused by name should the processor ever diverge
-                check_fingerprint(cfg.features, s[META]["feature_fingerprint"],
-                                  where=f"eval sample {s['__key__']}", expected=fp)
+                check_fingerprint(
+                    cfg.features,
+                    s[META]["feature_fingerprint"],
+                    where=f"eval sample {s['__key__']}",
+                    expected=fp,
+                )
                 item.mels.append(np.asarray(s[MEL]))
             items.append(item)
     finally:
         proc.close()
     es = EvalSet(corpus.name, fp, items, rejects, str(path) if path else None, False)
     if rejects:
-        log.warning("eval set %s: %d rows rejected by the reader (%s)", corpus.name, len(rejects),
-                    sorted({r["reason"] for r in rejects}))
+        log.warning(
+            "eval set %s: %d rows rejected by the reader (%s)",
+            corpus.name,
+            len(rejects),
+            sorted({r["reason"] for r in rejects}),
+        )
     failed = [it for it in items if not it.scorable]
     if failed:
         named = "; ".join(f"{it.source_id} ({it.error})" for it in failed[:5])
-        log.warning("eval set %s: %d items have no features and are scored as wrong: %s",
-                    corpus.name, len(failed), named)
+        log.warning(
+            "eval set %s: %d items have no features and are scored as wrong: %s",
+            corpus.name,
+            len(failed),
+            named,
+        )
     if path is not None and items:
         _save(path, es)
     log.info("eval set %s: %d items featurized", corpus.name, len(items))
