@@ -128,9 +128,7 @@ class AudioConfig(Section):
     peak_limit: float = 0.99
     trim_silence_db: float | None = 40.0  # trim leading/trailing below peak-X dB (None: off)
     max_segment_s: float = 10.0  # longer sound-event recordings are cut into windows
-    # A transcribed utterance is never cut (its transcript covers all of it): kept whole up to
-    # this length, longer ones are rejected as transcript_too_long.
-    max_transcript_s: float = 30.0
+    max_transcript_s: float = 30.0  # a transcript's utterance is never cut: whole up to this
     segment_overlap_s: float = 0.0
     max_segments_per_source: int = 32  # bound per-input memory and output for huge files
     keep_audio: bool = False  # also store normalized audio as flac in the shard
