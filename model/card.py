@@ -1,9 +1,10 @@
 """The generated model card (``README.md``) of an export directory.
 
 Architecture and feature preset from the model's config; the training data summary from the
-shard set's ``build.json`` and per-split ``index.parquet`` (corpora, hours, languages; licenses
-from the samples' JSON records, since the index has no license column); the evaluation table if one was written (``eval/results.md`` beside the export or in the
-run directory); intended use and limits. Anything not found is said to be unknown, never guessed.
+shard set's ``build.json`` and per-split ``index.parquet`` (corpora, hours, languages) and the
+samples' JSON records (licenses: the index has no license column); the evaluation table if one
+was written (``jobs/evaluate.py`` refreshes the card of the export it scored); intended use and
+limits. Anything not found is said to be unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -208,8 +209,11 @@ def write_model_card(
     *,
     shards: str | Path | None = None,
     run_dir: str | Path | None = None,
+    eval_table: str | Path | None = None,
 ) -> Path:
-    """Write ``<dest>/README.md``; ``shards`` defaults to ``cfg.loader.shards``."""
+    """Write ``<dest>/README.md``; ``shards`` defaults to ``cfg.loader.shards``; the eval table
+    is ``eval_table`` (a Markdown file) or the first ``eval/results.md`` found beside ``dest``
+    or in ``run_dir``."""
     dest = Path(dest)
     root = Path(shards) if shards is not None else Path(getattr(cfg.loader, "shards", ""))
     try:
@@ -217,7 +221,10 @@ def write_model_card(
     except (OSError, ValueError, KeyError) as err:  # a card never fails an export
         log.warning("model card: no data summary from %s (%s)", root, err)
         summary = None
-    table = _find_eval_table(dest, Path(run_dir) if run_dir else None)
+    if eval_table is not None and Path(eval_table).is_file():
+        table: str | None = Path(eval_table).read_text()
+    else:
+        table = _find_eval_table(dest, Path(run_dir) if run_dir else None)
     text = model_card(cfg, summary=summary, eval_table=table)
     atomic_write_bytes(dest / CARD, text.encode())
     return dest / CARD
