@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out.with_suffix(".md"), table.encode())
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
+    ckpt = Path(args.checkpoint)
+    if (ckpt / "README.md").is_file() and (ckpt / "model.safetensors").is_file():
+        from model.card import write_model_card  # an export's card shows its latest table
+
+        write_model_card(ckpt, cfg, eval_table=out.with_suffix(".md"))
+        print(f"model card: {ckpt / 'README.md'}")
     failed = [n for n, r in result["tasks"].items() if not r["metrics"]]
     if failed:
         print(f"evaluate: {len(failed)} task(s) could not run: {failed}", file=sys.stderr)

@@ -180,9 +180,8 @@ class CLAP(
         )
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """A polyclap export (``model.weights.write_export``) plus its model card. An imported
+        """A polyclap export (``model.weights.write_export``, model card included). An imported
         ClapModel has no polyclap config to save: its own directory is its export."""
-        from model.card import write_model_card
         from model.weights import write_export
 
         if self.cfg is None:
@@ -199,7 +198,6 @@ class CLAP(
             tokenizer=Path(tok_path) if tok_path else None,
             meta={"saved_by": "model.api.CLAP.save_pretrained", "source": self.source},
         )
-        write_model_card(save_directory, self.cfg)
 
     # -- audio ---------------------------------------------------------------------------------
     def inputs(

@@ -132,6 +132,9 @@ def write_export(
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / TOKENIZER)
         atomic_write_json(tmp / META, meta or {})
+        from model.card import write_model_card  # every export carries its model card
+
+        write_model_card(tmp, cfg, run_dir=dest.parent)
         if dest.exists():
             old = dest.parent / f".{dest.name}-old-{os.getpid()}"
             os.replace(dest, old)

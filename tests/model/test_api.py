@@ -238,3 +238,26 @@ def test_polyclap_inference_does_not_trim(tiny_polyclap, corpora_root):
     assert wins.ends_s[-1] == 27.0
     probs = tiny_polyclap.zero_shot([clip], ["dog barking", "rain", "siren"])
     assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
+
+
+def test_save_pretrained_round_trip_without_pickles(tiny_polyclap, corpora_root, tmp_path):
+    """save_pretrained (huggingface_hub's mixin on a local dir) writes a polyclap export with
+    a model card; from_pretrained reads it back to the same embeddings; no pickle anywhere."""
+    from model.config import ExperimentConfig, ModelConfig
+
+    m = tiny_polyclap
+    cfg = ExperimentConfig.model_validate({"name": "tiny", "loader": {"shards": str(tmp_path)}})
+    m.cfg = cfg.model_copy(update={"model": ModelConfig.model_validate(m.net.cfg.model_dump())})
+    out = tmp_path / "export"
+    m.save_pretrained(out)
+    names = sorted(p.name for p in out.iterdir())
+    assert {"model.safetensors", "config.json", "README.md"} <= set(names)
+    assert not [n for n in names if n.endswith((".pt", ".bin", ".pkl"))]
+    card = (out / "README.md").read_text()
+    assert "library_name: polyclap" in card and "preset `logmel`" in card
+    back = CLAP.from_pretrained(out, device="cpu")
+    assert back.kind == "polyclap" and back.pre == m.pre
+    clips = _clips(corpora_root)[:2]
+    np.testing.assert_array_equal(back.embed_audio(clips), m.embed_audio(clips))
+    np.testing.assert_array_equal(back.embed_text(TEXTS), m.embed_text(TEXTS))
+    assert back.fingerprint() == m.fingerprint()
