@@ -17,6 +17,30 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pd
                 "attn_pdrop", "dropout", "attention_dropout", "activation_dropout")
 
 
+# An export's copy of a tower directory: everything but the weights, which live in the
+# export's own model.safetensors (model.weights.write_export). Such a directory builds its
+# model from config.json alone; any other directory must carry complete weights.
+TOWER_MARKER = "polyclap-tower.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx",
+                   ".gguf")
+
+
+def copy_tower_files(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy a transformers directory's config, tokenizer and preprocessor files (not its
+    weights) to ``dest`` and mark it as an export's tower."""
+    import json
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != TOWER_MARKER:
+            shutil.copyfile(f, dest / f.name)
+    (dest / TOWER_MARKER).write_text(json.dumps(
+        {"copied_from": str(src), "weights": "the export's model.safetensors"}, indent=1) + "\n")
+    return dest
+
+
 class HFLoadError(ValueError):
     """A local transformers directory that cannot serve as a tower (one line: what, where)."""
 
@@ -37,7 +61,8 @@ def load_hf_config(path: str | os.PathLike[str]) -> Any:
     try:
         return AutoConfig.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise HFLoadError(f"{p}: config.json is not a loadable transformers config: {err}") from None
+        raise HFLoadError(f"{p}: config.json is not a loadable transformers config: "
+                          f"{err}") from None
 
 
 def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | None,
@@ -55,6 +80,8 @@ def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | No
         for key in DROPOUT_KEYS:
             if hasattr(config, key):
                 setattr(config, key, dropout)
+    if (Path(path) / TOWER_MARKER).is_file():  # an export's tower: its weights come later
+        return AutoModel.from_config(config) if cls is AutoModel else cls(config)
     try:
         model, info = cls.from_pretrained(str(path), config=config, local_files_only=True,
                                           weights_only=True, output_loading_info=True)

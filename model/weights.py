@@ -5,6 +5,9 @@ No path here unpickles. An export directory (``<run>/final`` or ``jobs/export.py
     model.safetensors   fp32 state dict (safetensors: a header plus raw tensors)
     config.json         the ExperimentConfig that built the model (read by the one loader)
     tokenizer.model     our sentencepiece model, when the text tower uses it
+    towers/audio|text   a transformers tower's config, tokenizer and preprocessor files (no
+                        weights: those are in model.safetensors), used instead of the tower
+                        directory the run was trained from
     meta.json           step, world size, ZeRO stage, precision, source checkpoint
 
 DeepSpeed checkpoint directories are read with ``torch.load(weights_only=True)``: its
@@ -129,6 +132,7 @@ def write_export(
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt"})
         (tmp / CONFIG).write_bytes(config_json(cfg))
+        _copy_towers(cfg, tmp)
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / TOKENIZER)
         atomic_write_json(tmp / META, meta or {})
@@ -145,6 +149,30 @@ def write_export(
         raise
     log.info("exported fp32 weights to %s", dest)
     return dest
+
+
+TOWERS = "towers"  # <export>/towers/{audio,text}: the transformers towers' files, no weights
+
+
+def _copy_towers(cfg: Any, dest: Path) -> None:
+    """A transformers tower is rebuilt from its directory's config and tokenizer: copy those
+    into the export so it does not depend on the directory it was trained from."""
+    from model.hf_common import copy_tower_files
+
+    for name, tower in (("audio", cfg.model.audio), ("text", cfg.model.text)):
+        hf = tower.kind not in ("patch", "transformer", "minilm")
+        if hf and tower.path and Path(tower.path).is_dir():
+            copy_tower_files(tower.path, dest / TOWERS / name)
+
+
+def _with_export_towers(cfg: Any, d: Path) -> Any:
+    """Point the towers of an export's config at the export's own copies (``towers/``)."""
+    model = cfg.model
+    for name in ("audio", "text"):
+        if (d / TOWERS / name / "config.json").is_file():
+            sub = getattr(model, name).model_copy(update={"path": str(d / TOWERS / name)})
+            model = model.model_copy(update={name: sub})
+    return cfg.model_copy(update={"model": model})
 
 
 def export_checkpoint(ckpt: Path, dest: Path, meta: dict[str, Any] | None = None) -> Path:
@@ -203,7 +231,7 @@ def _config_of(d: Path) -> Any:
     from model.config import ExperimentConfig, load_config
 
     try:
-        return load_config(d / CONFIG)
+        return _with_export_towers(load_config(d / CONFIG), d)
     except ConfigError as err:
         # An export outlives schema changes in sections evaluation does not use (build.*):
         # keep what defines the model and its inputs, and say what was dropped.
@@ -211,7 +239,7 @@ def _config_of(d: Path) -> Any:
         kept = {k: tree[k] for k in ("name", "features", "model") if k in tree}
         log.warning("%s: loaded only features/model sections (%s)", d / CONFIG,
                     str(err).splitlines()[-1].strip())
-        return ExperimentConfig.model_validate(kept)
+        return _with_export_towers(ExperimentConfig.model_validate(kept), d)
 
 
 def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
