@@ -165,11 +165,16 @@ def read_table_corpus(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
     check_exists = opts.check_exists
     task = opts.task
     folder = posixpath.dirname(file)
-    text = root.read_text(file)
+    data = root.read_metadata(cfg, file)
+    if isinstance(data, Reject):  # unreadable table / symlink out of the root: one row
+        yield data
+        return
     if file.endswith((".jsonl", ".json")):
-        rows = ((n, r, e) for n, r, e in read_jsonl(text))
+        # bytes: a line that is not UTF-8 is one invalid_metadata row, the rest is read
+        rows = ((n, r, e) for n, r, e in read_jsonl(data))
     else:
         delim = "\t" if file.endswith((".tsv", ".tab")) else ","
+        text = data.decode("utf-8-sig")  # a CSV's quoting spans lines: decoded whole
         rows = ((n, r, "") for n, r in enumerate(read_table(text, delim), start=2))
     for line_no, row, err in rows:
         where = f"{file}:{line_no}"

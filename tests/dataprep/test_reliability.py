@@ -351,3 +351,28 @@ def test_any_reader_failing_on_its_metadata_is_one_reject_not_a_traceback(
         ("unreadable_metadata", "reader")
     ]
     assert "UnicodeDecodeError" in items[-1].detail
+
+
+def test_table_reader_jsonl_with_a_non_utf8_line_reads_the_other_lines(
+    corpora: Path, tmp_path: Path
+) -> None:
+    src = corpora / "nemo_manifest_mini" / "audio"
+    for name in ("utt_000_en.wav", "utt_001_en.flac"):
+        shutil.copy(src / name, tmp_path / name)
+    lines = [
+        json.dumps({"file": "utt_000_en.wav", "caption": "a man speaks"}).encode(),
+        b'{"file": "utt_001_en.flac", "caption": "caf\xe9"}',
+        json.dumps({"file": "utt_001_en.flac", "caption": "a woman speaks"}).encode(),
+    ]
+    (tmp_path / "meta.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    opts = {"file": "meta.jsonl", "columns": {"audio": "file", "text": "caption"}}
+    items = list(
+        read_corpus(CorpusConfig(name="t", reader="table", root=str(tmp_path), options=opts))
+    )
+    assert [i.source_id for i in items if isinstance(i, SampleRef)] == [
+        "utt_000_en.wav",
+        "utt_001_en.flac",
+    ]
+    assert [(r.reason, r.source) for r in items if isinstance(r, Reject)] == [
+        ("invalid_metadata", "t:meta.jsonl:2")
+    ]
