@@ -183,13 +183,18 @@ def main() -> None:
         groups = ft.param_groups(model, t)
     except ValueError as err:  # HFLoadError / InitError / a config the model refuses
         fail(str(err))
+    # estimate, for the TFLOP/s (MFU) column; counted on one sample (the model still on the
+    # CPU, before the engine) for transformers towers, which the formula does not cover
+    m = cfg.model
+    flops = (tr.flops_per_sample(cfg) if m.audio.kind == "patch" and m.text.kind != "hf"
+             else tr.measured_flops_per_sample(model, cfg.features.n_mels, m.audio.max_frames,
+                                               m.text.max_len))
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=groups, config=tr.make_ds_config(t, world)
     )
     loss_fn = ContrastiveLoss(cfg.model.loss, rank, world)
-    flops = tr.flops_per_sample(cfg)  # estimate, for the TFLOP/s (MFU) column
     dtype = tr.autocast_dtype(t)
     log.info("model: %.2fM parameters (%.2fM trainable), ZeRO-%d, %s", n_params / 1e6,
              n_trainable / 1e6, t.zero_stage, t.precision)

@@ -149,6 +149,22 @@ def flops_per_sample(cfg: Any) -> float:
     return 3.0 * fwd
 
 
+def measured_flops_per_sample(model: Any, n_mels: int, frames: int, text_len: int) -> float:
+    """3x the forward FLOPs of one full-length sample as torch's ``FlopCounterMode`` counts
+    them: for towers :func:`flops_per_sample` has no formula for (transformers towers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    batch = {"mel": torch.zeros(1, n_mels, frames), "mel_lengths": torch.tensor([frames]),
+             "ids": torch.ones(1, text_len, dtype=torch.long),
+             "mask": torch.ones(1, text_len, dtype=torch.bool)}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**batch)
+    model.train(was_training)
+    return 3.0 * float(counter.get_total_flops())
+
+
 def memory_stats() -> dict[str, float]:
     out = {"rss_max_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if torch.cuda.is_available():
