@@ -6,7 +6,8 @@
 --checkpoint takes an export (``final/``: model.safetensors + config.json), a run directory,
 or a DeepSpeed checkpoint directory this project wrote (its marker's checksums verified, its
 files read weights-only). Nothing is unpickled: an old ``model.pt`` export is refused.
-Columns: the checkpoint, the same architecture with seeded random weights (``random-init``, the floor every number must beat), and ``--compare`` when given. Evaluation
+Columns: the checkpoint, the same architecture with seeded random weights (``random-init``,
+the floor every number must beat), and ``--compare`` when given. Evaluation
 audio is read with the corpus readers and featurized by the training code with the model's
 feature config; featurized sets are cached per feature fingerprint (--cache-dir).
 Writes ``--out`` (JSON, every number) and the Markdown table beside it (``.md``).
@@ -22,28 +23,39 @@ import sys
 from pathlib import Path
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="final/ export, run dir or DeepSpeed checkpoint dir")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="final/ export, run dir or DeepSpeed checkpoint dir"
+    )
     p.add_argument("--tasks", required=True, help="task YAML (e.g. configs/tasks/demo.yaml)")
-    p.add_argument("--out", default=None, help="result JSON (default: <checkpoint>/eval/results.json)")
+    p.add_argument(
+        "--out", default=None, help="result JSON (default: <checkpoint>/eval/results.json)"
+    )
     p.add_argument("--compare", default=None, help="a previous checkpoint as an extra column")
     p.add_argument("--only", action="append", default=None, help="run only this task (repeatable)")
-    p.add_argument("--cache-dir", default=None, help="featurized eval sets (default: the task file's cache_dir)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="featurized eval sets (default: the task file's cache_dir)",
+    )
     p.add_argument("--no-random-init", action="store_true", help="skip the random-init column")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     import torch
 
+    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
     from dataprep.core.config import ConfigError
     from dataprep.evaluation.runner import Column, evaluate, markdown_table
     from dataprep.evaluation.tasks import load_tasks
-    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
-    from model.weights import load_for_eval
     from model.clap import build_model
+    from model.weights import load_for_eval
 
     try:
         task_file = load_tasks(args.tasks, args.only)
@@ -53,13 +65,20 @@ def main(argv: list[str] | None = None) -> int:
             # Seeded: the floor is the same numbers on every run.
             torch.manual_seed(task_file.defaults.seed)
             rand = build_model(cfg.model, cfg.features.n_mels).eval()
-            columns.append(Column("random_init", rand, cfg, tok, f"build_model(seed={task_file.defaults.seed})"))
+            columns.append(
+                Column(
+                    "random_init", rand, cfg, tok, f"build_model(seed={task_file.defaults.seed})"
+                )
+            )
         if args.compare:
             pm, pcfg, ptok = load_for_eval(args.compare, args.device)
             columns.append(Column("previous", pm, pcfg, ptok, str(Path(args.compare).resolve())))
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError, OSError) as e:
         # one line: a state_dict mismatch spans several lines; keep them, joined
-        print("evaluate: " + " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
+        print(
+            "evaluate: " + " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()),
+            file=sys.stderr,
+        )
         return 2
 
     cache_dir = args.cache_dir or task_file.cache_dir

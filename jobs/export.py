@@ -20,27 +20,43 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True, help="run dir, its checkpoints/ or a step-* dir")
     p.add_argument("--out", required=True, help="export directory to write (replaced atomically)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from dataprep.core.config import ConfigError
     from model.checkpoint import COMPLETE, UntrustedCheckpoint, latest_checkpoint
     from model.weights import export_checkpoint
 
     src = Path(args.checkpoint)
-    ckpt = src if (src / COMPLETE).is_file() else latest_checkpoint(src.parent if src.name == "checkpoints" else src)
+    ckpt = (
+        src
+        if (src / COMPLETE).is_file()
+        else latest_checkpoint(src.parent if src.name == "checkpoints" else src)
+    )
     if ckpt is None:
-        print(f"export: {src}: no complete checkpoint (expected a run directory with checkpoints/ "
-              f"or a checkpoint directory with {COMPLETE})", file=sys.stderr)
+        print(
+            f"export: {src}: no complete checkpoint (expected a run directory with checkpoints/ "
+            f"or a checkpoint directory with {COMPLETE})",
+            file=sys.stderr,
+        )
         return 2
     try:
         meta = json.loads((ckpt / COMPLETE).read_text())
-        out = export_checkpoint(ckpt, Path(args.out), {"step": meta.get("step"), "world_size": meta.get("world_size")})
+        out = export_checkpoint(
+            ckpt, Path(args.out), {"step": meta.get("step"), "world_size": meta.get("world_size")}
+        )
     except (UntrustedCheckpoint, ConfigError, FileNotFoundError, ValueError, OSError) as e:
-        print("export: " + " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
+        print(
+            "export: " + " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()),
+            file=sys.stderr,
+        )
         return 2
     print(f"wrote {out} from {ckpt}")
     return 0

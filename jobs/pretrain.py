@@ -34,50 +34,56 @@ import time
 from pathlib import Path
 from typing import Any
 
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from deepspeed.accelerator import get_accelerator  # noqa: E402
-
-from dataprep.core.config import ConfigError, config_reference  # noqa: E402
-from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts  # noqa: E402
-from model import finetune as ft  # noqa: E402
-from model import training as tr  # noqa: E402
-from model.checkpoint import (  # noqa: E402
+from dataprep.core.config import ConfigError, config_reference
+from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts
+from model import finetune as ft
+from model import training as tr
+from model.checkpoint import (
+    UntrustedCheckpoint,
     latest_checkpoint,
     load_checkpoint,
-    UntrustedCheckpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from model.clap import build_model  # noqa: E402
-from model.config import ExperimentConfig, load_config  # noqa: E402
-from model.gradcache import cached_step, plain_step  # noqa: E402
-from model.losses import ContrastiveLoss, loss_groups  # noqa: E402
-from model.weights import export_final  # noqa: E402
-from model.tokenizer import (  # noqa: E402
+from model.clap import build_model
+from model.config import ExperimentConfig, load_config
+from model.gradcache import cached_step, plain_step
+from model.losses import ContrastiveLoss, loss_groups
+from model.tokenizer import (
     TextTokenizer,
     load_tokenizer,
     make_tokenize,
     tokenizer_path,
     train_tokenizer,
 )
+from model.weights import export_final
 
 log = logging.getLogger("pretrain")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (YAML sections, or section.key=value overrides):\n"
         + config_reference(ExperimentConfig, ("model", "tokenizer", "train", "loader", "features")),
     )
-    ap.add_argument("--config", required=True, help="experiment YAML (sections features/model/train...)")
-    ap.add_argument("--shards", help="shard set root (holds train/ [val/]); overrides loader.shards")
+    ap.add_argument(
+        "--config", required=True, help="experiment YAML (sections features/model/train...)"
+    )
+    ap.add_argument(
+        "--shards", help="shard set root (holds train/ [val/]); overrides loader.shards"
+    )
     ap.add_argument("--out", help="run directory; overrides train.out")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    ap.add_argument(
+        "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )  # set by deepspeed
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return ap.parse_args(argv)
 
@@ -121,14 +127,23 @@ def resolve_tokenizer(
         raise AssertionError from err
 
 
-def make_loader(cfg: ExperimentConfig, split_dir: Path, tok: TextTokenizer, rank: int, world: int,
-                train: bool) -> ShardLoader:
+def make_loader(
+    cfg: ExperimentConfig, split_dir: Path, tok: TextTokenizer, rank: int, world: int, train: bool
+) -> ShardLoader:
     """The loader of one split; the model dictates crop length, padding and tokenization."""
     a = cfg.model.audio
     return ShardLoader.from_config(
-        cfg.loader, split_dir, features=cfg.features, tokenize=make_tokenize(tok, cfg.model.text),
-        max_frames=a.max_frames, batch_size=cfg.train.micro_batch, pad_multiple=a.patch_time,
-        seed=cfg.train.seed, rank=rank, world_size=world, train=train,
+        cfg.loader,
+        split_dir,
+        features=cfg.features,
+        tokenize=make_tokenize(tok, cfg.model.text),
+        max_frames=a.max_frames,
+        batch_size=cfg.train.micro_batch,
+        pad_multiple=a.patch_time,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world,
+        train=train,
     )
 
 
@@ -149,14 +164,15 @@ def main() -> None:
     # ---------------------------------------------------------------- distributed init
     deepspeed.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     accel = get_accelerator()
     if accel.device_name() != "cpu":
         accel.set_device(local_rank)
     device = torch.device(accel.device_name(local_rank) if accel.device_name() != "cpu" else "cpu")
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", force=True,
+        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     out.mkdir(parents=True, exist_ok=True)
     log.info("world size %d, device %s, config %s -> %s", world, device, args.config, out)
@@ -167,7 +183,8 @@ def main() -> None:
         loader = make_loader(cfg, train_dir, tokenizer, rank, world, train=True)
         val_loader = (
             make_loader(cfg, val_dir, tokenizer, rank, world, train=False)
-            if val_dir is not None else None
+            if val_dir is not None
+            else None
         )
     except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
         fail(str(err))
@@ -196,8 +213,13 @@ def main() -> None:
     )
     loss_fn = ContrastiveLoss(cfg.model.loss, rank, world)
     dtype = tr.autocast_dtype(t)
-    log.info("model: %.2fM parameters (%.2fM trainable), ZeRO-%d, %s", n_params / 1e6,
-             n_trainable / 1e6, t.zero_stage, t.precision)
+    log.info(
+        "model: %.2fM parameters (%.2fM trainable), ZeRO-%d, %s",
+        n_params / 1e6,
+        n_trainable / 1e6,
+        t.zero_stage,
+        t.precision,
+    )
 
     # ---------------------------------------------------------------- resume
     step = 0
@@ -213,12 +235,21 @@ def main() -> None:
         log.info("resumed from %s (step %d, epoch %d)", ckpt, step, loader.epoch)
     else:
         tr.seed_everything(t.seed + 1000 * rank)  # ranks draw different dropout/augment masks
-    metrics = tr.MetricsLog(out, enabled=rank == 0, tensorboard=t.tensorboard, resume_step=step if ckpt else None)
+    metrics = tr.MetricsLog(
+        out, enabled=rank == 0, tensorboard=t.tensorboard, resume_step=step if ckpt else None
+    )
 
     def checkpoint() -> Path:
         state = {"step": step, "loader": loader.state_dict(), "rng": rng_state()}
-        return save_checkpoint(engine, out, step, trainer_state=state, cfg=cfg,
-                               tokenizer_path=tokenizer_path, keep_last=t.keep_last)
+        return save_checkpoint(
+            engine,
+            out,
+            step,
+            trainer_state=state,
+            cfg=cfg,
+            tokenizer_path=tokenizer_path,
+            keep_last=t.keep_last,
+        )
 
     def validation() -> dict[str, float]:
         if val_loader is None:
@@ -234,6 +265,16 @@ def main() -> None:
         return tr.validate(engine, batches, device, dtype)
 
     # ---------------------------------------------------------------- train loop
+    seen: dict[str, torch.Tensor] = {}  # the last step's logit scale, for the temperature log
+
+    def recorded(fn: Any) -> Any:
+        def loss(**feats: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen["scale"] = feats["logit_scale"].detach()
+            return fn(**feats)
+
+        return loss
+
+    plain_loss, cached_loss = recorded(loss_fn), recorded(loss_fn.loss_from_features)
     stop = tr.StopFlag()
     batches = iter(loader)
     t_start = time.perf_counter()
@@ -248,31 +289,32 @@ def main() -> None:
             batch = next(batches)
             wait += time.perf_counter() - tw
             audio_s += float(batch["duration_s"].sum())
-            inputs = {k: batch[k].to(device, non_blocking=True) for k in ("mel", "mel_lengths", "ids", "mask")}
+            inputs = {
+                k: batch[k].to(device, non_blocking=True)
+                for k in ("mel", "mel_lengths", "ids", "mask")
+            }
             inputs["mel"] = inputs["mel"].to(dtype)  # float16 from the shards -> the engine's dtype
             groups = loss_groups(batch["groups"], batch["labels"], cfg.model.loss)
             inputs["groups"] = groups.to(device, non_blocking=True)
-            seen: dict[str, torch.Tensor] = {}
-
-            def recorded(fn: Any) -> Any:
-                def loss(**feats: torch.Tensor) -> dict[str, torch.Tensor]:
-                    seen["scale"] = feats["logit_scale"].detach()  # for the temperature log
-                    return fn(**feats)
-                return loss
-
             # Both steps call engine.step(); DeepSpeed steps the optimizer at the accumulation
             # boundary only. The cache's loss sees already gathered features.
             if t.chunk_size:  # gradient cache: exact global-batch gradients in chunks
-                terms = cached_step(engine, inputs, recorded(loss_fn.loss_from_features), t.chunk_size)
+                terms = cached_step(engine, inputs, cached_loss, t.chunk_size)
             else:
-                terms = plain_step(engine, inputs, recorded(loss_fn))
+                terms = plain_step(engine, inputs, plain_loss)
             scale = seen["scale"]
         step += 1
         elapsed = time.perf_counter() - t_start
         over_budget = t.time_budget_s is not None and elapsed >= t.time_budget_s
         # one collective per step: stop requests (any rank), audio seconds, loss (mean over ranks)
         n_signal, n_budget, audio_total, loss_sum = tr.agree(
-            [float(stop.signal is not None), float(over_budget), audio_s, float(terms["loss"].detach())], device
+            [
+                float(stop.signal is not None),
+                float(over_budget),
+                audio_s,
+                float(terms["loss"].detach()),
+            ],
+            device,
         )
         dt = time.perf_counter() - t0
         if rank == 0 and (step % t.log_every == 0 or step == 1 or step == t.max_steps):
@@ -284,7 +326,12 @@ def main() -> None:
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(gn) if gn is not None else None,
                 "samples_per_s": t.micro_batch * t.grad_accum_steps * world / dt,
-                "model_tflops_per_s": flops * t.micro_batch * t.grad_accum_steps * world / dt / 1e12,
+                "model_tflops_per_s": flops
+                * t.micro_batch
+                * t.grad_accum_steps
+                * world
+                / dt
+                / 1e12,
                 "audio_hours_per_s": audio_total / 3600 / dt,
                 "data_wait_s": wait,
                 "data_wait_frac": wait / dt,
@@ -303,7 +350,11 @@ def main() -> None:
         if n_signal > 0:  # preemption (any rank): checkpoint and leave; a rerun resumes
             checkpoint()
             metrics.close()
-            log.info("preempted (%s) at step %d: checkpoint saved, exiting cleanly", stop.signal or "signal on another rank", step)
+            log.info(
+                "preempted (%s) at step %d: checkpoint saved, exiting cleanly",
+                stop.signal or "signal on another rank",
+                step,
+            )
             return
         if n_budget > 0:
             log.info("time budget of %.0f s reached at step %d", t.time_budget_s, step)
@@ -320,10 +371,17 @@ def main() -> None:
         metrics.write(step, val)
         log.info("final validation: %s", val)
     if rank == 0:
-        export_final(out, latest_checkpoint(out), {
-            "step": step, "world_size": world, "zero_stage": t.zero_stage, "precision": t.precision,
-            "samples_seen": step * t.micro_batch * t.grad_accum_steps * world,
-        })
+        export_final(
+            out,
+            latest_checkpoint(out),
+            {
+                "step": step,
+                "world_size": world,
+                "zero_stage": t.zero_stage,
+                "precision": t.precision,
+                "samples_seen": step * t.micro_batch * t.grad_accum_steps * world,
+            },
+        )
     dist.barrier()
     metrics.close()
     log.info("done: %d steps, outputs in %s", step, out)

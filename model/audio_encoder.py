@@ -51,9 +51,7 @@ def spec_augment(mel: Tensor, lengths: Tensor, cfg: SpecAugmentConfig) -> Tensor
         band = (bins[None, :] >= start[:, None]) & (bins[None, :] < (start + width)[:, None])
         keep &= ~band[:, :, None]
     for _ in range(cfg.num_time_masks):
-        width = torch.minimum(
-            (torch.rand(b, device=dev) * (cfg.time_mask + 1)).long(), lengths
-        )
+        width = torch.minimum((torch.rand(b, device=dev) * (cfg.time_mask + 1)).long(), lengths)
         start = (torch.rand(b, device=dev) * (lengths - width + 1)).long()
         span = (frames[None, :] >= start[:, None]) & (frames[None, :] < (start + width)[:, None])
         keep &= ~span[:, None, :]
@@ -71,11 +69,15 @@ def build_audio_tower(cfg: AudioEncoderConfig, n_mels: int) -> nn.Module:
 
     tower = build_hf_audio(cfg.kind, cfg.path, cfg.dropout)
     if tower.n_mels != n_mels:
-        raise HFLoadError(f"{cfg.path}: the {cfg.kind} tower reads {tower.n_mels} mel bins, the "
-                          f"features have {n_mels} (features.preset={cfg.kind} gives the tower's)")
+        raise HFLoadError(
+            f"{cfg.path}: the {cfg.kind} tower reads {tower.n_mels} mel bins, the "
+            f"features have {n_mels} (features.preset={cfg.kind} gives the tower's)"
+        )
     if cfg.max_frames < tower.frames:
-        raise HFLoadError(f"audio.max_frames={cfg.max_frames} crops below the {cfg.kind} "
-                          f"tower's fixed input of {tower.frames} frames: set it >= {tower.frames}")
+        raise HFLoadError(
+            f"audio.max_frames={cfg.max_frames} crops below the {cfg.kind} "
+            f"tower's fixed input of {tower.frames} frames: set it >= {tower.frames}"
+        )
     return tower
 
 
@@ -95,7 +97,9 @@ class AudioEncoder(nn.Module):
         self.max_time_patches = -(-cfg.max_frames // cfg.patch_time)
         d = cfg.dim
         self.patch = nn.Conv2d(
-            1, d, kernel_size=(cfg.patch_freq, cfg.patch_time),
+            1,
+            d,
+            kernel_size=(cfg.patch_freq, cfg.patch_time),
             stride=(cfg.patch_freq, cfg.patch_time),
         )
         if cfg.positions == "learned":
@@ -112,9 +116,7 @@ class AudioEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.attn_pool = AttentivePool(d, cfg.heads) if cfg.pooling == "attentive" else None
-        self.rate_proj = (
-            nn.Linear(d * (1 + len(cfg.multirate)), d) if cfg.multirate else None
-        )
+        self.rate_proj = nn.Linear(d * (1 + len(cfg.multirate)), d) if cfg.multirate else None
 
     # -- pieces -------------------------------------------------------------------------------
     def _positions(self, tp: int, device: torch.device) -> Tensor:

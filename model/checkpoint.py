@@ -109,7 +109,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _file_digests(ckpt: Path) -> dict[str, str]:
     return {
         p.relative_to(ckpt).as_posix(): sha256_file(p)
-        for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE
+        for p in sorted(ckpt.rglob("*"))
+        if p.is_file() and p.name != COMPLETE
     }
 
 
@@ -144,10 +145,17 @@ def save_checkpoint(
             atomic_write_bytes(ckpt / TOKENIZER, Path(tokenizer_path).read_bytes())
     _barrier()  # every rank's files are on disk before the commit marker
     if rank == 0:
-        atomic_write_json(ckpt / COMPLETE, {
-            "writer": WRITER, "format": MARKER_FORMAT, "step": step, "world_size": world,
-            "time": time.time(), "files": _file_digests(ckpt),
-        })
+        atomic_write_json(
+            ckpt / COMPLETE,
+            {
+                "writer": WRITER,
+                "format": MARKER_FORMAT,
+                "step": step,
+                "world_size": world,
+                "time": time.time(),
+                "files": _file_digests(ckpt),
+            },
+        )
         atomic_write_bytes(root / LATEST, tag.encode())
         _prune(root, keep_last, keep=tag)
     _barrier()
@@ -163,19 +171,28 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
         meta = json.loads((ckpt / COMPLETE).read_text())
     except (OSError, ValueError) as err:
         raise UntrustedCheckpoint(f"{ckpt}: no readable {COMPLETE} commit marker ({err})") from None
-    if not isinstance(meta, dict) or meta.get("writer") != WRITER or not isinstance(meta.get("files"), dict):
+    if (
+        not isinstance(meta, dict)
+        or meta.get("writer") != WRITER
+        or not isinstance(meta.get("files"), dict)
+    ):
         raise UntrustedCheckpoint(
             f"{ckpt}: {COMPLETE} was not written by polyclap (no writer/file checksums: another "
-            f"tool, a hand-made directory, or a checkpoint from before checksums); refusing to load "
+            f"tool, a hand-made directory, or a checkpoint from before checksums); refusing to "
+            "load "
             f"its pickled files"
         )
     found = _file_digests(ckpt)
     want: dict[str, str] = meta["files"]
     problems = [f"missing {n}" for n in sorted(set(want) - set(found))]
     problems += [f"not written by this save: {n}" for n in sorted(set(found) - set(want))]
-    problems += [f"changed since saved: {n}" for n in sorted(set(want) & set(found)) if want[n] != found[n]]
+    problems += [
+        f"changed since saved: {n}" for n in sorted(set(want) & set(found)) if want[n] != found[n]
+    ]
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > 5 else ""
+        )
         raise UntrustedCheckpoint(f"{ckpt}: refusing to load: {shown}")
     return meta
 
@@ -201,7 +218,9 @@ def latest_checkpoint(out: Path) -> Path | None:
         if (ckpt / COMPLETE).is_file():
             return ckpt
     if root.is_dir():  # marker lost: fall back to the newest complete directory
-        tags = sorted(p.name for p in root.iterdir() if _TAG.match(p.name) and (p / COMPLETE).is_file())
+        tags = sorted(
+            p.name for p in root.iterdir() if _TAG.match(p.name) and (p / COMPLETE).is_file()
+        )
         if tags:
             return root / tags[-1]
     return None
@@ -218,7 +237,8 @@ def load_checkpoint(engine: Any, ckpt: Path) -> dict[str, Any]:
     meta = verify_checkpoint(ckpt)
     if meta["world_size"] != world:
         raise RuntimeError(
-            f"{ckpt} was saved by {meta['world_size']} ranks, this run has {world}: an exact resume "
+            f"{ckpt} was saved by {meta['world_size']} ranks, this run has {world}: an exact "
+            "resume "
             f"(loader position, RNG streams) needs the same world size"
         )
     path, _ = engine.load_checkpoint(

@@ -102,11 +102,12 @@ class CLAP(nn.Module):
         pooled_dim = self.text.out_dim if cfg.calm.enabled else audio_dim
         self.audio_proj = projection(cfg.projection, pooled_dim, cfg.embed_dim)
         if cfg.text.project:
-            self.text_proj: nn.Module = projection(cfg.projection, self.text.out_dim,
-                                                   cfg.embed_dim)
+            self.text_proj: nn.Module = projection(cfg.projection, self.text.out_dim, cfg.embed_dim)
         elif self.text.out_dim != cfg.embed_dim:
-            raise ValueError(f"text.project=false needs embed_dim == text width "
-                             f"{self.text.out_dim}, got {cfg.embed_dim}")
+            raise ValueError(
+                f"text.project=false needs embed_dim == text width "
+                f"{self.text.out_dim}, got {cfg.embed_dim}"
+            )
         else:
             self.text_proj = nn.Identity()
         # Shape [1], not 0-d: DeepSpeed's parameter broadcast views params as bytes, which a
@@ -138,7 +139,10 @@ class CLAP(nn.Module):
         return scale.squeeze(0)
 
     def _finish(
-        self, pooled: Tensor, local: tuple[Tensor, Tensor] | None, key: str,
+        self,
+        pooled: Tensor,
+        local: tuple[Tensor, Tensor] | None,
+        key: str,
         out: dict[str, Tensor],
     ) -> None:
         emb = F.normalize(pooled.float(), dim=-1)
@@ -162,8 +166,9 @@ class CLAP(nn.Module):
         elif mel is not None:
             if fine:
                 pooled, frames, fmask = self.audio(mel, mel_lengths, return_frames=True)
-                self._finish(self.audio_proj(pooled), (self.frame_proj(frames), fmask),
-                             "audio", out)
+                self._finish(
+                    self.audio_proj(pooled), (self.frame_proj(frames), fmask), "audio", out
+                )
             else:
                 self._finish(self.audio_proj(self.audio(mel, mel_lengths)), None, "audio", out)
         if ids is not None:

@@ -126,7 +126,9 @@ class LossConfig(_Section):
     @model_validator(mode="after")
     def _label_mask_needs_group_mask(self) -> LossConfig:
         if self.mask_same_label and not self.mask_same_group:
-            raise ValueError("mask_same_label needs mask_same_group: true (labels are masked as groups)")
+            raise ValueError(
+                "mask_same_label needs mask_same_group: true (labels are masked as groups)"
+            )
         return self
 
 

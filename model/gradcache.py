@@ -140,8 +140,10 @@ def cached_step(
     """One exact gradient-cached training step (see the module docstring)."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    engine = deepspeed_engine if deepspeed_engine is not None else (
-        engine_or_model if _is_engine(engine_or_model) else None
+    engine = (
+        deepspeed_engine
+        if deepspeed_engine is not None
+        else (engine_or_model if _is_engine(engine_or_model) else None)
     )
     forward_fn = engine if engine is not None else engine_or_model
     chunks = _chunks(batch, chunk_size)
@@ -149,7 +151,8 @@ def cached_step(
     device = batch["mel"].device
     amp = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None else contextlib.nullcontext()
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
 
     # Phase 1: no-grad forward per chunk, RNG recorded before each.
@@ -182,9 +185,7 @@ def cached_step(
     with torch.enable_grad():
         terms = compute(**leaves, groups=groups)
         names = list(leaves)
-        grads = torch.autograd.grad(
-            terms["loss"], [leaves[k] for k in names], allow_unused=True
-        )
+        grads = torch.autograd.grad(terms["loss"], [leaves[k] for k in names], allow_unused=True)
     grad_of = {
         k: (g if g is not None else torch.zeros_like(leaves[k]))
         for k, g in zip(names, grads, strict=True)
@@ -202,13 +203,12 @@ def cached_step(
             n = chunk["mel"].shape[0]
             with state.replay(), amp:
                 out = forward_fn(**chunk)
-            surrogate = sum(
-                (out[k].float() * local_grads[k][start : start + n]).sum() for k in per_sample
-            ) * world_size
+            surrogate = (
+                sum((out[k].float() * local_grads[k][start : start + n]).sum() for k in per_sample)
+                * world_size
+            )
             if i == 0:
-                surrogate = surrogate + sum(
-                    (out[k].float() * grad_of[k]).sum() for k in scalars
-                )
+                surrogate = surrogate + sum((out[k].float() * grad_of[k]).sum() for k in scalars)
             start += n
             if engine is None:
                 surrogate.backward()
@@ -241,7 +241,8 @@ def plain_step(
     engine = engine_or_model if _is_engine(engine_or_model) else None
     amp = (
         torch.autocast(device_type=batch["mel"].device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None else contextlib.nullcontext()
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
     with amp:
         out = engine_or_model(**{k: batch[k] for k in BATCH_KEYS if batch.get(k) is not None})

@@ -106,7 +106,10 @@ class ContrastiveLoss(nn.Module):
 
     # -- open_clip-style pieces ---------------------------------------------------------------
     def gather_features(
-        self, audio_emb: Tensor, text_emb: Tensor, groups: Tensor | None = None,
+        self,
+        audio_emb: Tensor,
+        text_emb: Tensor,
+        groups: Tensor | None = None,
         **extra: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
         """Global-batch features (identity when ``world_size == 1``)."""
@@ -119,9 +122,7 @@ class ContrastiveLoss(nn.Module):
         extra = {k: all_gather_with_grad(v, sizes) for k, v in extra.items()}
         return audio, text, groups, extra
 
-    def get_logits(
-        self, audio: Tensor, text: Tensor, logit_scale: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def get_logits(self, audio: Tensor, text: Tensor, logit_scale: Tensor) -> tuple[Tensor, Tensor]:
         logits = logit_scale * audio.float() @ text.float().t()
         return logits, logits.t()
 
@@ -156,8 +157,12 @@ class ContrastiveLoss(nn.Module):
         return nll.mean()
 
     def loss_from_features(
-        self, audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor,
-        groups: Tensor | None = None, audio_codes: Tensor | None = None,
+        self,
+        audio_emb: Tensor,
+        text_emb: Tensor,
+        logit_scale: Tensor,
+        groups: Tensor | None = None,
+        audio_codes: Tensor | None = None,
         text_codes: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The loss over ALREADY global features (no collective). Used by the gradient cache."""
@@ -182,8 +187,12 @@ class ContrastiveLoss(nn.Module):
         return terms
 
     def forward(
-        self, audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor,
-        groups: Tensor | None = None, **extra: Tensor,
+        self,
+        audio_emb: Tensor,
+        text_emb: Tensor,
+        logit_scale: Tensor,
+        groups: Tensor | None = None,
+        **extra: Tensor,
     ) -> dict[str, Tensor]:
         """Gather over ranks, then :meth:`loss_from_features`. ``extra``: ``*_codes``."""
         audio, text, groups, extra = self.gather_features(audio_emb, text_emb, groups, **extra)

@@ -100,8 +100,9 @@ class TransformerText(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if ids.dim() != 2 or ids.shape != mask.shape:
-            raise ValueError(f"ids/mask must both be [B, L], got {tuple(ids.shape)}, "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"ids/mask must both be [B, L], got {tuple(ids.shape)}, {tuple(mask.shape)}"
+            )
         ids, mask = ids[:, : self.cfg.max_len], mask[:, : self.cfg.max_len].bool()
         if int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0:
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")

@@ -57,7 +57,8 @@ class Tokenizer:
             raise ValueError(f"{self.path} is not a sentencepiece model")
         if sp.pad_id() != PAD_ID or sp.bos_id() != BOS_ID or sp.eos_id() != EOS_ID:
             raise ValueError(
-                f"{self.path}: special ids pad/bos/eos = {sp.pad_id()}/{sp.bos_id()}/{sp.eos_id()}, "
+                f"{self.path}: special ids pad/bos/eos = "
+                f"{sp.pad_id()}/{sp.bos_id()}/{sp.eos_id()}, "
                 f"expected {PAD_ID}/{BOS_ID}/{EOS_ID} (train it with pipelines/train_tokenizer.py)"
             )
         self._sp = sp
@@ -115,7 +116,9 @@ def _kept_chars(chars: Counter[str], vocab_size: int) -> set[str] | None:
     """
     room = vocab_size - _META_PIECES
     if room < 8:
-        raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback alone takes {_META_PIECES} pieces")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: byte fallback alone takes {_META_PIECES} pieces"
+        )
     if len(chars) <= room // 2:
         return None
     return {c for c, _ in chars.most_common(room // 2)}
@@ -149,8 +152,14 @@ def train_tokenizer(
             chars.update(t)
         kept = _kept_chars(chars, vocab_size)
         if kept is not None:
-            log.info("tokenizer: %d distinct characters, %d kept as pieces (rest: byte fallback)", len(chars), len(kept))
-            lines = [t for t in ("".join(c if c in kept else " " for c in t).strip() for t in lines) if t]
+            log.info(
+                "tokenizer: %d distinct characters, %d kept as pieces (rest: byte fallback)",
+                len(chars),
+                len(kept),
+            )
+            lines = [
+                t for t in ("".join(c if c in kept else " " for c in t).strip() for t in lines) if t
+            ]
         corpus = Path(tmp) / "texts.txt"
         corpus.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
         n_texts, n_chars = len(lines), sum(len(t) for t in lines)
@@ -206,7 +215,13 @@ class MiniLMTokenizer:
         return int(self._get().vocab_size)
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self._get()(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        enc = self._get()(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+        )
         return enc["input_ids"].long(), enc["attention_mask"].bool()
 
 
@@ -216,7 +231,9 @@ class TextTokenizer(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
-    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 Tokenize = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -259,7 +276,8 @@ def load_tokenizer(text: TextEncoderConfig, path: str | os.PathLike[str] | None)
     tok = Tokenizer(path)
     if tok.vocab_size > text.vocab_size:
         raise ValueError(
-            f"tokenizer {path} has {tok.vocab_size} pieces > model.text.vocab_size={text.vocab_size}"
+            f"tokenizer {path} has {tok.vocab_size} pieces > "
+            f"model.text.vocab_size={text.vocab_size}"
         )
     return tok
 

@@ -46,7 +46,10 @@ def make_ds_config(t: TrainConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config for a :class:`TrainConfig`; ``t.ds_config`` is merged last."""
     zero: dict[str, Any] = {"stage": t.zero_stage}
     adam: dict[str, Any] = {
-        "lr": t.lr, "betas": list(t.betas), "eps": t.eps, "weight_decay": t.weight_decay,
+        "lr": t.lr,
+        "betas": list(t.betas),
+        "eps": t.eps,
+        "weight_decay": t.weight_decay,
         # torch's AdamW: no JIT build of DeepSpeed's fused_adam op (80 s on CPU, needs nvcc on GPU)
         "torch_adam": True,
     }
@@ -142,8 +145,13 @@ def flops_per_sample(cfg: Any) -> float:
         return depth * (2 * (4 + 2 * r) * d * d * tokens + 4 * tokens * tokens * d)
 
     a, t = cfg.model.audio, cfg.model.text
-    n_patches = max(1, cfg.features.n_mels // a.patch_freq) * max(1, a.max_frames // a.patch_time) + 1
-    fwd = tower(a.dim, a.depth, a.mlp_ratio, n_patches) + 2 * a.patch_freq * a.patch_time * a.dim * n_patches
+    n_patches = (
+        max(1, cfg.features.n_mels // a.patch_freq) * max(1, a.max_frames // a.patch_time) + 1
+    )
+    fwd = (
+        tower(a.dim, a.depth, a.mlp_ratio, n_patches)
+        + 2 * a.patch_freq * a.patch_time * a.dim * n_patches
+    )
     if t.kind == "transformer":
         fwd += tower(t.dim, t.depth, t.mlp_ratio, t.max_len)
     return 3.0 * fwd
@@ -175,7 +183,9 @@ def memory_stats() -> dict[str, float]:
 class MetricsLog:
     """JSONL (one line per logged step) + TensorBoard scalars; rank 0 only."""
 
-    def __init__(self, out: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None) -> None:
+    def __init__(
+        self, out: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None
+    ) -> None:
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self._tb = None
@@ -185,7 +195,11 @@ class MetricsLog:
         if resume_step is not None and self.path.is_file():
             # Steps after the checkpoint are redone after a resume: drop their old lines so the
             # file reads as one uninterrupted run.
-            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+            ]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in kept))
             os.replace(tmp, self.path)
@@ -218,7 +232,8 @@ class MetricsLog:
 def progress_line(step: int, max_steps: int, row: dict[str, Any]) -> str:
     gn = row.get("grad_norm")
     return (
-        f"step {step}/{max_steps} loss {row['loss']:.4f} T {row['temperature']:.4f} lr {row['lr']:.2e}"
+        f"step {step}/{max_steps} loss {row['loss']:.4f} T {row['temperature']:.4f}"
+        f" lr {row['lr']:.2e}"
         + (f" gnorm {gn:.3f}" if gn is not None else "")
         + f" | {row['samples_per_s']:.1f} samples/s {row['audio_hours_per_s'] * 3600:.1f} audio-s/s"
         f" data-wait {100 * row['data_wait_frac']:.0f}% | rss {row['rss_max_gb']:.2f} GB"
@@ -231,7 +246,9 @@ def progress_line(step: int, max_steps: int, row: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def validate(engine: Any, batches: list[dict[str, Any]], device: torch.device | str, dtype: torch.dtype) -> dict[str, float]:
+def validate(
+    engine: Any, batches: list[dict[str, Any]], device: torch.device | str, dtype: torch.dtype
+) -> dict[str, float]:
     """Embed the rank's val batches, gather on every rank, retrieval recall over the union.
 
     Every rank runs the same number of forward calls (ZeRO-3 gathers parameters collectively),
@@ -251,8 +268,10 @@ def validate(engine: Any, batches: list[dict[str, Any]], device: torch.device | 
     for i in range(n_max):
         b = batches[min(i, len(batches) - 1)]
         out = engine(
-            mel=b["mel"].to(device, dtype), mel_lengths=b["mel_lengths"].to(device),
-            ids=b["ids"].to(device), mask=b["mask"].to(device),
+            mel=b["mel"].to(device, dtype),
+            mel_lengths=b["mel_lengths"].to(device),
+            ids=b["ids"].to(device),
+            mask=b["mask"].to(device),
         )
         if i < len(batches):
             audio.append(out["audio_emb"].float().cpu())

@@ -85,8 +85,10 @@ class _WeightsOnlyTorch:
 def _weights_only_deepspeed() -> Iterator[None]:
     from deepspeed.utils import zero_to_fp32
 
-    with torch.serialization.safe_globals(_safe_globals()), \
-            mock.patch.object(zero_to_fp32, "torch", _WeightsOnlyTorch()):
+    with (
+        torch.serialization.safe_globals(_safe_globals()),
+        mock.patch.object(zero_to_fp32, "torch", _WeightsOnlyTorch()),
+    ):
         yield
 
 
@@ -102,8 +104,9 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
                 sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
             else:
-                states = torch.load(ckpt / "mp_rank_00_model_states.pt", map_location="cpu",
-                                    weights_only=True)
+                states = torch.load(
+                    ckpt / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+                )
                 sd = states["module"]
     except Exception as err:  # an UnpicklingError names the refused global
         if "weights_only" in str(err) or "Unsupported global" in str(err):
@@ -112,7 +115,9 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
                 f"{DEEPSPEED_SAFE_GLOBALS}: {str(err).splitlines()[0]}"
             ) from None
         raise
-    return {k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in sd.items()}
+    return {
+        k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in sd.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,16 +126,23 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def write_export(
-    dest: Path, state_dict: dict[str, torch.Tensor], cfg: Any, *,
-    tokenizer: Path | None = None, meta: dict[str, Any] | None = None,
+    dest: Path,
+    state_dict: dict[str, torch.Tensor],
+    cfg: Any,
+    *,
+    tokenizer: Path | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write an export directory at ``dest`` atomically (a sibling temp dir, then rename)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state_dict.items()},
+            str(tmp / WEIGHTS),
+            metadata={"format": "pt"},
+        )
         (tmp / CONFIG).write_bytes(config_json(cfg))
         _copy_towers(cfg, tmp)
         if tokenizer is not None and Path(tokenizer).is_file():
@@ -182,8 +194,13 @@ def export_checkpoint(ckpt: Path, dest: Path, meta: dict[str, Any] | None = None
     sd = consolidated_state_dict(ckpt)
     cfg = load_config(ckpt / CONFIG)
     tok = ckpt / TOKENIZER
-    return write_export(dest, sd, cfg, tokenizer=tok if tok.is_file() else None,
-                        meta={**(meta or {}), "source_checkpoint": str(ckpt)})
+    return write_export(
+        dest,
+        sd,
+        cfg,
+        tokenizer=tok if tok.is_file() else None,
+        meta={**(meta or {}), "source_checkpoint": str(ckpt)},
+    )
 
 
 def export_final(out: Path, ckpt: Path, meta: dict[str, Any]) -> Path:
@@ -237,12 +254,17 @@ def _config_of(d: Path) -> Any:
         # keep what defines the model and its inputs, and say what was dropped.
         tree = json.loads((d / CONFIG).read_text())
         kept = {k: tree[k] for k in ("name", "features", "model") if k in tree}
-        log.warning("%s: loaded only features/model sections (%s)", d / CONFIG,
-                    str(err).splitlines()[-1].strip())
+        log.warning(
+            "%s: loaded only features/model sections (%s)",
+            d / CONFIG,
+            str(err).splitlines()[-1].strip(),
+        )
         return _with_export_towers(ExperimentConfig.model_validate(kept), d)
 
 
-def load_for_eval(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
+def load_for_eval(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[Any, Any, Any]:
     """``(model in eval mode, ExperimentConfig, tokenizer)`` from an export or a checkpoint.
 
     The tokenizer has ``encode_batch(texts, max_len) -> (ids, mask)`` whatever the text tower

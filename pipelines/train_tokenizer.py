@@ -15,19 +15,24 @@ import logging
 import sys
 from pathlib import Path
 
-
-from dataprep.loader import iter_shard_texts  # noqa: E402
-from model.tokenizer import train_tokenizer  # noqa: E402
+from dataprep.loader import iter_shard_texts
+from model.tokenizer import train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shards", required=True, help="shard set root (holds <split>/shards.json)")
     ap.add_argument("--out", required=True, help="output .model file (written atomically)")
     ap.add_argument("--vocab-size", type=int, default=4000, help="upper bound on the vocabulary")
-    ap.add_argument("--split", action="append", default=None, help="split(s) to read (default: train)")
+    ap.add_argument(
+        "--split", action="append", default=None, help="split(s) to read (default: train)"
+    )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     splits = args.split or ["train"]
     root = Path(args.shards)
     try:

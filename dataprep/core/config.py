@@ -48,18 +48,37 @@ class Section(BaseModel):
 # 50-14000 Hz where ClapFeatureExtractor's own default is 0-14000 Hz).
 FEATURE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "htsat": {
-        "fixed": {"sample_rate_hz": 48000, "n_fft": 1024, "win_length": 1024, "hop_length": 480,
-                  "mel_scale": "slaney"},
+        "fixed": {
+            "sample_rate_hz": 48000,
+            "n_fft": 1024,
+            "win_length": 1024,
+            "hop_length": 480,
+            "mel_scale": "slaney",
+        },
         "defaults": {"n_mels": 64, "f_min_hz": 50.0, "f_max_hz": 14000.0},
     },
     "whisper": {
-        "fixed": {"sample_rate_hz": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160,
-                  "mel_scale": "slaney", "f_min_hz": 0.0, "f_max_hz": 8000.0},
+        "fixed": {
+            "sample_rate_hz": 16000,
+            "n_fft": 400,
+            "win_length": 400,
+            "hop_length": 160,
+            "mel_scale": "slaney",
+            "f_min_hz": 0.0,
+            "f_max_hz": 8000.0,
+        },
         "defaults": {"n_mels": 80},
     },
     "ast": {
-        "fixed": {"sample_rate_hz": 16000, "n_fft": 400, "win_length": 400, "hop_length": 160,
-                  "mel_scale": "htk", "f_min_hz": 20.0, "f_max_hz": 8000.0},
+        "fixed": {
+            "sample_rate_hz": 16000,
+            "n_fft": 400,
+            "win_length": 400,
+            "hop_length": 160,
+            "mel_scale": "htk",
+            "f_min_hz": 20.0,
+            "f_max_hz": 8000.0,
+        },
         "defaults": {"n_mels": 128},
     },
 }
@@ -96,8 +115,10 @@ class FeatureConfig(Section):
         out = dict(data)
         for key, want in preset["fixed"].items():
             if key in out and out[key] != want:
-                raise ValueError(f"features.{key}={out[key]!r} conflicts with "
-                                 f"features.preset={data['preset']} (which fixes {want!r})")
+                raise ValueError(
+                    f"features.{key}={out[key]!r} conflicts with "
+                    f"features.preset={data['preset']} (which fixes {want!r})"
+                )
             out[key] = want
         for key, default in preset["defaults"].items():
             out.setdefault(key, default)
@@ -236,8 +257,9 @@ def check_local_out(path: str) -> str:
         return path.removeprefix("file://")
     if _URI.match(path):
         raise ValueError(
-            f"build.out must be a local or shared POSIX path, not {path!r}: shards are renamed into "
-            "place atomically, which object stores do not support; build to a shared filesystem and "
+            f"build.out must be a local or shared POSIX path, not {path!r}: shards are renamed "
+            "into place atomically, which object stores do not support; build to a shared "
+            "filesystem and "
             "copy the finished set (see infra/STORAGE.md)"
         )
     return path
@@ -370,7 +392,9 @@ def load_config(
             # JSON exactly as JSON (exports write config.json); YAML 1.1 would read 1e-06 as text
             loaded = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as err:
-            raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+            raise ConfigError(
+                f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -415,7 +439,10 @@ def config_reference(cls: type[BaseModel], sections: tuple[str, ...] | None = No
 
     for name, info in cls.model_fields.items():
         ann = info.annotation
-        if (sections is None or name in sections) and isinstance(ann, type) \
-                and issubclass(ann, BaseModel):
+        if (
+            (sections is None or name in sections)
+            and isinstance(ann, type)
+            and issubclass(ann, BaseModel)
+        ):
             walk(ann, name + ".")
     return "\n".join(lines)

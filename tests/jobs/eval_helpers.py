@@ -1,7 +1,8 @@
 """Test helper: a tiny exported CLAP model (fp32 ``final/`` layout) made at run time.
 
 This is the export format ``jobs/pretrain.py`` writes (``model.weights.write_export``:
-model.safetensors + config.json + tokenizer.model), produced here without training so evaluation tests stay fast.
+model.safetensors + config.json + tokenizer.model), produced here without training so
+evaluation tests stay fast.
 """
 
 from __future__ import annotations
@@ -10,18 +11,29 @@ from pathlib import Path
 
 import torch
 
+from model.clap import build_model
 from model.config import load_config
 from model.tokenizer import train_tokenizer
 from model.weights import write_export
-from model.clap import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = [
-    "the sound of a dog barking", "rain falling on a roof", "birds chirping in the morning",
-    "a crowd clapping", "a siren wailing", "church bells ringing", "a piano melody",
-    "someone playing a drum kit", "a man speaks", "a woman talks while a phone rings",
-    "yes no stop go left right up down on off", "जी हाँ नहीं रुको", "是 不 停 走 左 右 上 下",
-    "das Geräusch von einem Hund", "le son de la pluie", "a person speaking in an angry voice",
+    "the sound of a dog barking",
+    "rain falling on a roof",
+    "birds chirping in the morning",
+    "a crowd clapping",
+    "a siren wailing",
+    "church bells ringing",
+    "a piano melody",
+    "someone playing a drum kit",
+    "a man speaks",
+    "a woman talks while a phone rings",
+    "yes no stop go left right up down on off",
+    "जी हाँ नहीं रुको",
+    "是 不 停 走 左 右 上 下",
+    "das Geräusch von einem Hund",
+    "le son de la pluie",
+    "a person speaking in an angry voice",
 ] * 4
 
 

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from eval_helpers import make_export
 
 from dataprep.core.config import CorpusConfig
-from model.config import load_config
+from dataprep.core.features import feature_fingerprint
 from dataprep.evaluation import runner
 from dataprep.evaluation.data import load_eval_set, select
 from dataprep.evaluation.embed import Embedder, windows
 from dataprep.evaluation.tasks import Defaults, TaskConfig, load_tasks
-from dataprep.core.features import feature_fingerprint
+from model.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = REPO / "jobs" / "evaluate.py"
@@ -35,8 +35,15 @@ DEMO_TASKS = REPO / "configs" / "tasks" / "demo.yaml"
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(EVALUATE), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, str(EVALUATE), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_help(subprocess_env: dict[str, str]) -> None:
@@ -46,13 +53,25 @@ def test_help(subprocess_env: dict[str, str]) -> None:
         assert flag in r.stdout
 
 
-def test_demo_tasks_every_type_three_columns_cached_rerun(tmp_path: Path, subprocess_env: dict[str, str], corpora_root: Path) -> None:
+def test_demo_tasks_every_type_three_columns_cached_rerun(
+    tmp_path: Path, subprocess_env: dict[str, str], corpora_root: Path
+) -> None:
     ckpt = make_export(tmp_path / "run0", seed=0)  # same seed as the random-init column
     prev = make_export(tmp_path / "run1", seed=1)
     cache = tmp_path / "cache"
     out = tmp_path / "eval" / "results.json"
-    args = ["--checkpoint", str(ckpt), "--tasks", str(DEMO_TASKS), "--out", str(out),
-            "--compare", str(prev), "--cache-dir", str(cache)]
+    args = [
+        "--checkpoint",
+        str(ckpt),
+        "--tasks",
+        str(DEMO_TASKS),
+        "--out",
+        str(out),
+        "--compare",
+        str(prev),
+        "--cache-dir",
+        str(cache),
+    ]
     r = _run(args, subprocess_env)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -60,7 +79,14 @@ def test_demo_tasks_every_type_three_columns_cached_rerun(tmp_path: Path, subpro
     assert "| checkpoint | random-init | previous |" in table
     assert table in r.stdout  # the table is printed too
     types = {rec["type"] for rec in res["tasks"].values()}
-    assert types == {"zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"}
+    assert types == {
+        "zero_shot",
+        "retrieval",
+        "emotion",
+        "keyword_spotting",
+        "linear_probe",
+        "few_shot",
+    }
     differs = 0
     for name, rec in res["tasks"].items():
         assert rec["metrics"], (name, rec["errors"])
@@ -86,7 +112,9 @@ def test_demo_tasks_every_type_three_columns_cached_rerun(tmp_path: Path, subpro
     assert ret["t2a_R@1"]["checkpoint"]["n"] == len(caps)
     assert ret["a2t_R@1"]["checkpoint"]["n"] == len({row["youtube_id"] for row in caps})
     probe = res["tasks"]["esc50_linear_probe"]["metrics"]
-    assert probe["folds"]["checkpoint"]["value"] == 5 and probe["accuracy"]["checkpoint"]["n"] == len(esc)
+    assert probe["folds"]["checkpoint"]["value"] == 5 and probe["accuracy"]["checkpoint"][
+        "n"
+    ] == len(esc)
     kws = res["tasks"]["kws_multilingual"]["metrics"]
     assert {"accuracy_en", "accuracy_hi", "accuracy_zh"} <= set(kws)
 
@@ -102,19 +130,32 @@ def test_demo_tasks_every_type_three_columns_cached_rerun(tmp_path: Path, subpro
         assert res2["tasks"][name]["metrics"] == res["tasks"][name]["metrics"]
 
 
-def test_bad_inputs_exit_with_one_line_reason(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_bad_inputs_exit_with_one_line_reason(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("tasks:\n  - {name: x, type: zero_shot, corpus: {name: e, reader: esc50, root: /nope}, tempaltes: {}}\n")
+    bad.write_text(
+        "tasks:\n  - {name: x, type: zero_shot, corpus: {name: e, reader: esc50, root: /nope},"
+        " tempaltes: {}}\n"
+    )
     ckpt = make_export(tmp_path / "run", seed=0)
     r = _run(["--checkpoint", str(ckpt), "--tasks", str(bad)], subprocess_env)
     assert r.returncode == 2 and "tempaltes" in r.stderr
-    r = _run(["--checkpoint", str(tmp_path / "missing"), "--tasks", str(DEMO_TASKS)], subprocess_env)
+    r = _run(
+        ["--checkpoint", str(tmp_path / "missing"), "--tasks", str(DEMO_TASKS)], subprocess_env
+    )
     assert r.returncode == 2 and "no model here" in r.stderr
     # a benchmark path that does not exist: that task reports its error, exit 1, no crash
     gone = tmp_path / "gone.yaml"
-    gone.write_text("tasks:\n  - {name: x, type: zero_shot, corpus: {name: e, reader: esc50, root: /nope/ESC-50}}\n")
+    gone.write_text(
+        "tasks:\n  - {name: x, type: zero_shot,"
+        " corpus: {name: e, reader: esc50, root: /nope/ESC-50}}\n"
+    )
     out = tmp_path / "r.json"
-    r = _run(["--checkpoint", str(ckpt), "--tasks", str(gone), "--out", str(out), "--no-random-init"], subprocess_env)
+    r = _run(
+        ["--checkpoint", str(ckpt), "--tasks", str(gone), "--out", str(out), "--no-random-init"],
+        subprocess_env,
+    )
     assert r.returncode == 1
     assert json.loads(out.read_text())["tasks"]["x"]["errors"]["checkpoint"]
 
@@ -145,8 +186,18 @@ class Oracle:
 def sets(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path):  # type: ignore[no-untyped-def]
     cfg = load_config(REPO / "configs" / "test_small.yaml")
     cache = tmp_path_factory.mktemp("cache")
-    esc = CorpusConfig(name="esc50", reader="esc50", root=str(corpora_root / "esc50_mini"), options={"eval_folds": [5]})
-    caps = CorpusConfig(name="audiocaps", reader="audiocaps", root=str(corpora_root / "audiocaps_mini"), splits=("val",))
+    esc = CorpusConfig(
+        name="esc50",
+        reader="esc50",
+        root=str(corpora_root / "esc50_mini"),
+        options={"eval_folds": [5]},
+    )
+    caps = CorpusConfig(
+        name="audiocaps",
+        reader="audiocaps",
+        root=str(corpora_root / "audiocaps_mini"),
+        splits=("val",),
+    )
     return cfg, cache, load_eval_set(cfg, esc, cache), load_eval_set(cfg, caps, cache)
 
 
@@ -195,9 +246,16 @@ def test_linear_probe_uses_the_corpus_folds(sets, corpora_root: Path) -> None:  
     assert all(len(v) == 1 for v in by_group.values())
 
 
-def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_eval_set_cache_is_per_fingerprint_and_identical(
+    sets, corpora_root: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     cfg, cache, esc, _ = sets
-    corpus = CorpusConfig(name="esc50", reader="esc50", root=str(corpora_root / "esc50_mini"), options={"eval_folds": [5]})
+    corpus = CorpusConfig(
+        name="esc50",
+        reader="esc50",
+        root=str(corpora_root / "esc50_mini"),
+        options={"eval_folds": [5]},
+    )
     again = load_eval_set(cfg, corpus, cache)
     assert again.from_cache and not esc.from_cache
     assert [it.source_id for it in again.items] == [it.source_id for it in esc.items]
@@ -218,7 +276,9 @@ def test_eval_set_cache_is_per_fingerprint_and_identical(sets, corpora_root: Pat
     changed = load_eval_set(cfg, ecorpus, cache)
     assert not changed.from_cache and len(changed.items) == len(first.items) - 1
     victim = edited / "audio" / Path(changed.items[0].source_id).name
-    victim.write_bytes((edited / "audio" / Path(changed.items[1].source_id).name).read_bytes())  # replaced audio
+    victim.write_bytes(
+        (edited / "audio" / Path(changed.items[1].source_id).name).read_bytes()
+    )  # replaced audio
     replaced = load_eval_set(cfg, ecorpus, cache)
     assert not replaced.from_cache
     np.testing.assert_array_equal(replaced.items[0].mels[0], replaced.items[1].mels[0])
@@ -246,7 +306,10 @@ def test_long_audio_is_windowed_and_averaged(sets, tmp_path: Path) -> None:  # t
     emb = Embedder(model, cfg, tok, batch_size=2)
     got = emb.audio([item])[0]
     with torch.no_grad():
-        each = [model.encode_audio(torch.from_numpy(w[None].astype(np.float32))).numpy()[0] for w in wins]
+        each = [
+            model.encode_audio(torch.from_numpy(w[None].astype(np.float32))).numpy()[0]
+            for w in wins
+        ]
     want = np.mean(each, axis=0)
     np.testing.assert_allclose(got, want / np.linalg.norm(want), atol=1e-5)
     assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
@@ -258,7 +321,9 @@ def test_shipped_task_files_validate() -> None:
         assert tf.tasks, path
 
 
-def test_public_benchmark_templates_run_on_the_bundled_layouts(tmp_path: Path, corpora_root: Path) -> None:
+def test_public_benchmark_templates_run_on_the_bundled_layouts(
+    tmp_path: Path, corpora_root: Path
+) -> None:
     """The shipped templates point at /data/...; with the root swapped for the bundled corpus in
     the same layout, each runs end to end (what a user does with the real benchmark)."""
     import yaml
@@ -277,7 +342,9 @@ def test_public_benchmark_templates_run_on_the_bundled_layouts(tmp_path: Path, c
         path = tmp_path / name
         path.write_text(yaml.safe_dump(tree))
         tf = load_tasks(path)
-        res = runner.evaluate(tf, [runner.Column("checkpoint", model, cfg, tok, "m")], str(tmp_path / "cache"))
+        res = runner.evaluate(
+            tf, [runner.Column("checkpoint", model, cfg, tok, "m")], str(tmp_path / "cache")
+        )
         for tname, rec in res["tasks"].items():
             assert rec["metrics"] and not rec["errors"], (name, tname, rec["errors"])
             assert 0.0 <= rec["metrics"]["accuracy"]["checkpoint"]["value"] <= 1.0

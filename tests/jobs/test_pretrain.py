@@ -20,9 +20,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataprep"))
-from test_loader import make_shards  # noqa: E402
+from test_loader import make_shards
 
-import dataprep  # noqa: E402
+import dataprep
 
 REPO = Path(dataprep.__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -31,12 +31,34 @@ TINY = {
     "name": "tiny",
     "model": {
         "embed_dim": 32,
-        "audio": {"dim": 32, "depth": 1, "heads": 2, "patch_freq": 16, "patch_time": 16, "max_frames": 128, "dropout": 0.1},
-        "text": {"vocab_size": 512, "dim": 32, "depth": 1, "heads": 2, "max_len": 24, "dropout": 0.1},
+        "audio": {
+            "dim": 32,
+            "depth": 1,
+            "heads": 2,
+            "patch_freq": 16,
+            "patch_time": 16,
+            "max_frames": 128,
+            "dropout": 0.1,
+        },
+        "text": {
+            "vocab_size": 512,
+            "dim": 32,
+            "depth": 1,
+            "heads": 2,
+            "max_len": 24,
+            "dropout": 0.1,
+        },
     },
     "train": {
-        "zero_stage": 2, "micro_batch": 8, "lr": 0.003, "warmup_steps": 2, "max_steps": 6,
-        "save_every": 3, "log_every": 1, "tensorboard": False, "seed": 1,
+        "zero_stage": 2,
+        "micro_batch": 8,
+        "lr": 0.003,
+        "warmup_steps": 2,
+        "max_steps": 6,
+        "save_every": 3,
+        "log_every": 1,
+        "tensorboard": False,
+        "seed": 1,
     },
     "loader": {"num_workers": 0},
 }
@@ -66,11 +88,33 @@ def _config(tmp: Path, loader: dict[str, object] | None = None, **train: object)
     return path
 
 
-def _launch(cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "jobs/pretrain.py",
-           "--config", str(cfg), "--shards", str(shards), "--out", str(out), *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+def _launch(
+    cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str], *extra: str
+) -> subprocess.Popen:
+    cmd = [
+        str(DEEPSPEED),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        "jobs/pretrain.py",
+        "--config",
+        str(cfg),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _run(*args, timeout: float = 240) -> str:
@@ -118,11 +162,14 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, shards: Path, env, port) -> None:
+def test_sigkill_then_resume_matches_uninterrupted_run(
+    tmp_path: Path, shards: Path, env, port
+) -> None:
     # 2 dataloader workers per rank (the resumed loader must rotate them back into step) and the
     # gradient cache (its RNG replay must not disturb the restored RNG streams)
-    cfg = _config(tmp_path, {"num_workers": 2}, max_steps=24, save_every=4, micro_batch=16,
-                  chunk_size=5)
+    cfg = _config(
+        tmp_path, {"num_workers": 2}, max_steps=24, save_every=4, micro_batch=16, chunk_size=5
+    )
     ref = tmp_path / "ref"
     _run(cfg, shards, ref, port, env)
     want = _losses(ref)
@@ -161,7 +208,10 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, shards: Path, env
     ckpt = out / "checkpoints" / latest
     done = json.loads((ckpt / "complete.json").read_text())
     assert done["step"] == max(_losses(out)) >= 3 and done["world_size"] == 2
-    assert {f.name for f in ckpt.glob("trainer_state_rank*")} == {"trainer_state_rank0.json", "trainer_state_rank1.json"}
+    assert {f.name for f in ckpt.glob("trainer_state_rank*")} == {
+        "trainer_state_rank0.json",
+        "trainer_state_rank1.json",
+    }
     assert not (out / "final").exists()
     # the DeepSpeed checkpoint is usable for evaluation as it is (zero_to_fp32 on the fly,
     # its files read weights-only after the marker checksums are verified)
@@ -202,8 +252,22 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
 def test_not_a_shard_set_is_a_clear_error(tmp_path: Path, env) -> None:
     cfg = _config(tmp_path)
     p = subprocess.run(
-        [sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(tmp_path), "--out", str(tmp_path / "o")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(cfg),
+            "--shards",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert p.returncode == 2
     assert "is not a shard set" in p.stderr and "shards.json" in p.stderr
@@ -214,24 +278,70 @@ def test_fingerprint_mismatch_refused(tmp_path: Path, shards: Path, env, port) -
     cfg["features"] = {"n_mels": 80}
     path = tmp_path / "mismatch.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    e = dict(
+        env,
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     p = subprocess.run(
-        [sys.executable, "jobs/pretrain.py", "--config", str(path), "--shards", str(shards), "--out", str(tmp_path / "o")],
-        cwd=REPO, env=e, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(path),
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "feature fingerprint mismatch" in p.stderr and "n_mels: 80 != 64" in p.stderr
 
 
 @pytest.mark.slow
-def test_time_budget_zero0_single_process_without_launcher(tmp_path: Path, shards: Path, env, port) -> None:
+def test_time_budget_zero0_single_process_without_launcher(
+    tmp_path: Path, shards: Path, env, port
+) -> None:
     """Plain `python jobs/pretrain.py` (one process, env rendezvous), ZeRO-0, stopped by the time
     budget long before max_steps: it checkpoints and exports like a finished run."""
     cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
-    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    e = dict(
+        env,
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(shards),
-                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(cfg),
+            "--shards",
+            str(shards),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "time budget of 3 s reached" in p.stderr
     steps = max(_losses(out))
@@ -248,14 +358,32 @@ def test_time_budget_zero0_single_process_without_launcher(tmp_path: Path, shard
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
     assert json.loads((ckpt / "complete.json").read_text())["writer"] == "polyclap"
     (ckpt / "extra_optim_states.pt").write_bytes(b"not ours")
-    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(shards),
-                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(cfg),
+            "--shards",
+            str(shards),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert p.returncode == 2 and "not resuming from" in p.stderr, p.stderr[-3000:]
     assert "not written by this save: extra_optim_states.pt" in p.stderr
 
 
 @pytest.mark.slow
-def test_corrupt_shard_is_skipped_and_counted_in_metrics(tmp_path: Path, shards: Path, env, port) -> None:
+def test_corrupt_shard_is_skipped_and_counted_in_metrics(
+    tmp_path: Path, shards: Path, env, port
+) -> None:
     """Issue 19 defect 1 through the trainer: a shard with flipped mel bytes is never fed and
     its skip shows in metrics.jsonl (``loader_*`` counters of rank 0)."""
     import shutil
@@ -266,10 +394,33 @@ def test_corrupt_shard_is_skipped_and_counted_in_metrics(tmp_path: Path, shards:
     shutil.copytree(shards, root)
     _flip_mel_bytes(next((root / "train").glob("shard-*.tar")))
     cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
-    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    e = dict(
+        env,
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards", str(root),
-                        "--out", str(out)], cwd=REPO, env=e, capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(cfg),
+            "--shards",
+            str(root),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "corrupt shard" in p.stderr and "sha256" in p.stderr
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]

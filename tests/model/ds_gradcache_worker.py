@@ -38,8 +38,16 @@ N_MELS, PER_RANK, CHUNK, LR = 16, 6, 4, 0.2
 
 CFG = ModelConfig(
     audio=AudioEncoderConfig(
-        dim=32, depth=2, heads=2, patch_freq=8, patch_time=4, max_frames=48, dropout=0.1,
-        pooling="cls", multirate=(2,), specaugment=SpecAugmentConfig(freq_mask=4, time_mask=6),
+        dim=32,
+        depth=2,
+        heads=2,
+        patch_freq=8,
+        patch_time=4,
+        max_frames=48,
+        dropout=0.1,
+        pooling="cls",
+        multirate=(2,),
+        specaugment=SpecAugmentConfig(freq_mask=4, time_mask=6),
     ),
     text=TextEncoderConfig(vocab_size=64, dim=32, depth=1, heads=2, max_len=12, dropout=0.1),
     embed_dim=16,
@@ -140,8 +148,13 @@ def run_case(case: str, data: dict, bf16: bool = False) -> dict:
         from deepspeed.utils import safe_get_full_fp32_param
 
         # (None where no fp32 master is mapped, e.g. ZeRO-0: then the bf16 copy, rounded.)
-        got = {n: (safe_get_full_fp32_param(p) if safe_get_full_fp32_param(p) is not None
-                   else p).detach().float().cpu() for n, p in params.items()}
+        got = {
+            n: (safe_get_full_fp32_param(p) if safe_get_full_fp32_param(p) is not None else p)
+            .detach()
+            .float()
+            .cpu()
+            for n, p in params.items()
+        }
     else:
         with deepspeed.zero.GatheredParameters(list(params.values()), enabled=stage == 3):
             got = {n: p.detach().float().cpu() for n, p in params.items()}
@@ -153,9 +166,16 @@ def run_case(case: str, data: dict, bf16: bool = False) -> dict:
     rel = err / sum(((ref[n] - init[n]) ** 2).sum().item() for n in ref) ** 0.5
     engine.destroy()
     worst = sorted(ref, key=lambda n: -(got[n] - ref[n]).abs().max().item())[:2]
-    return {"max_diff": diff, "step_size": step, "rel_update_err": rel, "worst": worst,
-            "stage": stage,
-            "sync": sync, "gas": gas, "bf16": bf16}
+    return {
+        "max_diff": diff,
+        "step_size": step,
+        "rel_update_err": rel,
+        "worst": worst,
+        "stage": stage,
+        "sync": sync,
+        "gas": gas,
+        "bf16": bf16,
+    }
 
 
 def loss_case(data: dict) -> dict:
@@ -181,7 +201,8 @@ def loss_case(data: dict) -> dict:
     dist.all_reduce(gs)
     gs /= world
     diff = max(
-        (ga - a.grad[sl]).abs().max().item(), (gt - t.grad[sl]).abs().max().item(),
+        (ga - a.grad[sl]).abs().max().item(),
+        (gt - t.grad[sl]).abs().max().item(),
         (gs - s.grad).abs().item(),
     )
     return {"max_diff": diff, "step_size": a.grad.abs().max().item()}
@@ -191,7 +212,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", nargs="+", default=["0:auto", "1:auto", "2:auto", "3:auto"])
-    ap.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    ap.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
     ap.add_argument("--bf16", action="store_true", help="DeepSpeed bf16 (on a GPU)")
     ap.add_argument("--hf-audio", help="AST model dir: run with transformers towers")
     ap.add_argument("--hf-text", help="GPT-2 model dir (with --hf-audio)")

@@ -16,11 +16,19 @@ N_MELS = 16
 
 
 def tiny_config(**audio_overrides) -> ModelConfig:
-    audio = dict(
-        dim=32, depth=2, heads=2, patch_freq=8, patch_time=4, max_frames=64, dropout=0.1,
-        pooling="attentive", multirate=(2, 4), local_window=2,
-        specaugment=SpecAugmentConfig(freq_mask=4, time_mask=8),
-    )
+    audio = {
+        "dim": 32,
+        "depth": 2,
+        "heads": 2,
+        "patch_freq": 8,
+        "patch_time": 4,
+        "max_frames": 64,
+        "dropout": 0.1,
+        "pooling": "attentive",
+        "multirate": (2, 4),
+        "local_window": 2,
+        "specaugment": SpecAugmentConfig(freq_mask=4, time_mask=8),
+    }
     audio.update(audio_overrides)
     return ModelConfig(
         audio=AudioEncoderConfig(**audio),

@@ -84,8 +84,11 @@ def test_a_forged_marker_still_gets_no_unpickling(tmp_path: Path, mark: Path) ->
     """Whoever can write the files can write matching checksums; evaluation then still reads
     DeepSpeed's files weights-only, and the payload is refused."""
     d = _ds_dir(tmp_path, mark, None)
-    (d / COMPLETE).write_text(json.dumps({"writer": "polyclap", "format": 2, "step": 1,
-                                          "world_size": 1, "files": digests(d)}))
+    (d / COMPLETE).write_text(
+        json.dumps(
+            {"writer": "polyclap", "format": 2, "step": 1, "world_size": 1, "files": digests(d)}
+        )
+    )
     verify_checkpoint(d)  # the checksums match
     with pytest.raises(ValueError, match="refusing to unpickle"):
         load_for_eval(d)
@@ -113,7 +116,9 @@ def test_resume_refuses_untrusted_and_tampered_directories(tmp_path: Path, mark:
         load_checkpoint(eng, d)
     (d / "planted.pt").unlink()
     _evil(d / "mp_rank_00_model_states.pt", tmp_path / "other")  # swapped after the save
-    with pytest.raises(UntrustedCheckpoint, match="changed since saved: mp_rank_00_model_states.pt"):
+    with pytest.raises(
+        UntrustedCheckpoint, match="changed since saved: mp_rank_00_model_states.pt"
+    ):
         load_checkpoint(eng, d)
     (d / "config.json").unlink()
     with pytest.raises(UntrustedCheckpoint, match="missing config.json"):
@@ -122,19 +127,38 @@ def test_resume_refuses_untrusted_and_tampered_directories(tmp_path: Path, mark:
 
 
 @pytest.mark.parametrize("forged", [False, True])
-def test_evaluate_and_export_entry_points_refuse(tmp_path: Path, mark: Path, forged: bool,
-                                                subprocess_env: dict[str, str]) -> None:
+def test_evaluate_and_export_entry_points_refuse(
+    tmp_path: Path, mark: Path, forged: bool, subprocess_env: dict[str, str]
+) -> None:
     d = _ds_dir(tmp_path, mark, {"step": 1, "world_size": 1})
     if forged:
-        (d / COMPLETE).write_text(json.dumps({"writer": "polyclap", "format": 2, "step": 1,
-                                              "world_size": 1, "files": digests(d)}))
+        (d / COMPLETE).write_text(
+            json.dumps(
+                {"writer": "polyclap", "format": 2, "step": 1, "world_size": 1, "files": digests(d)}
+            )
+        )
     for cmd in (
-        ["jobs/evaluate.py", "--checkpoint", str(d), "--tasks", "configs/tasks/demo.yaml",
-         "--no-random-init", "--out", str(tmp_path / "r.json")],
+        [
+            "jobs/evaluate.py",
+            "--checkpoint",
+            str(d),
+            "--tasks",
+            "configs/tasks/demo.yaml",
+            "--no-random-init",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
         ["jobs/export.py", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "exp")],
     ):
-        p = subprocess.run([sys.executable, *cmd], cwd=REPO, env=subprocess_env, capture_output=True,
-                           text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, *cmd],
+            cwd=REPO,
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert p.returncode == 2, (cmd, p.stderr[-2000:])
         assert "Traceback" not in p.stderr and ("refusing" in p.stderr), p.stderr[-2000:]
     assert not mark.exists() and not (tmp_path / "exp").exists()

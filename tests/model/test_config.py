@@ -21,13 +21,20 @@ def test_shipped_configs_load_as_experiments(name: str) -> None:
     assert isinstance(cfg, ExperimentConfig) and isinstance(cfg, DataConfig)
     # the data view drops exactly the model-side sections; a build task validates only it
     view = DataConfig.view(cfg)
-    assert type(view) is DataConfig and set(view.model_dump()) == {"name", "features", "build", "loader"}
+    assert type(view) is DataConfig and set(view.model_dump()) == {
+        "name",
+        "features",
+        "build",
+        "loader",
+    }
     assert DataConfig.model_validate_json(view.model_dump_json()) == view
 
 
 def test_data_only_file_loads_without_model_sections(tmp_path: Path) -> None:
     p = tmp_path / "data.yaml"
-    p.write_text(yaml.safe_dump({"build": {"out": str(tmp_path / "o")}, "loader": {"num_workers": 3}}))
+    p.write_text(
+        yaml.safe_dump({"build": {"out": str(tmp_path / "o")}, "loader": {"num_workers": 3}})
+    )
     cfg = load_data_config(p)
     assert type(cfg) is DataConfig and cfg.loader.num_workers == 3
     with pytest.raises(ConfigError, match="unknown key 'train'"):
@@ -69,15 +76,21 @@ def test_a_typo_is_still_an_unknown_key() -> None:
 
 
 def test_tokenizer_path_is_refused_for_a_minilm_tower() -> None:
-    with pytest.raises(ConfigError, match="tokenizer.path is set but model.text.kind=minilm uses its own tokenizer"):
-        load_config(REPO / "configs" / "test_small.yaml",
-                    ["model.text.kind=minilm", "tokenizer.path=/t.model"])
+    with pytest.raises(
+        ConfigError, match="tokenizer.path is set but model.text.kind=minilm uses its own tokenizer"
+    ):
+        load_config(
+            REPO / "configs" / "test_small.yaml",
+            ["model.text.kind=minilm", "tokenizer.path=/t.model"],
+        )
 
 
 def test_mask_same_label_needs_the_group_mask() -> None:
     with pytest.raises(ConfigError, match="mask_same_label needs mask_same_group"):
-        load_config(REPO / "configs" / "test_small.yaml",
-                    ["model.loss.mask_same_label=true", "model.loss.mask_same_group=false"])
+        load_config(
+            REPO / "configs" / "test_small.yaml",
+            ["model.loss.mask_same_label=true", "model.loss.mask_same_group=false"],
+        )
 
 
 def test_every_loader_field_reaches_the_loader(tmp_path: Path, corpora_root: Path) -> None:
@@ -93,8 +106,28 @@ def test_every_loader_field_reaches_the_loader(tmp_path: Path, corpora_root: Pat
 
     make_shards(corpora_root, tmp_path, n_shards=1, limit=4)
     lc = LoaderConfig(num_workers=3, shuffle_buffer=7, bucket_by_length=True)
-    ld = ShardLoader.from_config(lc, tmp_path / "train", features=ExperimentConfig().features,
-                                 tokenize=None, max_frames=64, batch_size=2, pad_multiple=4, seed=5)
+    ld = ShardLoader.from_config(
+        lc,
+        tmp_path / "train",
+        features=ExperimentConfig().features,
+        tokenize=None,
+        max_frames=64,
+        batch_size=2,
+        pad_multiple=4,
+        seed=5,
+    )
     s = ld.spec
-    assert (s.num_workers, s.shuffle_buffer, s.bucket, s.max_frames, s.pad_multiple, s.seed) == (3, 7, True, 64, 4, 5)
-    assert set(LoaderConfig.model_fields) == {"shards", "num_workers", "shuffle_buffer", "bucket_by_length"}
+    assert (s.num_workers, s.shuffle_buffer, s.bucket, s.max_frames, s.pad_multiple, s.seed) == (
+        3,
+        7,
+        True,
+        64,
+        4,
+        5,
+    )
+    assert set(LoaderConfig.model_fields) == {
+        "shards",
+        "num_workers",
+        "shuffle_buffer",
+        "bucket_by_length",
+    }

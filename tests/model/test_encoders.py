@@ -14,12 +14,18 @@ from model.clap import build_model
 from model.config import SpecAugmentConfig, TextEncoderConfig
 
 VARIANTS = [
-    dict(pooling="cls", positions="learned", multirate=(), local_window=None),
-    dict(pooling="mean", positions="sinusoidal", multirate=(2,), local_window=None),
-    dict(pooling="attentive", positions="learned", multirate=(2, 4), local_window=1),
+    {"pooling": "cls", "positions": "learned", "multirate": (), "local_window": None},
+    {"pooling": "mean", "positions": "sinusoidal", "multirate": (2,), "local_window": None},
+    {"pooling": "attentive", "positions": "learned", "multirate": (2, 4), "local_window": 1},
     # CALM linearized time patches: one patch spans all mel bins and k frames.
-    dict(pooling="cls", positions="sinusoidal", patch_freq=N_MELS, patch_time=2,
-         multirate=(3,), local_window=2),
+    {
+        "pooling": "cls",
+        "positions": "sinusoidal",
+        "patch_freq": N_MELS,
+        "patch_time": 2,
+        "multirate": (3,),
+        "local_window": 2,
+    },
 ]
 
 
@@ -138,8 +144,13 @@ def test_minilm_text_tower_offline(freeze, monkeypatch):
     model = build_model(cfg, N_MELS).train()
     assert model.uses_own_tokenizer
     tok = minilm_tokenizer()
-    enc = tok(["a dog barks", "rain on a tin roof", "un perro ladra"], padding="max_length",
-              truncation=True, max_length=16, return_tensors="pt")
+    enc = tok(
+        ["a dog barks", "rain on a tin roof", "un perro ladra"],
+        padding="max_length",
+        truncation=True,
+        max_length=16,
+        return_tensors="pt",
+    )
     emb = model.encode_text(enc["input_ids"], enc["attention_mask"])
     assert emb.shape == (3, cfg.embed_dim)
     emb.sum().backward()
@@ -150,8 +161,11 @@ def test_minilm_text_tower_offline(freeze, monkeypatch):
         assert not model.text.impl.bert.training  # frozen tower: no dropout
     # The pretrained tower is meaningful: paraphrases are closer than unrelated text.
     model.eval()
-    enc = tok(["a dog barks loudly", "a dog is barking", "stock market prices fell"],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["a dog barks loudly", "a dog is barking", "stock market prices fell"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         h = model.text(enc["input_ids"], enc["attention_mask"])
     h = torch.nn.functional.normalize(h, dim=-1)

@@ -30,9 +30,7 @@ def grads_of(model, fn, seed: int = 5) -> dict[str, torch.Tensor]:
 
 
 def full_batch_backward(model, batch, loss_fn, chunk: int) -> None:
-    outs = [
-        model(**{k: batch[k][i : i + chunk] for k in BATCH_KEYS}) for i in range(0, B, chunk)
-    ]
+    outs = [model(**{k: batch[k][i : i + chunk] for k in BATCH_KEYS}) for i in range(0, B, chunk)]
     full = {k: torch.cat([o[k] for o in outs]) for k in outs[0] if outs[0][k].dim() > 0}
     full["logit_scale"] = outs[0]["logit_scale"]
     loss_fn(**full, groups=batch["groups"])["loss"].backward()
@@ -105,14 +103,17 @@ def test_bf16_autocast_composes(setup):
     def ref_fn():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs = [model(**{k: batch[k][i : i + 4] for k in BATCH_KEYS}) for i in (0, 4)]
-        full = {k: torch.cat([o[k] for o in outs]).float() for k in ("audio_emb", "text_emb",
-                                                                      "audio_codes", "text_codes")}
+        full = {
+            k: torch.cat([o[k] for o in outs]).float()
+            for k in ("audio_emb", "text_emb", "audio_codes", "text_codes")
+        }
         full["logit_scale"] = outs[0]["logit_scale"].float()
         loss_fn(**full, groups=batch["groups"])["loss"].backward()
 
     ref = grads_of(model, ref_fn)
-    got = grads_of(model, lambda: cached_step(model, batch, loss_fn, 4,
-                                              autocast_dtype=torch.bfloat16))
+    got = grads_of(
+        model, lambda: cached_step(model, batch, loss_fn, 4, autocast_dtype=torch.bfloat16)
+    )
     scale = max(v.abs().max().item() for v in ref.values())
     assert max_diff(ref, got) < 1e-2 * scale
 
@@ -140,8 +141,7 @@ def test_cuda_rng_replay_and_autocast(amp):
     def ref_fn():
         with ctx:
             outs = [model(**{k: batch[k][i : i + 3] for k in BATCH_KEYS}) for i in range(0, B, 3)]
-        full = {k: torch.cat([o[k] for o in outs]).float() for k in outs[0]
-                if outs[0][k].dim() > 0}
+        full = {k: torch.cat([o[k] for o in outs]).float() for k in outs[0] if outs[0][k].dim() > 0}
         full["logit_scale"] = outs[0]["logit_scale"].float()
         loss_fn(**full, groups=batch["groups"])["loss"].backward()
 

@@ -47,11 +47,14 @@ def test_label_smoothing_matches_torch_and_stays_finite_with_masks():
     out = ContrastiveLoss(LossConfig(label_smoothing=0.2, mask_same_group=False))(a, t, s)
     logits = s * a @ t.t()
     labels = torch.arange(6)
-    ref = 0.5 * (F.cross_entropy(logits, labels, label_smoothing=0.2)
-                 + F.cross_entropy(logits.t(), labels, label_smoothing=0.2))
+    ref = 0.5 * (
+        F.cross_entropy(logits, labels, label_smoothing=0.2)
+        + F.cross_entropy(logits.t(), labels, label_smoothing=0.2)
+    )
     torch.testing.assert_close(out["loss"], ref)
     masked = ContrastiveLoss(LossConfig(label_smoothing=0.2))(
-        a, t, s, groups=torch.tensor([0, 0, 0, 1, 1, 2]))
+        a, t, s, groups=torch.tensor([0, 0, 0, 1, 1, 2])
+    )
     assert torch.isfinite(masked["loss"])
 
 
@@ -113,7 +116,12 @@ def test_mask_same_label_groups_clips_of_one_class() -> None:
     assert torch.equal(off, groups)
     on = loss_groups(groups, labels, LossConfig(mask_same_label=True))
     assert on[0] == on[1] and on[2] == 13 and on[3] not in (on[0], 13)
-    assert torch.equal(on, loss_groups(groups, [("dog",), ("dog",), (), ("dog", "rain")], LossConfig(mask_same_label=True)))
+    assert torch.equal(
+        on,
+        loss_groups(
+            groups, [("dog",), ("dog",), (), ("dog", "rain")], LossConfig(mask_same_label=True)
+        ),
+    )
     # the loss changes: the masked pair no longer counts as a negative
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)

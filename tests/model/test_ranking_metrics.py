@@ -41,8 +41,12 @@ class _ConstantEngine:
 def test_training_validation_counts_a_tie_as_a_miss() -> None:
     """The old validation counted only strictly better candidates, so a collapsed model scored
     R@1 = 1.0; the shared metric scores it 0."""
-    batch = {"mel": torch.zeros(5, 2, 3), "mel_lengths": torch.full((5,), 3),
-             "ids": torch.zeros(5, 2, dtype=torch.long), "mask": torch.ones(5, 2, dtype=torch.bool)}
+    batch = {
+        "mel": torch.zeros(5, 2, 3),
+        "mel_lengths": torch.full((5,), 3),
+        "ids": torch.zeros(5, 2, dtype=torch.long),
+        "mask": torch.ones(5, 2, dtype=torch.bool),
+    }
     out = validate(_ConstantEngine(), [batch], "cpu", torch.float32)
     assert out["val_a2t_r1"] == 0.0 and out["val_t2a_r1"] == 0.0 and out["val_a2t_r5"] == 1.0
     assert out["val_samples"] == 5.0
