@@ -182,8 +182,7 @@ class CLAP(nn.Module):
         out["logit_scale"] = self.logit_scale()
         return out
 
-    def _calm_audio(self, mel: Tensor, mel_lengths: Tensor | None,
-                    out: dict[str, Tensor]) -> None:
+    def _calm_audio(self, mel: Tensor, mel_lengths: Tensor | None, out: dict[str, Tensor]) -> None:
         _, frames, valid = self.audio(mel, mel_lengths, return_frames=True)
         pooled, _, _ = self.text.impl.encode_embeds(self.calm_in(frames), valid)
         local = (self.frame_proj(frames), valid) if self.codebook is not None else None

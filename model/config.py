@@ -159,8 +159,10 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _calm_needs_hf_text(self) -> ModelConfig:
         if self.calm.enabled and self.text.kind != "hf":
-            raise ValueError(f"model.calm.enabled needs model.text.kind=hf (a pretrained "
-                             f"language model), not {self.text.kind}")
+            raise ValueError(
+                f"model.calm.enabled needs model.text.kind=hf (a pretrained "
+                f"language model), not {self.text.kind}"
+            )
         return self
 
 
