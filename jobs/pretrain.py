@@ -203,9 +203,13 @@ def main() -> None:
     # estimate, for the TFLOP/s (MFU) column; counted on one sample (the model still on the
     # CPU, before the engine) for transformers towers, which the formula does not cover
     m = cfg.model
-    flops = (tr.flops_per_sample(cfg) if m.audio.kind == "patch" and m.text.kind != "hf"
-             else tr.measured_flops_per_sample(model, cfg.features.n_mels, m.audio.max_frames,
-                                               m.text.max_len))
+    flops = (
+        tr.flops_per_sample(cfg)
+        if m.audio.kind == "patch" and m.text.kind != "hf"
+        else tr.measured_flops_per_sample(
+            model, cfg.features.n_mels, m.audio.max_frames, m.text.max_len
+        )
+    )
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     engine, _, _, _ = deepspeed.initialize(

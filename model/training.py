@@ -164,9 +164,12 @@ def measured_flops_per_sample(model: Any, n_mels: int, frames: int, text_len: in
 
     was_training = model.training
     model.eval()
-    batch = {"mel": torch.zeros(1, n_mels, frames), "mel_lengths": torch.tensor([frames]),
-             "ids": torch.ones(1, text_len, dtype=torch.long),
-             "mask": torch.ones(1, text_len, dtype=torch.bool)}
+    batch = {
+        "mel": torch.zeros(1, n_mels, frames),
+        "mel_lengths": torch.tensor([frames]),
+        "ids": torch.ones(1, text_len, dtype=torch.long),
+        "mask": torch.ones(1, text_len, dtype=torch.bool),
+    }
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**batch)
     model.train(was_training)
