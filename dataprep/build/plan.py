@@ -1,8 +1,10 @@
 """The shard planner (pure): manifest rows -> splits -> byte-balanced shards as row ranges.
 
 Deterministic: rows are ordered by (corpus, source_id, start_s), assigned to a split
-(:func:`dataprep.process.assign_split`), and laid out split by split in :data:`SPLITS` order, so
-every shard is one contiguous range of the manifest. ``plan.json`` records the build signature
+(:func:`dataprep.process.assign_split`), interleaved across (corpus, language) strata in
+proportion to their sizes (:func:`interleave`, so every shard holds the data's mix rather than
+one corpus), and laid out split by split in :data:`SPLITS` order, so every shard is one
+contiguous range of the manifest. ``plan.json`` records the build signature
 and a hash of the plan: a rerun into the same directory continues only if both match.
 """
 
@@ -76,6 +78,32 @@ def _sort_key(row: dict[str, Any]) -> tuple[str, str, float]:
     return row["corpus"], row["source_id"], row.get("start_s") or 0.0
 
 
+def _spread(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The groups' rows merged so that every prefix holds each group in proportion: the
+    ``i``-th of a group's ``n`` rows goes to position ``(i + 0.5) / n`` (ties by group name)."""
+    placed = [
+        ((i + 0.5) / len(rows), name, i, row)
+        for name, rows in groups.items()
+        for i, row in enumerate(rows)
+    ]
+    placed.sort(key=lambda p: p[:3])
+    return [p[3] for p in placed]
+
+
+def interleave(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (already in :func:`_sort_key` order) mixed across corpora and languages.
+
+    Languages are spread within each corpus, then corpora among each other, so every prefix
+    (so every shard cut from it) holds each corpus in proportion to its size to within a row,
+    and each corpus's languages likewise; the order inside one (corpus, lang) is kept. A pure
+    function of the rows' content.
+    """
+    by_corpus: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        by_corpus.setdefault(row["corpus"], {}).setdefault(row.get("lang") or "", []).append(row)
+    return _spread({corpus: _spread(langs) for corpus, langs in by_corpus.items()})
+
+
 def _bytes_per_audio_s(cfg: DataConfig) -> float:
     f = cfg.features
     per_s = f.n_mels * 2 * f.sample_rate_hz / f.hop_length
@@ -112,6 +140,7 @@ def plan_shards(rows: list[dict[str, Any]], cfg: DataConfig) -> Plan:
     for split, items in by_split.items():
         if not items:
             continue
+        items = interleave(items)
         est = [
             views
             * (

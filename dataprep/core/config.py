@@ -23,23 +23,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message a user can act on."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+# sections kept in their own modules, importable from here as before
+from dataprep.core.loader_config import LoaderConfig, SamplingConfig  # noqa: F401
+from dataprep.core.section import ConfigError, Section
 
 # What each pretrained audio tower's own transformers feature extractor computes (see
 # dataprep.core.feature_presets). ``fixed`` fields are the extractor's algorithm and may not be
@@ -290,19 +278,6 @@ class BuildConfig(Section):
     @classmethod
     def _local_out(cls, v: str) -> str:
         return check_local_out(v)
-
-
-class LoaderConfig(Section):
-    """The training loader's settings (``dataprep.loader.ShardLoader.from_config``).
-
-    What the model dictates (crop length ``model.audio.max_frames``, padding multiple
-    ``model.audio.patch_time``, the tokenizer) is passed in by the training job, not read here.
-    """
-
-    shards: str = "outputs/shards"  # shard set root (holds train/ and val/); --shards overrides
-    num_workers: int = 0  # DataLoader worker processes per rank (0: read in the trainer process)
-    shuffle_buffer: int = 256  # per-worker shuffle buffer (samples); <= 1: no shuffle buffer
-    bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)
 
 
 # Old key (dotted, ``*`` for a list index) -> what to write instead. Shown by load_config.

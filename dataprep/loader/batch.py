@@ -94,6 +94,8 @@ def collate(spec: BatchSpec, samples: list[Sample]) -> dict[str, Any]:
         "groups": torch.tensor([s["group"] for s in samples], dtype=torch.long),
         "labels": [s["labels"] for s in samples],
         "keys": [s["key"] for s in samples],
+        "corpora": [s["corpus"] for s in samples],
+        "langs": [s["lang"] for s in samples],
         "texts": texts,
         "duration_s": torch.tensor([s["duration_s"] for s in samples], dtype=torch.float32),
     }

@@ -88,13 +88,14 @@ def choose_text(meta: dict[str, Any], txt: str | None, draw: int, train: bool) -
     raise ValueError("no text")
 
 
-def prepare(spec: PrepareSpec, epoch: int, d: Decoded) -> dict[str, Any]:
+def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[str, Any]:
     """Crop to ``max_frames`` and pick the epoch's text.
 
     Draws come from a hash of (seed, epoch, key), so crop and caption do not depend on sample
-    order. 63 bits: the low 31 pick the caption, the high 32 the crop offset.
+    order. 63 bits: the low 31 pick the caption, the high 32 the crop offset. ``repeat`` > 0
+    (the same sample drawn again in a weighted epoch) enters the hash: another crop and caption.
     """
-    draw = stable_hash(spec.seed, epoch, d.key)
+    draw = stable_hash(spec.seed, epoch, d.key, *((repeat,) if repeat else ()))
     mel = d.mel
     frames = mel.shape[1]
     if frames > spec.max_frames:
@@ -106,13 +107,15 @@ def prepare(spec: PrepareSpec, epoch: int, d: Decoded) -> dict[str, Any]:
         "mel": mel,
         "text": choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train),
         "group": stable_hash(d.meta.get("group") or d.key),
+        "corpus": str(d.meta.get("corpus") or ""),
+        "lang": str(d.meta.get("lang") or ""),
         "labels": tuple(str(x) for x in d.meta.get("labels") or ()),
         "duration_s": float(mel.shape[1] * hop_s),
     }
 
 
 def prepare_sample(
-    spec: PrepareSpec, epoch: int, key: str, members: dict[str, bytes]
+    spec: PrepareSpec, epoch: int, key: str, members: dict[str, bytes], repeat: int = 0
 ) -> dict[str, Any]:
     """Decode, validate, crop, pick the text. Raises ValueError on a bad sample."""
-    return prepare(spec, epoch, decode_sample(spec, key, members))
+    return prepare(spec, epoch, decode_sample(spec, key, members), repeat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,29 @@ def test_plan_cuts_contiguous_ranges_split_by_split(scanned: list[dict]) -> None
     # Deterministic whatever the scan order.
     again = plan_shards(scanned, c)
     assert again.shards == plan.shards and again.rows == plan.rows
+
+
+def test_shards_mix_corpora_and_languages_in_proportion(scanned: list[dict]) -> None:
+    # issue 17: the planner interleaves (corpus, lang) strata; shards used to be one corpus each
+    plan = plan_shards(scanned, cfg(shards={"max_samples_per_shard": 8}))
+    train = [t for t in plan.shards if t.split == "train"]
+    rows = [r for t in train for r in plan.rows_of(t)]
+    total = Counter(r["corpus"] for r in rows)
+    assert len(total) == 2 and len(train) > 3
+    seen: Counter[str] = Counter()
+    for task in train:
+        seen.update(r["corpus"] for r in plan.rows_of(task))
+        done = sum(seen.values())
+        for corpus, n in total.items():  # every prefix of shards holds the data's proportion
+            assert abs(seen[corpus] - done * n / len(rows)) <= 1.5, (task.name, corpus)
+    langs = Counter(r["lang"] for r in rows if r["corpus"] == "commonvoice_mini")
+    first = {r["lang"] for t in train[: len(train) // 2] for r in plan.rows_of(t)}
+    assert len(langs) > 3 and set(langs) <= first  # every language already in the first half
+    # the order inside one stratum stays the sorted (source, start) order
+    for stratum in {(r["corpus"], r["lang"]) for r in rows}:
+        mine = [(r["source_id"], r.get("start_s") or 0.0) for r in rows
+                if (r["corpus"], r["lang"]) == stratum]  # fmt: skip
+        assert mine == sorted(mine)
 
 
 def test_max_samples_per_shard_bounds_every_shard(scanned: list[dict]) -> None:
