@@ -29,7 +29,7 @@ def ensemble(embeddings: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
 def check_labels(labels: Sequence[str]) -> list[str]:
     """Refuse an empty label list, empty labels and duplicates (one clear line)."""
     if isinstance(labels, str):
-        raise ValueError(f"labels must be a list of strings, not one string {labels!r}")
+        raise TypeError(f"labels must be a list of strings, not one string {labels!r}")
     labels = [str(x).strip() for x in labels]
     if len(labels) < 1:
         raise ValueError("no labels given")

@@ -111,7 +111,7 @@ def test_labels_and_templates_are_checked(m, corpora_root):
         check_labels(["dog", " "])
     with pytest.raises(ValueError, match=r"exactly one '\{\}'"):
         m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], templates=["no slot"])
-    with pytest.raises(ValueError, match="not one string"):
+    with pytest.raises(TypeError, match="not one string"):
         check_labels("dog,rain")
     with pytest.raises(ValueError, match="langs selects languages of a"):
         m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], templates=["a {}"], langs=["en"])
