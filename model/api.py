@@ -54,6 +54,15 @@ from model.prompts import check_labels, ensemble, normalize, resolve_templates
 log = logging.getLogger(__name__)
 
 PROGRESS_MIN_WINDOWS = 64  # a progress bar from this many model inputs on
+# what an export directory holds (model.weights.write_export); saving over one is fine
+EXPORT_FILES = {
+    "model.safetensors",
+    "config.json",
+    "tokenizer.model",
+    "meta.json",
+    "README.md",
+    "eval",
+}
 
 
 class CLAP(
@@ -178,6 +187,20 @@ class CLAP(
             tokenizer=tok,
             **kw,
         )
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write a polyclap export to ``save_directory`` (new, empty or an export already);
+        ``push_to_hub=True, repo_id=...`` uploads it (huggingface_hub; not run in tests)."""
+        if Path(save_directory).is_dir():
+            present = {p.name for p in Path(save_directory).iterdir()}
+            if present - EXPORT_FILES:
+                # the mixin deletes config.json and write_export replaces the whole directory:
+                # never wipe someone's other files
+                raise ModelDirError(
+                    f"{save_directory}: holds {sorted(present - EXPORT_FILES)[:5]}; "
+                    f"save_pretrained writes a whole export directory, choose a new or empty one"
+                )
+        return super().save_pretrained(save_directory, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """A polyclap export (``model.weights.write_export``, model card included). An imported

@@ -261,3 +261,8 @@ def test_save_pretrained_round_trip_without_pickles(tiny_polyclap, corpora_root,
     np.testing.assert_array_equal(back.embed_audio(clips), m.embed_audio(clips))
     np.testing.assert_array_equal(back.embed_text(TEXTS), m.embed_text(TEXTS))
     assert back.fingerprint() == m.fingerprint()
+    m.save_pretrained(out)  # over an export: fine
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelDirError, match="choose a new or empty one"):
+        m.save_pretrained(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
