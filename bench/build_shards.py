@@ -108,7 +108,7 @@ def naive_loop(paths: list[Path], out: Path) -> tuple[float, float]:
 def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
     import ray
 
-    from dataprep.core.config import load_config
+    from dataprep.core.configfile import load_config
     from dataprep.build.executor import run_build
 
     shutil.rmtree(out, ignore_errors=True)

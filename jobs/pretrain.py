@@ -39,7 +39,8 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
-from dataprep.core.config import ConfigError, config_reference
+from dataprep.core.config import ConfigError
+from dataprep.core.configfile import config_reference
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts
 from model import finetune as ft
 from model import training as tr

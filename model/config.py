@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from dataprep.core.config import DataConfig, Section
-from dataprep.core.config import load_config as _load_config
+from dataprep.core.configfile import load_config as _load_config
 
 _Section = Section
 
@@ -256,5 +256,5 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     cls: type[BaseModel] = ExperimentConfig,
 ) -> Any:
-    """:func:`dataprep.core.config.load_config` with the whole experiment file as default view."""
+    """:func:`dataprep.core.configfile.load_config` with the whole experiment file as default view."""
     return _load_config(path, overrides, cls)

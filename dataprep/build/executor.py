@@ -38,7 +38,8 @@ from dataprep.build.plan import (
 from dataprep.build.progress import BuildProgress
 from dataprep.build.shard import build_shard
 from dataprep.core import atomic, features, shards
-from dataprep.core.config import CorpusConfig, DataConfig, config_to_dict
+from dataprep.core.config import CorpusConfig, DataConfig
+from dataprep.core.configfile import config_to_dict
 from dataprep.corpora._common import CorpusRoot
 
 log = logging.getLogger("polyclap.build")

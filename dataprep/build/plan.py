@@ -18,7 +18,8 @@ from typing import Any
 
 from dataprep.build.manifest import ref_from_row
 from dataprep.core import atomic, features, shards
-from dataprep.core.config import ConfigError, DataConfig, check_local_out, config_to_dict
+from dataprep.core.config import ConfigError, DataConfig, check_local_out
+from dataprep.core.configfile import config_to_dict
 from dataprep.core.sample import SPLITS
 from dataprep.process import assign_split
 

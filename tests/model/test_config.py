@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dataprep.core.config import ConfigError, DataConfig, LoaderConfig
-from dataprep.core.config import load_config as load_data_config
+from dataprep.core.configfile import load_config as load_data_config
 from model.config import ExperimentConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
