@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEPS_HASH := $(shell cat pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py | sha1sum | cut -c1-12)
+DEPS_HASH := $(shell cat pyproject.toml constraints.txt infra/install/setup.sh infra/install/install_wordnet.py | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml infra/install/setup.sh infra/install/install_wordnet.py
+$(STAMP): pyproject.toml constraints.txt infra/install/setup.sh infra/install/install_wordnet.py
 	@rm -f $(VENV)/.installed-*
 	VENV=$(VENV) bash infra/install/setup.sh
 	@touch $@

@@ -24,9 +24,11 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # torch first and exactly: a bare `torch` requirement would pull a multi-GB CUDA build.
 "$VENV/bin/pip" install -q --upgrade "pip==25.3" >/dev/null 2>&1 || true
-"$VENV/bin/pip" install -q "torch==2.13.0"
-"$VENV/bin/pip" install -q -e ".[test]"
-if [ "${POLYCLAP_LLM:-0}" = 1 ]; then "$VENV/bin/pip" install -q -e ".[test,llm]"; fi
+# Everything else through constraints.txt: the exact versions tested together (pyproject.toml
+# holds compatible ranges; infra/install/lock.sh rewrites the lock).
+"$VENV/bin/pip" install -q -c constraints.txt "torch==2.13.0"
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[test]"
+if [ "${POLYCLAP_LLM:-0}" = 1 ]; then "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,llm]"; fi
 
 # torchaudio 2.11.0 on PyPI is a CUDA build: its native extension cannot load next to the CPU
 # torch. The pure-torch transforms we use work without it, so remove it on CPU machines.

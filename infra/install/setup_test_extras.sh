@@ -16,5 +16,5 @@ if ! dpkg -s chromium >/dev/null 2>&1; then
   fi
 fi
 
-"$VENV/bin/pip" install -q -e ".[test,llm]"
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[test,llm]"
 "$VENV/bin/python" -c "import llama_cpp; print('[setup-test] ok: llama-cpp-python', llama_cpp.__version__)"
