@@ -343,6 +343,8 @@ def main() -> None:
                 "epoch": loader.epoch,
                 # this rank's skipped-data counters (corrupt/missing shards, bad samples)
                 **{f"loader_{k}": v for k, v in loader.stats.items()},
+                # this rank's achieved share of samples per corpus and language (issue 17)
+                **loader.draw_shares(),
                 **tr.memory_stats(),
             }
             metrics.write(step, row)

@@ -62,3 +62,4 @@ class LoaderConfig(Section):
     num_workers: int = 0  # DataLoader worker processes per rank (0: read in the trainer process)
     shuffle_buffer: int = 256  # per-worker shuffle buffer (samples); <= 1: no shuffle buffer
     bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)
+    sampling: SamplingConfig = SamplingConfig()  # language/corpus balance of the training draws

@@ -23,6 +23,13 @@ Per epoch the plan is a pure function of ``(seed, epoch, rank, world_size, worke
    way, so a sample's crop and caption do not depend on where it lands;
 4. the worker forms whole batches (optionally bucketed by length), tokenizes and collates.
 
+With ``loader.sampling.by`` set (``lang``, ``corpus``, ``corpus_lang``), a training epoch is
+instead ``epoch_samples`` draws with ``p ∝ weight * n^alpha`` per group (``sampling.py``): the
+draws are laid out in the epoch's shard order and split over ranks and workers the same way,
+each drawn once; a repeated sample gets its own crop and caption. The achieved share per
+corpus and language of consumed batches is :meth:`ShardLoader.draw_shares` (in the trainer's
+metrics as ``draws_corpus_*``/``draws_lang_*``) and is kept in the resume state.
+
 The DataLoader hands batches out round-robin over workers. The state is the number of batches
 taken from each worker; on resume a worker regenerates its stream and drops that many, and the
 physical workers are rotated so the round-robin continues with the worker that was next. That

@@ -14,11 +14,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dataprep.core.config import FeatureConfig, LoaderConfig
+from dataprep.core.config import FeatureConfig, LoaderConfig, SamplingConfig
 from dataprep.loader.batch import Tokenize, batches, collate, shuffled
 from dataprep.loader.errors import COUNTERS, ErrorPolicy
 from dataprep.loader.read import read_segments
 from dataprep.loader.sample import prepare_sample, stable_hash
+from dataprep.loader.sampling import (
+    NO_LANG,
+    DrawPlan,
+    open_plan,
+    shares,
+    weighted_segments,
+)
 from dataprep.loader.shardset import ShardSet, check_shard_features, epoch_segments
 
 __all__ = ["LoaderSpec", "ShardLoader", "Tokenize"]
@@ -46,6 +53,7 @@ class LoaderSpec:
     drop_last: bool
     verify: bool = True
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    draws: DrawPlan | None = None  # a weighted epoch (loader.sampling); None: each sample once
 
 
 class _EpochDataset(IterableDataset):
@@ -93,16 +101,24 @@ class _EpochDataset(IterableDataset):
             yield out
         yield {"_end": v, "_stats": policy.drain()}
 
+    def _segments(self, v: int) -> list[tuple[Any, ...]]:
+        spec = self.spec
+        split = {
+            "epoch": self.epoch, "rank": spec.rank, "world_size": spec.world_size, "worker": v,
+            "num_workers": max(1, spec.num_workers),
+        }  # fmt: skip
+        if spec.draws is not None:
+            return list(weighted_segments(spec.draws, spec.shard_set.shards, **split))
+        return list(
+            epoch_segments(spec.shard_set.shards, seed=spec.seed, shuffle=spec.train, **split)
+        )
+
     def _samples(self, v: int, policy: ErrorPolicy) -> Iterator[dict[str, Any]]:
         spec = self.spec
-        segments = epoch_segments(
-            spec.shard_set.shards, epoch=self.epoch, seed=spec.seed, shuffle=spec.train,
-            rank=spec.rank, world_size=spec.world_size, worker=v,
-            num_workers=max(1, spec.num_workers),
-        )  # fmt: skip
-        for name, key, members in read_segments(spec.shard_set, segments, policy, spec.verify):
+        read = read_segments(spec.shard_set, self._segments(v), policy, spec.verify)
+        for name, key, repeat, members in read:
             try:
-                yield prepare_sample(spec, self.epoch, key, members)
+                yield prepare_sample(spec, self.epoch, key, members, repeat)
             except (ValueError, OSError, UnicodeDecodeError) as err:
                 policy.bad_sample(name, key, err)
 
@@ -147,22 +163,26 @@ class ShardLoader:
         error_policy: ErrorPolicy | None = None,
         prefetch_factor: int = 2,
         pin_memory: bool = False,
+        sampling: SamplingConfig | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         shard_set = ShardSet.open(split_dir)
         fingerprint = check_shard_features(shard_set, features) if check_features else None
+        weighted = train and sampling is not None and sampling.by != "none"
+        draws = open_plan(shard_set, sampling, seed) if weighted else None  # type: ignore[arg-type]
         self.spec = LoaderSpec(
             shard_set=shard_set, features=features, fingerprint=fingerprint, max_frames=max_frames,
             batch_size=batch_size, tokenize=tokenize, rank=rank, world_size=world_size,
             num_workers=num_workers, seed=seed, train=train, shuffle_buffer=shuffle_buffer,
             bucket=bucket, bucket_batches=bucket_batches, pad_multiple=pad_multiple,
-            drop_last=drop_last, verify=verify, policy=error_policy or ErrorPolicy(),
+            drop_last=drop_last, verify=verify, policy=error_policy or ErrorPolicy(), draws=draws,
         )  # fmt: skip
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
         self.epoch = 0
         self._stats: Counter[str] = Counter()
+        self._drawn: Counter[str] = Counter()  # consumed samples per corpus/<c>, lang/<l>
         self._reset_epoch_state()
 
     @classmethod
@@ -180,6 +200,7 @@ class ShardLoader:
             seed=seed, train=train, shuffle_buffer=config.shuffle_buffer,
             bucket=config.bucket_by_length, pad_multiple=pad_multiple, drop_last=train,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
+            sampling=config.sampling,
         )  # fmt: skip
 
     def reset(self, epoch: int = 0) -> None:
@@ -198,6 +219,23 @@ class ShardLoader:
         return self.spec.shard_set.num_samples
 
     @property
+    def num_draws(self) -> int:
+        """Samples of one epoch of the whole split (all ranks): draws when weighted."""
+        d = self.spec.draws
+        return d.epoch_samples if d is not None else self.num_samples
+
+    def draw_shares(self) -> dict[str, float]:
+        """The achieved share of consumed samples per corpus and language (all epochs, this
+        rank): ``draws_corpus_<name>``, ``draws_lang_<code>``, as the trainer logs them."""
+        return shares(self._drawn)
+
+    def expected_shares(self) -> dict[str, float]:
+        """The share of draws each corpus and language is expected to get (weighted) or has
+        in the data (unweighted: None)."""
+        d = self.spec.draws
+        return shares(Counter(d.expected_shares())) if d is not None else {}
+
+    @property
     def stats(self) -> dict[str, int]:
         """Error counters of the batches consumed so far (all epochs, kept across resume):
         missing/corrupt shards, samples they held, bad samples (see ``errors.py``)."""
@@ -209,6 +247,7 @@ class ShardLoader:
             "epoch": self.epoch, "consumed": list(self._consumed), "done": list(self._done),
             "num_workers": s.num_workers, "rank": s.rank, "world_size": s.world_size,
             "seed": s.seed, "batch_size": s.batch_size, "stats": self.stats,
+            "drawn": dict(self._drawn),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -223,6 +262,7 @@ class ShardLoader:
         self._consumed = [int(x) for x in state["consumed"]]
         self._done = [bool(x) for x in state["done"]]
         self._stats = Counter(state.get("stats") or {})  # states saved before the counters: none
+        self._drawn = Counter(state.get("drawn") or {})
 
     def _items(self, ds: _EpochDataset) -> Any:
         if self.spec.num_workers == 0:
@@ -253,6 +293,8 @@ class ShardLoader:
                     f"loader order broken: worker {v} gave batch {i}, expected {self._consumed[v]}"
                 )
             self._consumed[v] = i + 1
+            self._drawn.update(f"corpus/{c}" for c in item["corpora"])
+            self._drawn.update(f"lang/{x or NO_LANG}" for x in item["langs"])
             yield item
         self.epoch += 1
         self._reset_epoch_state()

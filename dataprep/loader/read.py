@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from dataprep.core import tario
 from dataprep.core.sample import META, TEXT
@@ -53,35 +53,43 @@ def _open(shard_set: ShardSet, name: str, verify: bool) -> BinaryIO | OSError:
 
 def read_range(
     shard_set: ShardSet, name: str, lo: int, hi: int, policy: ErrorPolicy,
-    opened: BinaryIO | OSError,
-) -> Iterator[tuple[str, Members]]:  # fmt: skip
-    """``(key, members)`` of samples ``lo <= position < hi`` of one opened shard, minus
-    excluded keys. A missing or corrupt shard goes to ``policy`` (samples already yielded stay
-    yielded)."""
-    first = lo == 0  # a shard shared by workers is counted by the one reading its start
+    opened: BinaryIO | OSError, picks: dict[str, tuple[int, ...]] | None = None,
+) -> Iterator[tuple[str, int, Members]]:  # fmt: skip
+    """``(key, repeat, members)`` of samples ``lo <= position < hi`` of one opened shard, minus
+    excluded keys. With ``picks`` (a weighted epoch) only the picked keys, once per repeat
+    index. A missing or corrupt shard goes to ``policy`` (samples already yielded stay
+    yielded): unweighted, the shard's samples are counted by the worker reading its start;
+    weighted, each worker counts the draws it lost."""
+    first = lo == 0 or picks is not None
+    lost = hi - lo if picks is None else sum(len(r) for r in picks.values())
     if isinstance(opened, FileNotFoundError):
-        policy.shard_missing(name, hi - lo, first)
+        policy.shard_missing(name, lost, first)
         return
     if isinstance(opened, OSError):
-        policy.shard_corrupt(name, opened, hi - lo, first)
+        policy.shard_corrupt(name, opened, lost, first)
         return
-    pos = lo - 1
+    pos, done = lo - 1, 0
     with opened:
         try:
             for pos, key, members in tario.iter_tar_range(opened, lo, hi):
-                if key not in shard_set.exclude:
-                    yield key, members
+                if key in shard_set.exclude:
+                    continue
+                for repeat in (0,) if picks is None else picks.get(key, ()):
+                    yield key, repeat, members
+                    done += 1
         except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as err:
             # found part-way (unchecked read): counted by whoever read up to the damage in its
             # own range; damage right at another worker's first sample may go uncounted
-            policy.shard_corrupt(name, err, hi - pos - 1, first or pos >= lo)
+            left = hi - pos - 1 if picks is None else lost - done
+            policy.shard_corrupt(name, err, left, first or pos >= lo)
 
 
 def read_segments(
-    shard_set: ShardSet, segments: Iterable[tuple[str, int, int]], policy: ErrorPolicy,
+    shard_set: ShardSet, segments: Iterable[tuple[Any, ...]], policy: ErrorPolicy,
     verify: bool = True,
-) -> Iterator[tuple[str, str, Members]]:  # fmt: skip
-    """``(shard name, key, members)`` over a worker's segments, in order.
+) -> Iterator[tuple[str, str, int, Members]]:  # fmt: skip
+    """``(shard name, key, repeat, members)`` over a worker's segments, in order: ``(name, lo,
+    hi)`` or, in a weighted epoch, ``(name, lo, hi, picks)`` (:mod:`dataprep.loader.sampling`).
 
     The next shard is read and hashed on a thread while this one is parsed (hashlib and file
     reads release the GIL), which hides the check's cost and the storage latency where a core
@@ -89,14 +97,15 @@ def read_segments(
     """
     segments = list(segments)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-read") as pool:
-        ahead = [pool.submit(_open, shard_set, name, verify) for name, _, _ in segments[:1]]
+        ahead = [pool.submit(_open, shard_set, seg[0], verify) for seg in segments[:1]]
         try:
-            for i, (name, lo, hi) in enumerate(segments):
+            for i, (name, lo, hi, *picks) in enumerate(segments):
                 opened = ahead.pop().result()
                 if i + 1 < len(segments):
                     ahead.append(pool.submit(_open, shard_set, segments[i + 1][0], verify))
-                for key, members in read_range(shard_set, name, lo, hi, policy, opened):
-                    yield name, key, members
+                got = read_range(shard_set, name, lo, hi, policy, opened, *picks)
+                for key, repeat, members in got:
+                    yield name, key, repeat, members
         finally:  # the consumer stopped early: close what was read ahead
             for pending in ahead:
                 opened = pending.result()
@@ -128,5 +137,5 @@ def iter_shard_texts(
     shard_set = ShardSet.open(split_dir)
     policy = policy or ErrorPolicy()
     segments = [(name, 0, n) for name, n in shard_set.shards]
-    for _, _, members in read_segments(shard_set, segments, policy):
+    for _, _, _, members in read_segments(shard_set, segments, policy):
         yield from sorted(_texts(members))

@@ -116,7 +116,7 @@ def check_shard_features(shard_set: ShardSet, features: FeatureConfig) -> str:
     return expected
 
 
-def _slice(n: int, parts: int, i: int) -> tuple[int, int]:
+def even_slice(n: int, parts: int, i: int) -> tuple[int, int]:
     return i * n // parts, (i + 1) * n // parts
 
 
@@ -136,8 +136,8 @@ def epoch_segments(
     if shuffle:
         order = np.random.default_rng([seed, epoch]).permutation(len(shards))
     total = sum(n for _, n in shards)
-    r_lo, r_hi = _slice(total, world_size, rank)
-    w_lo, w_hi = _slice(r_hi - r_lo, num_workers, worker)
+    r_lo, r_hi = even_slice(total, world_size, rank)
+    w_lo, w_hi = even_slice(r_hi - r_lo, num_workers, worker)
     w_lo, w_hi = r_lo + w_lo, r_lo + w_hi
     out = []
     start = 0

@@ -87,6 +87,8 @@ def test_build_tokenize_train_export(
             "train.max_steps=4",
             "loader.num_workers=1",
             "train.zero_stage=3",
+            "loader.sampling.by=lang",  # issue 17: temperature sampling over languages
+            "loader.sampling.alpha=0.3",
         ],
         cwd=REPO,
         env=env,
@@ -111,6 +113,11 @@ def test_build_tokenize_train_export(
     ):
         assert all(isinstance(r[key], float) for r in steps), key
     assert any("val_a2t_r1" in r for r in rows)
+    # the achieved share of draws per corpus and language is logged (each kind sums to 1)
+    for kind in ("draws_corpus_", "draws_lang_"):
+        got = {k: v for k, v in steps[-1].items() if k.startswith(kind)}
+        assert len(got) > 1 and abs(sum(got.values()) - 1) < 1e-6, kind
+    assert "loader.sampling by=lang alpha=0.3" in run.stdout + run.stderr  # the plan is logged
     assert list((out / "tb").iterdir()), "TensorBoard event file"
 
     from model.weights import load_for_eval

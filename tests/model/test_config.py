@@ -130,4 +130,13 @@ def test_every_loader_field_reaches_the_loader(tmp_path: Path, corpora_root: Pat
         "num_workers",
         "shuffle_buffer",
         "bucket_by_length",
+        "sampling",
     }
+    # loader.sampling reaches the loader's draw plan (these hand-made shards have no
+    # index.parquet, which a weighted epoch needs; behaviour: tests/dataprep/test_sampling.py)
+    weighted = LoaderConfig(sampling={"by": "corpus"})
+    with pytest.raises(ConfigError, match="index.parquet"):
+        ShardLoader.from_config(
+            weighted, tmp_path / "train", features=ExperimentConfig().features, tokenize=None,
+            max_frames=64, batch_size=2,
+        )  # fmt: skip
