@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from dataprep.core.balance import group_probs, quotas
 from model.config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -106,22 +107,74 @@ class Tokenizer:
 _META_PIECES = 4 + 256  # pad/unk/bos/eos + the byte-fallback pieces
 
 
-def _kept_chars(chars: Counter[str], vocab_size: int) -> set[str] | None:
+def _kept_chars(lines: Sequence[str], langs: Sequence[str], vocab_size: int) -> set[str] | None:
     """The characters the vocabulary can afford as pieces, or None when all fit.
 
     Sentencepiece needs a piece for every character of its coverage (>= 0.98) plus the meta
     pieces. Multilingual captions on a small vocabulary exceed that (CJK, Devanagari, Arabic...).
-    With byte fallback the rare characters are still encoded, as bytes, so only the most frequent
-    characters (at most half of the non-meta vocabulary) are kept in the training text.
+    With byte fallback the rare characters are still encoded, as bytes, so only some characters
+    (at most half of the non-meta vocabulary) are kept in the training text: first each
+    language's most frequent few (a quarter of the budget shared out, so no language's script is
+    left to bytes alone; issue 17), then the most frequent of the (balanced) text overall.
     """
     room = vocab_size - _META_PIECES
     if room < 8:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: byte fallback alone takes {_META_PIECES} pieces"
         )
-    if len(chars) <= room // 2:
+    chars: Counter[str] = Counter()
+    per_lang: dict[str, Counter[str]] = {}
+    for line, lang in zip(lines, langs):
+        chars.update(line)
+        per_lang.setdefault(lang, Counter()).update(line)
+    budget = room // 2
+    if len(chars) <= budget:
         return None
-    return {c for c, _ in chars.most_common(room // 2)}
+    floor = max(1, budget // (4 * len(per_lang)))
+    kept = {c for lang in sorted(per_lang) for c, _ in per_lang[lang].most_common(floor + 1)}
+    for c, _ in chars.most_common():
+        if len(kept) >= budget:
+            break
+        kept.add(c)
+    return kept
+
+
+def lang_tag(lang: str) -> str:
+    """The language-tag token of ``lang`` (CLARA prepends one to a text): ``<lang:xx>``."""
+    return f"<lang:{lang}>"
+
+
+def balanced_sample(
+    texts: Sequence[str], langs: Sequence[str], alpha: float, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """``texts`` resampled to as many texts, language ``l`` getting a share ``∝ n_l^alpha`` (the
+    loader's temperature sampling): rare languages repeat, frequent ones are subsampled;
+    deterministic for a seed. Returns (texts, their languages)."""
+    import numpy as np
+
+    by_lang: dict[str, list[str]] = {}
+    for t, lang in zip(texts, langs):
+        by_lang.setdefault(lang, []).append(t)
+    want = quotas(group_probs({g: len(v) for g, v in by_lang.items()}, alpha), len(texts))
+    out_t: list[str] = []
+    out_l: list[str] = []
+    for g, n in want.items():
+        pool = by_lang[g]
+        rng = np.random.default_rng([seed, len(pool)])
+        order: list[int] = []
+        while len(order) < n:
+            order += [int(i) for i in rng.permutation(len(pool))[: n - len(order)]]
+        out_t += [pool[i] for i in order]
+        out_l += [g] * len(order)
+    return out_t, out_l
+
+
+def byte_fallback_rate(tok: Tokenizer, texts: Sequence[str]) -> float:
+    """The share of a text's pieces that are byte-fallback pieces (<0xNN>), over ``texts``."""
+    pieces = [i for t in texts for i in tok.encode(t)]
+    if not pieces:
+        return 0.0
+    return sum(bool(tok._sp.IsByte(i)) for i in pieces) / len(pieces)
 
 
 def train_tokenizer(
@@ -131,11 +184,17 @@ def train_tokenizer(
     *,
     character_coverage: float = 0.9995,
     seed_sentencepiece_size: int = 100000,
+    langs: Sequence[str] | None = None,
+    alpha: float = 1.0,
+    lang_tags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train a unigram model on ``texts`` and write ``out`` (.model) atomically.
 
     ``vocab_size`` is an upper bound: on a small corpus sentencepiece cannot fill a large vocab,
     so ``hard_vocab_limit`` is off and the actual size is returned. Returns a summary dict.
+    ``langs`` (one code per text) with ``alpha < 1`` trains on :func:`balanced_sample` of the
+    texts; the kept characters are chosen per language either way. ``lang_tags`` adds one
+    piece :func:`lang_tag` per language code (never split, never byte-encoded).
     """
     import sentencepiece as spm
 
@@ -143,19 +202,21 @@ def train_tokenizer(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tok-", dir=out.parent) as tmp:
         # sentencepiece reads one sentence per line: newlines inside a text would split it
-        lines = [" ".join(t.split()) for t in texts]
-        lines = [t for t in lines if t]
-        if not lines:
+        texts = list(texts)
+        tagged = zip(texts, langs if langs is not None else [""] * len(texts), strict=True)
+        pairs = [(" ".join(t.split()), lang) for t, lang in tagged]
+        pairs = [(t, lang) for t, lang in pairs if t]
+        if not pairs:
             raise ValueError("no texts to train a tokenizer on")
-        chars: Counter[str] = Counter()
-        for t in lines:
-            chars.update(t)
-        kept = _kept_chars(chars, vocab_size)
+        lines, line_langs = [t for t, _ in pairs], [lang for _, lang in pairs]
+        if alpha < 1.0:
+            lines, line_langs = balanced_sample(lines, line_langs, alpha)
+        kept = _kept_chars(lines, line_langs, vocab_size)
         if kept is not None:
             log.info(
-                "tokenizer: %d distinct characters, %d kept as pieces (rest: byte fallback)",
-                len(chars),
+                "tokenizer: %d characters kept as pieces over %d language(s) (rest: bytes)",
                 len(kept),
+                len(set(line_langs)),
             )
             lines = [
                 t for t in ("".join(c if c in kept else " " for c in t).strip() for t in lines) if t
@@ -178,6 +239,7 @@ def train_tokenizer(
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             normalization_rule_name="nmt_nfkc",
+            user_defined_symbols=[lang_tag(x) for x in lang_tags],
             num_threads=1,  # deterministic output; training is fast at our sizes
             minloglevel=2,
         )

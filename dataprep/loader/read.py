@@ -113,29 +113,38 @@ def read_segments(
                     opened.close()
 
 
-def _texts(members: Members) -> set[str]:
-    seen: set[str] = set()
-    if TEXT in members:
-        seen.add(members[TEXT].decode("utf-8", "replace"))
+def _texts(members: Members) -> set[tuple[str, str]]:
+    """``(lang, text)`` of the sample's texts: a text's own ``lang``, else the sample's."""
+    seen: set[tuple[str, str]] = set()
+    meta: dict = {}
     if META in members:
         try:
             meta = json.loads(members[META])
         except ValueError:
-            return seen
-        for t in meta.get("texts") or ():
-            text = t.get("text") if isinstance(t, dict) else t
-            if isinstance(text, str):
-                seen.add(text)
+            meta = {}
+    lang = str(meta.get("lang") or "")
+    if TEXT in members:
+        seen.add((lang, members[TEXT].decode("utf-8", "replace")))
+    for t in meta.get("texts") or ():
+        text = t.get("text") if isinstance(t, dict) else t
+        if isinstance(text, str):
+            own = t.get("lang") if isinstance(t, dict) else None
+            seen.add((str(own or lang), text))
     return seen
 
 
 def iter_shard_texts(
-    split_dir: str | os.PathLike[str], policy: ErrorPolicy | None = None
-) -> Iterator[str]:
+    split_dir: str | os.PathLike[str], policy: ErrorPolicy | None = None, *, langs: bool = False
+) -> Iterator[Any]:
     """Every text of a split (``txt`` and all ``texts`` entries), audio never decoded; for
-    tokenizer training. Shards are integrity-checked like the training stream's."""
+    tokenizer training. With ``langs``: ``(lang, text)`` pairs (``""``: no language known).
+    Shards are integrity-checked like the training stream's."""
     shard_set = ShardSet.open(split_dir)
     policy = policy or ErrorPolicy()
     segments = [(name, 0, n) for name, n in shard_set.shards]
     for _, _, _, members in read_segments(shard_set, segments, policy):
-        yield from sorted(_texts(members))
+        pairs = sorted(_texts(members))
+        if langs:
+            yield from pairs
+        else:
+            yield from sorted({t for _, t in pairs})

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core.balance import group_probs, quotas
 from dataprep.core.config import ConfigError, SamplingConfig
 from dataprep.core.hashing import stable_hash
 from dataprep.core.shards import INDEX
@@ -54,15 +55,6 @@ class DrawPlan:
                 out[f"corpus/{corpus}"] += self.probs[g] * k / n
                 out[f"lang/{lang}"] += self.probs[g] * k / n
         return dict(sorted(out.items()))
-
-
-def group_probs(
-    counts: dict[str, int], alpha: float, weights: dict[str, float]
-) -> dict[str, float]:
-    """``p_g ∝ weights[g] * n_g^alpha``, normalized (weights default to 1)."""
-    raw = {g: weights.get(g, 1.0) * float(n) ** alpha for g, n in sorted(counts.items())}
-    total = sum(raw.values())
-    return {g: v / total for g, v in raw.items()}
 
 
 def _group(by: str, corpus: str, lang: str) -> str:
@@ -126,22 +118,12 @@ def open_plan(shard_set: ShardSet, cfg: SamplingConfig, seed: int) -> DrawPlan:
     return plan
 
 
-def _quotas(probs: dict[str, float], n: int) -> dict[str, int]:
-    """``round(n * p)`` per group by largest remainders (ties by name): they sum to ``n``."""
-    exact = {g: n * p for g, p in probs.items()}
-    out = {g: int(v) for g, v in exact.items()}
-    rest = sorted(exact, key=lambda g: (-(exact[g] - out[g]), g))
-    for g in rest[: n - sum(out.values())]:
-        out[g] += 1
-    return out
-
-
 def epoch_draws(
     plan: DrawPlan, shards: tuple[tuple[str, int], ...], epoch: int
 ) -> list[tuple[str, str, int]]:
     """All ranks' draws of one epoch as ``(shard, key, repeat)``, in reading order."""
     draws: list[tuple[str, str, int]] = []
-    for g, quota in _quotas(plan.probs, plan.epoch_samples).items():
+    for g, quota in quotas(plan.probs, plan.epoch_samples).items():
         members = plan.groups[g]
         rng = np.random.default_rng([plan.seed, epoch, stable_hash(g) & 0xFFFFFFFF])
         seen: Counter[int] = Counter()

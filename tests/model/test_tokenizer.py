@@ -120,3 +120,61 @@ def test_resolution_rules_and_the_injected_tokenize(tmp_path: Path, sentences: l
     ids, mask = tokenize(sentences[:3])
     assert ids.shape == mask.shape == (3, 12)
     assert torch.equal(ids, tok.encode_batch(sentences[:3], 12)[0])
+
+
+def _by_locale(corpora_root: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for tsv in sorted((corpora_root / "commonvoice_mini").glob("*/validated.tsv")):
+        with open(tsv, newline="", encoding="utf-8") as f:
+            out[tsv.parent.name] = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
+    return out
+
+
+def test_balanced_sample_follows_the_temperature(corpora_root: Path) -> None:
+    from model.tokenizer import balanced_sample
+
+    texts = ["a"] * 90 + ["b"] * 9 + ["c"]
+    langs = ["en"] * 90 + ["de"] * 9 + ["sw"]
+    _, same_langs = balanced_sample(texts, langs, 1.0)
+    assert sorted(same_langs) == sorted(langs)  # alpha 1: the data's proportions
+    flat, flat_langs = balanced_sample(texts, langs, 0.3)
+    n = {g: flat_langs.count(g) for g in ("en", "de", "sw")}
+    assert len(flat) == 100 and n["sw"] > 1 and n["en"] < 90
+    want = {g: c**0.3 for g, c in (("en", 90), ("de", 9), ("sw", 1))}
+    assert abs(n["sw"] - 100 * want["sw"] / sum(want.values())) <= 1
+    assert balanced_sample(texts, langs, 0.3) == (flat, flat_langs)  # deterministic
+
+
+def test_balanced_training_gives_a_minority_script_real_pieces(
+    tmp_path: Path, corpora_root: Path
+) -> None:
+    """English-heavy text with a little Russian and Arabic (the demo's situation): with
+    alpha 0.3 the minority scripts fall back to bytes less than with raw frequency."""
+    from model.tokenizer import byte_fallback_rate
+
+    loc = _by_locale(corpora_root)
+    latin = [t for g in ("en", "de", "fr", "es") for t in loc[g]] * 4
+    minority = {"ru": loc["ru"][:3], "ar": loc["ar"][:3]}
+    texts = latin + minority["ru"] + minority["ar"]
+    langs = ["xx"] * len(latin) + ["ru"] * 3 + ["ar"] * 3
+    rates = {}
+    for alpha in (1.0, 0.3):
+        out = tmp_path / f"a{alpha}.model"
+        train_tokenizer(texts, out, vocab_size=400, langs=langs, alpha=alpha)
+        tok = Tokenizer(out)
+        rates[alpha] = {g: byte_fallback_rate(tok, t) for g, t in minority.items()}
+    for g in minority:
+        assert rates[0.3][g] < rates[1.0][g], (g, rates)
+
+
+def test_language_tags_are_single_pieces(tmp_path: Path, sentences: list[str]) -> None:
+    from model.tokenizer import byte_fallback_rate, lang_tag
+
+    out = tmp_path / "tags.model"
+    train_tokenizer(sentences, out, vocab_size=400, lang_tags=["de", "sw"])
+    tok = Tokenizer(out)
+    for lang in ("de", "sw"):
+        ids = tok.encode(lang_tag(lang))
+        assert len([i for i in ids if tok.decode([i]).strip()]) == 1, ids
+        assert byte_fallback_rate(tok, [lang_tag(lang)]) == 0.0
+    assert tok.decode(tok.encode(lang_tag("de") + " hallo")).startswith("<lang:de>")
