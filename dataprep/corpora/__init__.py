@@ -49,6 +49,7 @@ def _load_all() -> None:
         generic,
         librispeech,
         mls,
+        mswc,
         nemo,
         ravdess,
         speechcommands,

@@ -61,6 +61,7 @@ BUILT = {
     "clotho": (layouts.build_clotho, "", {}),
     "ravdess": (layouts.build_ravdess, "", {}),
     "mls": (layouts.build_mls, "mls_german_opus", {}),
+    "mswc": (layouts.build_mswc, "", {}),
     "folder": (layouts.build_folder, "", {"label_from_parent": True}),
     "table": (
         layouts.build_table,
@@ -312,6 +313,24 @@ def test_speechcommands_lists_and_words(corpora: Path, tmp_path: Path) -> None:
     noise = [r for r in with_noise if r.labels == ("_background_noise_",)]
     assert noise and all(r.text is None and r.extra_dict()["task"] == "noise" for r in noise)
     assert len(with_noise) == len(refs) + len(noise)
+
+
+def test_mswc_words_languages_splits(corpora: Path, tmp_path: Path) -> None:
+    """Opus clips per language and word; both split-CSV forms; an unlisted clip has no split
+    (or is skipped with listed_only); a language subset."""
+    expected = layouts.build_mswc(corpora, tmp_path)
+    refs, rejects = _read("mswc", "mswc", tmp_path)
+    assert not rejects
+    got = {r.source_id: (r.text, r.split, r.speaker) for r in refs}
+    assert got == expected
+    assert {r.lang for r in refs} == {"en", "es", "hi", "zh"}
+    assert all(r.labels == (r.text,) and r.license == "CC-BY-4.0" for r in refs)
+    listed, _ = _read("mswc", "mswc", tmp_path, options={"listed_only": True})
+    assert {r.source_id for r in listed} == {k for k, v in expected.items() if v[1]}
+    some, _ = _read("mswc", "mswc", tmp_path, options={"languages": ["hi"]})
+    assert some and {r.lang for r in some} == {"hi"}
+    segs = load_segments(refs[0], AudioConfig(), 16000)  # the opus decodes
+    assert segs and segs[0].wave.size > 1600
 
 
 def test_urbansound8k_layout(corpora: Path, tmp_path: Path) -> None:
