@@ -17,14 +17,9 @@ from dataclasses import replace
 from dataprep.audio import AudioError, Segment
 from dataprep.core.config import FilterConfig
 from dataprep.core.lang import same_language
-from dataprep.core.sample import Reject, SampleRef, ref_source
+from dataprep.core.sample import Reject, SampleRef, is_transcript_task, ref_source
 from dataprep.text import detect_language, letter_ratio
 
-# Tasks whose text *describes* the sound instead of transcribing it. Every other text (no task,
-# asr, kws, emotion...) is transcript-like: its characters per second are bounded, and its
-# utterance is never cut into windows (dataprep.audio.load_segments).
-CAPTION_TASKS = {"caption", "audio_caption", "captioning", "description", "classification",
-                 "tagging", "sound_event"}  # fmt: skip
 LANG_MIN_CONFIDENCE = 0.8  # below this the detector is not trusted to contradict the corpus
 LANG_MIN_CHARS = 12  # shorter texts are too ambiguous for a mismatch verdict
 GARBAGE_LETTER_RATIO = 0.5
@@ -109,7 +104,7 @@ def is_transcript(ref: SampleRef) -> bool:
     """Whether ``ref``'s text (if any) stands for what is said in all of its audio: true unless
     the corpus declares a caption-like task (``CAPTION_TASKS``). A NeMo manifest without
     ``task`` is transcripts, so a 5,000-character "transcript" of 2 s is rejected."""
-    return ref.extra_dict().get("task") not in CAPTION_TASKS
+    return is_transcript_task(ref.extra_dict().get("task"))
 
 
 def check_text(

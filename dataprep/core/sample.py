@@ -162,6 +162,21 @@ def ref_source(ref: SampleRef) -> str:
 # a text's provenance, audio stats, an augmentation chain); readers keep it as one JSON value.
 JSON = "json"
 TEXT_SCHEMA: dict[str, Any] = {"text": str, "lang": str, "kind": str, "provenance": JSON}
+# Tasks whose text *describes* the sound instead of transcribing it. Every other text (no task,
+# asr, kws, emotion...) is transcript-like: its characters per second are bounded, its utterance
+# is never cut into windows (dataprep.audio.load_segments), and the loader never pairs it with a
+# crop of its audio (dataprep.loader.sample.prepare). A sample's task is ``attributes["task"]``.
+CAPTION_TASKS = frozenset(
+    {"caption", "audio_caption", "captioning", "description", "classification", "tagging",
+     "sound_event"}
+)  # fmt: skip
+
+
+def is_transcript_task(task: Any) -> bool:
+    """Whether a text of a corpus with this ``task`` stands for what is said in all its audio."""
+    return task not in CAPTION_TASKS
+
+
 META_SCHEMA: dict[str, Any] = {
     "id": str,
     "corpus": str,

@@ -14,7 +14,7 @@ import numpy as np
 from dataprep.core.config import FeatureConfig
 from dataprep.core.features import check_fingerprint
 from dataprep.core.hashing import stable_hash
-from dataprep.core.sample import KIND_ORIGINAL, MEL, META, TEXT
+from dataprep.core.sample import KIND_ORIGINAL, KIND_TEMPLATE, MEL, META, TEXT, is_transcript_task
 from dataprep.core.tario import decode_npy
 
 
@@ -71,6 +71,15 @@ def decode_sample(spec: PrepareSpec, key: str, members: dict[str, bytes]) -> Dec
     return Decoded(key, meta, mel, txt)
 
 
+def _crop_texts(meta: dict[str, Any]) -> list[str]:
+    """The texts that may go with a crop of a transcribed sample: template captions only (the
+    original, its paraphrases and translations all stand for the whole utterance)."""
+    return [
+        t["text"] for t in meta.get("texts") or ()
+        if isinstance(t, dict) and t.get("kind") == KIND_TEMPLATE and t.get("text")
+    ]  # fmt: skip
+
+
 def choose_text(meta: dict[str, Any], txt: str | None, draw: int, train: bool) -> str:
     """Training: the ``draw``-th of the sample's texts; otherwise its original text."""
     entries = meta.get("texts") or ()
@@ -98,14 +107,25 @@ def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[
     draw = stable_hash(spec.seed, epoch, d.key, *((repeat,) if repeat else ()))
     mel = d.mel
     frames = mel.shape[1]
+    text = None
     if frames > spec.max_frames:
         off = (draw >> 31) % (frames - spec.max_frames + 1) if spec.train else 0
         mel = mel[:, off : off + spec.max_frames]
+        if is_transcript_task((d.meta.get("attributes") or {}).get("task")):
+            # A transcript stands for all of its audio: never pair it with a crop. A template
+            # caption ("speech in German") may go with it; without one the sample is skipped.
+            crop_texts = _crop_texts(d.meta)
+            if not crop_texts:
+                raise ValueError(
+                    f"transcribed sample of {frames} frames is longer than the crop "
+                    f"(max_frames={spec.max_frames}) and has no caption that fits a crop"
+                )
+            text = crop_texts[(draw & 0x7FFFFFFF) % len(crop_texts)]
     hop_s = spec.features.hop_length / spec.features.sample_rate_hz
     return {
         "key": d.key,
         "mel": mel,
-        "text": choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train),
+        "text": text or choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train),
         "group": stable_hash(d.meta.get("group") or d.key),
         "corpus": str(d.meta.get("corpus") or ""),
         "lang": str(d.meta.get("lang") or ""),
