@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-
 log = logging.getLogger("polyclap.report")
 
 
@@ -30,17 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", required=True, help="shard set root (holds <split>/shards.json, build.json)")
     p.add_argument("--out", required=True, help="output directory for report.html and report.json")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    p.add_argument("--config", default=None, help="experiment config: its loader.sampling gives the expected share of training draws")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
+    from dataprep.core.config import ConfigError
     from dataprep.report.collect import ReportError, assemble, shard_jobs, summarize_shard
     from dataprep.report.render import render_html
     from dataprep.report.stats import Partial
-    from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
+    from model.config import load_config  # the whole file is validated, as every entry point does
 
     try:
         jobs = shard_jobs(args.shards)
-    except ReportError as e:
+        sampling = load_config(args.config).loader.sampling if args.config else None
+    except (ReportError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     log.info("summarized %d shards (%d samples) in %.1fs", len(jobs), merged.samples, time.perf_counter() - t0)
 
-    report = assemble(args.shards, merged, problems)
+    report = assemble(args.shards, merged, problems, sampling)
     out = Path(args.out)
     atomic_write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.html", render_html(report).encode())

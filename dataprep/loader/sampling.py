@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dataprep.core.balance import group_probs, quotas
+from dataprep.core.balance import NO_LANG, group_of, quotas, stratum_shares
 from dataprep.core.config import ConfigError, SamplingConfig
 from dataprep.core.hashing import stable_hash
 from dataprep.core.shards import INDEX
@@ -31,7 +31,6 @@ from dataprep.loader.shardset import ShardSet, even_slice
 
 log = logging.getLogger("dataprep.loader")
 
-NO_LANG = "none"  # the group of samples without a language (sound events, music)
 # (shard name, lo, hi, {key: repeat indices}): a weighted worker reads ``[lo, hi)`` of the tar
 # and keeps the picked keys, each once per repeat
 Segment = tuple[str, int, int, dict[str, tuple[int, ...]]]
@@ -55,10 +54,6 @@ class DrawPlan:
                 out[f"corpus/{corpus}"] += self.probs[g] * k / n
                 out[f"lang/{lang}"] += self.probs[g] * k / n
         return dict(sorted(out.items()))
-
-
-def _group(by: str, corpus: str, lang: str) -> str:
-    return {"lang": lang, "corpus": corpus}.get(by, f"{corpus}/{lang}")
 
 
 def _check_names(cfg: SamplingConfig, corpora: set[str], langs: set[str], where: str) -> None:
@@ -96,16 +91,16 @@ def open_plan(shard_set: ShardSet, cfg: SamplingConfig, seed: int) -> DrawPlan:
     _check_names(cfg, {r[2] for r in rows}, {r[3] for r in rows}, str(shard_set.split_dir))
     groups: dict[str, list[tuple[str, str]]] = {}
     strata: dict[str, Counter[tuple[str, str]]] = {}
-    weight: dict[str, float] = {}
     for shard, key, corpus, lang in sorted(rows):
-        g = _group(cfg.by, corpus, lang)
+        g = group_of(cfg.by, corpus, lang)
         groups.setdefault(g, []).append((shard, key))
         strata.setdefault(g, Counter())[corpus, lang] += 1
-        w = cfg.corpus_weights.get(corpus, 1.0) * cfg.lang_weights.get(lang, 1.0)
-        if weight.setdefault(g, w) != w:  # by=lang with per-corpus weights: the group's mean
-            weight[g] = (weight[g] * (len(groups[g]) - 1) + w) / len(groups[g])
     counts = {g: len(m) for g, m in groups.items()}
-    probs = group_probs(counts, cfg.alpha, weight)
+    by_stratum = stratum_shares(
+        {s: n for c in strata.values() for s, n in c.items()}, cfg.by, cfg.alpha,
+        cfg.corpus_weights, cfg.lang_weights,
+    )  # fmt: skip
+    probs = {g: sum(by_stratum[s] for s in strata[g]) for g in sorted(groups)}
     n_epoch = cfg.epoch_samples or shard_set.num_samples
     rare = [g for g, p in probs.items() if p * n_epoch < 1.0]
     if rare:

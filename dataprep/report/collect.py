@@ -12,8 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dataprep.core.balance import NO_LANG, stratum_shares
+from dataprep.core.config import SamplingConfig
 from dataprep.core.sample import SPLITS, is_text_reject
-from dataprep.core.shards import BUILD_JSON, REJECTS, read_shards_json
+from dataprep.core.shards import BUILD_JSON, INDEX, REJECTS, read_shards_json
 from dataprep.core.tario import iter_shard
 from dataprep.report.stats import Partial, summarize_samples
 
@@ -167,8 +169,56 @@ def build_section(shards_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def assemble(shards_dir: str | Path, partial: Partial, problems: list[str]) -> dict[str, Any]:
-    """The whole report JSON (no timings, no absolute times: two runs give identical bytes)."""
+def sampling_section(shards_dir: str | Path, sampling: SamplingConfig) -> dict[str, Any]:
+    """Per language and per corpus of the train split: samples, hours, speakers, the data's
+    share, the configured multiplier and the expected share of training draws under
+    ``loader.sampling`` (:func:`dataprep.core.balance.stratum_shares`, what the loader draws)."""
+    import pyarrow.parquet as pq
+
+    path = Path(shards_dir) / "train" / INDEX
+    if not path.is_file():
+        return {}
+    cols = ["corpus", "lang", "duration", "speaker"]
+    t = pq.read_table(path, columns=cols).to_pydict()
+    strata: dict[tuple[str, str], int] = {}
+    for c, lang in zip(t["corpus"], t["lang"]):
+        key = (str(c or ""), str(lang or NO_LANG))
+        strata[key] = strata.get(key, 0) + 1
+    shares = stratum_shares(
+        strata, sampling.by, sampling.alpha, sampling.corpus_weights, sampling.lang_weights
+    )
+    out: dict[str, Any] = {"by": sampling.by, "alpha": sampling.alpha}
+    for kind, i, weights in (
+        ("lang", 1, sampling.lang_weights),
+        ("corpus", 0, sampling.corpus_weights),
+    ):
+        rows: dict[str, dict[str, Any]] = {}
+        for j, (c, lang) in enumerate(zip(t["corpus"], t["lang"])):
+            name = (str(c or ""), str(lang or NO_LANG))[i]
+            row = rows.setdefault(name, {"samples": 0, "seconds": 0.0, "speakers": set()})
+            row["samples"] += 1
+            row["seconds"] += float(t["duration"][j] or 0.0)
+            if t["speaker"][j]:
+                row["speakers"].add(t["speaker"][j])
+        n = len(t["corpus"])
+        out[f"by_{kind}"] = {
+            name: {
+                "samples": r["samples"], "hours": round(r["seconds"] / 3600, 6),
+                "speakers": len(r["speakers"]), "data_share": round(r["samples"] / n, 6),
+                "weight": weights.get(name, 1.0),
+                "draw_share": round(sum(v for s, v in shares.items() if s[i] == name), 6),
+            }
+            for name, r in sorted(rows.items())
+        }  # fmt: skip
+    return out
+
+
+def assemble(
+    shards_dir: str | Path, partial: Partial, problems: list[str],
+    sampling: SamplingConfig | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The whole report JSON (no timings, no absolute times: two runs give identical bytes).
+    ``sampling``: the experiment's ``loader.sampling`` (default: none, the data's shares)."""
     jobs = shard_jobs(shards_dir)
     splits = list(dict.fromkeys(s for s, _, _ in jobs))
     rej = rejects_section(shards_dir, splits)
@@ -198,4 +248,5 @@ def assemble(shards_dir: str | Path, partial: Partial, problems: list[str]) -> d
     report["rejects"] = rej
     report["shards"] = shards_section(shards_dir, splits)
     report["problems"] = sorted(problems)
+    report["sampling"] = sampling_section(shards_dir, sampling or SamplingConfig())
     return report

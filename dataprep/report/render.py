@@ -162,9 +162,11 @@ def _shard_row(split: str, v: dict[str, Any]) -> list[Any]:
 
 # Row builders the template maps over report sections (data shaping here, markup there).
 STAT_COLS = ["metric", "count", "mean", "min", "p05", "p50", "p95", "max"]
+SAMPLING_COLS = ("samples", "hours", "speakers", "data_share", "weight", "draw_share")
 _FILTERS = {
     "num": _num,
     "group_row": lambda kv: [kv[0], kv[1]["samples"], kv[1]["hours"], kv[1]["speakers"]],
+    "sampling_row": lambda kv: [kv[0], *(kv[1][c] for c in SAMPLING_COLS)],
     "stat_row": lambda kv: [kv[0], *[kv[1][c] for c in STAT_COLS[1:]]],
     "distinct_row": lambda kv: [kv[0], kv[1]["texts"], kv[1]["distinct_1"], kv[1]["distinct_2"]],
     "source_detail": lambda x: [x["source"], x["detail"]],

@@ -144,3 +144,22 @@ def test_bad_sampling_input_is_refused_before_training(split: Path, tmp_path: Pa
     assert sorted(k for b in plain.iter_epoch() for k in b["keys"]) == sorted(
         pq.read_table(split / INDEX, columns=["key"]).to_pydict()["key"]
     )
+
+
+def test_quality_report_sampling_section_matches_the_loader(split: Path) -> None:
+    from dataprep.report.collect import sampling_section
+
+    sampling = SamplingConfig(by="lang", alpha=0.3, lang_weights={"en": 2.0})
+    section = sampling_section(split.parent, sampling)
+    expected = loader(split, sampling).expected_shares()
+    for kind in ("lang", "corpus"):
+        rows = section[f"by_{kind}"]
+        assert abs(sum(r["draw_share"] for r in rows.values()) - 1) < 1e-5
+        for name, r in rows.items():
+            assert abs(r["draw_share"] - expected[f"draws_{kind}_{name}"]) < 1e-5, name
+    langs = data_langs(split)
+    assert {k: r["samples"] for k, r in section["by_lang"].items()} == dict(langs)
+    assert section["by_lang"]["en"]["weight"] == 2.0 and section["by_lang"]["en"]["hours"] > 0
+    assert section["by_corpus"]["commonvoice"]["speakers"] > 1
+    plain = sampling_section(split.parent, SamplingConfig())  # by none: the data's shares
+    assert all(r["draw_share"] == r["data_share"] for r in plain["by_lang"].values())
