@@ -11,6 +11,9 @@ Layout::
 Everything is in the file name: emotion (ANG DIS FEA HAP NEU SAD) becomes ``labels`` (full
 English names), the intensity level (LO MD HI, XX unspecified) and the spoken sentence go to
 ``extra``; the text is left empty so captions come from templates. ``speaker`` is the actor.
+The corpus has no splits: ``options.eval_actors`` maps those actors to ``test`` and the others to
+``train`` (a speaker-independent held-out set, as ESC-50's ``eval_folds``); without it ``split``
+is None (decided later by hash).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataprep.corpora._common import (
 class Options(ReaderOptions):
     license: str | None = "ODbL-1.0"
     audio_dir: str = "AudioWAV"
+    eval_actors: tuple[str, ...] = ()  # actor ids mapped to test, the rest to train
 
 
 EMOTIONS = {
@@ -57,6 +61,7 @@ def read_cremad(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
     root = CorpusRoot(cfg.root)
     license_ = opts.license
     audio_dir = opts.audio_dir
+    eval_actors = set(opts.eval_actors)
     sexes = {}
     if root.isfile("VideoDemographics.csv"):
         for row in read_table(root.read_text("VideoDemographics.csv"), ","):
@@ -99,6 +104,7 @@ def read_cremad(cfg: CorpusConfig) -> Iterator[SampleRef | Reject]:
             lang="en",
             labels=(EMOTIONS[emotion],),
             speaker=actor,
+            split=("test" if actor in eval_actors else "train") if eval_actors else None,
             license=license_,
             extra=tuple(sorted((k, v) for k, v in extra.items() if v is not None)),
         )

@@ -283,6 +283,13 @@ def test_cremad_from_file_names(corpora: Path) -> None:
         actor, code, emo, _level = Path(r.source_id).stem.split("_")
         assert r.speaker == actor and r.labels == (names[emo],) and r.text is None
         assert r.extra_dict()["sentence_code"] == code and r.extra_dict()["transcript"]
+    assert {r.split for r in refs} == {None}
+
+
+def test_cremad_eval_actors_are_a_held_out_test_split(corpora: Path) -> None:
+    refs, _ = _read("cremad", "cremad", corpora / "cremad_mini", options={"eval_actors": ["1002"]})
+    splits = {(r.speaker, r.split) for r in refs}
+    assert splits == {("1001", "train"), ("1002", "test")}
 
 
 def test_speechcommands_lists_and_words(corpora: Path, tmp_path: Path) -> None:
