@@ -244,40 +244,53 @@ def task_linear_probe(task: TaskConfig, items: list[EvalItem], emb: Embedder, d:
     }
 
 
-def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
-    """Nearest class prototype (mean of k support embeddings); ``episodes`` seeded support
-    draws; an item's score is its accuracy over the episodes where it was a query."""
-    labels = [_label(it) for it in items]
-    classes = sorted(set(labels))
-    y = np.asarray([classes.index(lab) for lab in labels])
-    counts = Counter(y.tolist())
-    usable = [c for c in range(len(classes)) if counts[c] > task.k]
-    if len(usable) < 2:
-        raise TaskError(f"few-shot k={task.k} needs >= 2 classes with > k items; counts {dict(counts)}")
-    keep = np.isin(y, usable)
-    x, ok = _audio(emb, items)
-    hits = np.zeros(len(items))
-    seen = np.zeros(len(items))
+def _episodes(task: TaskConfig, x: np.ndarray, ok: np.ndarray, y: np.ndarray, usable: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hits and query counts per item over ``episodes`` seeded support draws among ``usable``."""
+    hits, seen = np.zeros(len(y)), np.zeros(len(y))
     for e in range(task.episodes):
-        rng = np.random.default_rng([d.seed, e])
-        support = np.zeros(len(items), dtype=bool)
-        protos = []
+        rng = np.random.default_rng([seed, e])
+        support, protos = np.zeros(len(y), dtype=bool), []
         for c in usable:
             members = np.flatnonzero((y == c) & ok)
             if members.size < task.k:
-                raise TaskError(
-                    f"few-shot k={task.k}: class {classes[c]} has {members.size} decodable items"
-                )
+                raise TaskError(f"few-shot k={task.k}: class {c} has {members.size} decodable items")
             support[rng.choice(members, size=task.k, replace=False)] = True
             p = x[support & (y == c)].mean(axis=0)
             protos.append(p / max(float(np.linalg.norm(p)), 1e-12))
-        query = keep & ~support
+        query = np.isin(y, usable) & ~support
         idx = _argmax_or_wrong(x[query] @ np.stack(protos).T, ok[query])
-        pred = np.where(idx >= 0, np.asarray(usable)[idx], -1)
-        hits[query] += pred == y[query]
+        hits[query] += np.where(idx >= 0, np.asarray(usable)[idx], -1) == y[query]
         seen[query] += 1
-    scored = seen > 0
-    return {"accuracy": M.bootstrap_mean(hits[scored] / seen[scored], d.n_boot, d.seed)}
+    return hits, seen
+
+
+def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+    """Nearest class prototype (mean of k support embeddings); ``episodes`` seeded support
+    draws; an item's score is its accuracy over the episodes where it was a query. With
+    ``per_lang`` the classes are those of each language (few-shot keyword spotting), scored per
+    language (``accuracy_<lang>``) and overall; a language with < 2 usable classes is skipped."""
+    labels = [_label(it) for it in items]
+    classes = sorted(set(labels))
+    y = np.asarray([classes.index(lab) for lab in labels])
+    x, ok = _audio(emb, items)
+    langs = [(base_lang(it.lang) or "und") if task.per_lang else "" for it in items]
+    hits, seen = np.zeros(len(items)), np.zeros(len(items))
+    out: dict[str, M.Estimate] = {}
+    for lang in sorted(set(langs)):
+        mine = np.asarray([g == lang for g in langs])
+        counts = Counter(y[mine].tolist())
+        usable = [c for c in sorted(counts) if counts[c] > task.k]
+        if len(usable) < 2 and not task.per_lang:
+            raise TaskError(f"few-shot k={task.k} needs >= 2 classes with > k items; counts {dict(counts)}")
+        if len(usable) < 2:  # per language: that language cannot be scored, the others can
+            log.warning("%s: language %s has < 2 classes with > k=%d items; skipped", task.name, lang, task.k)
+            continue
+        h, n = _episodes(task, x, ok & mine, np.where(mine, y, -1), usable, d.seed)
+        hits, seen = hits + h, seen + n
+        out[f"accuracy_{lang}"] = M.bootstrap_mean(h[n > 0] / n[n > 0], d.n_boot, d.seed)
+    if not (scored := seen > 0).any():
+        raise TaskError("no language has >= 2 classes with > k items")
+    return {"accuracy": M.bootstrap_mean(hits[scored] / seen[scored], d.n_boot, d.seed), **(out if task.per_lang else {})}
 
 
 TASKS: dict[str, Callable[[TaskConfig, list[EvalItem], Embedder, Defaults], dict[str, M.Estimate]]] = {

@@ -11,6 +11,11 @@
         corpus: {name: esc50, reader: esc50, root: /data/ESC-50, options: {eval_folds: [5]}}
         split: test                        # keep items whose corpus split is this (None: all)
         templates: {en: ["the sound of {}", "{}"]}
+      - name: mswc_few_shot                # few-shot keyword spotting within each language
+        type: few_shot
+        corpus: {name: mswc, reader: mswc, root: /data/mswc, options: {languages: [sw, ta]}}
+        k: 5
+        per_lang: true                     # accuracy_<lang> per language and overall
 
 Relative corpus roots are resolved against the current directory, then against the repository
 root (so the shipped demo file works from anywhere inside a checkout).
@@ -81,6 +86,7 @@ class TaskConfig(_Model):
     probe_c: float = 1.0  # inverse L2 strength of the logistic regression
     k: int = 1  # few_shot: support examples per class
     episodes: int = 20  # few_shot: random support draws averaged
+    per_lang: bool = False  # few_shot: classes within each language (few-shot keyword spotting)
     max_items: int | None = None
 
     @model_validator(mode="after")

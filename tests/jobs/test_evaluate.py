@@ -225,6 +225,31 @@ def test_oracle_scores_perfectly_on_every_task(sets) -> None:  # type: ignore[no
     assert m["t2a_R@1"].value == 0.0 and m["a2t_R@1"].value == 0.0
 
 
+def test_few_shot_keyword_spotting_per_language(sets, tmp_path: Path, corpora_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """issue 17: few-shot KWS within each language of an MSWC layout (opus, built at test
+    time): an oracle that confuses the two Hindi words scores Hindi at chance, the rest at 1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("builders", REPO / "tests" / "fixtures" / "layouts" / "builders.py")
+    builders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builders)  # type: ignore[union-attr]
+    builders.build_mswc(corpora_root, tmp_path / "mswc")
+    cfg, cache, _, _ = sets
+    corpus = CorpusConfig(name="mswc", reader="mswc", root=str(tmp_path / "mswc"))
+    items = load_eval_set(cfg, corpus, cache).items
+    classes = sorted({(it.lang, it.labels[0]) for it in items})
+    axis = {it.source_id: classes.index((it.lang, it.labels[0])) for it in items}
+    hi = [i for i, c in enumerate(classes) if c[0] == "hi"]
+    axis = {k: (hi[0] if v in hi else v) for k, v in axis.items()}  # both Hindi words alike
+    task = TaskConfig(name="fs", type="few_shot", corpus=corpus, k=1, per_lang=True, episodes=4)
+    m = runner.task_few_shot(task, items, Oracle(axis, {}, len(classes)), Defaults(n_boot=20))  # type: ignore[arg-type]
+    assert {f"accuracy_{g}" for g in ("en", "es", "hi", "zh")} <= set(m)
+    assert all(m[f"accuracy_{g}"].value == 1.0 for g in ("en", "es", "zh"))
+    assert m["accuracy_hi"].value < 1.0 and m["accuracy"].value < 1.0
+    plain = runner.task_few_shot(task.model_copy(update={"per_lang": False}), items, Oracle(axis, {}, len(classes)), Defaults(n_boot=20))  # type: ignore[arg-type]
+    assert set(plain) == {"accuracy"}
+
+
 def esc_cfg(es):  # type: ignore[no-untyped-def]
     return CorpusConfig(name=es.corpus, reader="esc50", root="/unused")
 
