@@ -120,7 +120,9 @@ def resolve_tokenizer(
         path, must_train = tokenizer_path(cfg.tokenizer.path, train_dir.parent, out)
         if must_train and rank == 0:
             log.info("no tokenizer in the shard set: training one into %s", path)
-            train_tokenizer(iter_shard_texts(train_dir), path, vocab_size=cfg.model.text.vocab_size)
+            lt = list(iter_shard_texts(train_dir, langs=True))  # balanced as the draws (issue 17)
+            train_tokenizer([t for _, t in lt], path, vocab_size=cfg.model.text.vocab_size,
+                            langs=[g for g, _ in lt], alpha=cfg.loader.sampling.alpha)  # fmt: skip
         dist.barrier()  # every rank: must_train differs between ranks once rank 0 has trained
         return load_tokenizer(cfg.model.text, path), path
     except (FileNotFoundError, ValueError) as err:
