@@ -176,9 +176,10 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
 
 
 def _pinned(name: str) -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    m = re.search(rf'"{re.escape(name)}(?:\[[^\]]*\])?==([^"]+)"', text)
-    assert m, f"{name} is not pinned in pyproject.toml"
+    """The exact version of ``name`` in the lock (constraints.txt; pyproject.toml has ranges)."""
+    text = (REPO / "constraints.txt").read_text()
+    m = re.search(rf"^{re.escape(name)}==(\S+)$", text, flags=re.M | re.I)
+    assert m, f"{name} is not pinned in constraints.txt"
     return m.group(1)
 
 
@@ -461,7 +462,7 @@ def test_dockerfiles_pin_what_the_project_pins(name):
     assert text.startswith("# syntax=docker/dockerfile:1")  # heredocs and <Dockerfile>.dockerignore
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert froms, "no FROM"
-    assert f"torch=={_pinned('torch')}" in text  # the same torch as pyproject (CPU or CUDA build)
+    assert f"torch=={_pinned('torch')}" in text  # the same torch as the lock (CPU or CUDA build)
     py = re.search(r"python:?(3\.\d+)", text)
     assert py and py.group(1) in {"3.10", "3.11"}, "requires-python is >=3.10,<3.12"
     for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s+\S+$", text, re.M):
