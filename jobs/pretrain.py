@@ -39,8 +39,10 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from dataprep.core import storage
 from dataprep.core.config import ConfigError
 from dataprep.core.configfile import config_reference
+from dataprep.core.shards import train_val_splits
 from dataprep.loader import FingerprintMismatch, ShardLoader, iter_shard_texts
 from model import finetune as ft
 from model import training as tr
@@ -94,30 +96,26 @@ def fail(msg: str) -> None:
     sys.exit(2)
 
 
-def split_dirs(shards: Path) -> tuple[Path, Path | None]:
-    """``(train dir, val dir or None)``; ``shards`` may be the set root or its train/ split."""
-    if (shards / "train" / "shards.json").is_file():
-        val = shards / "val"
-        return shards / "train", val if (val / "shards.json").is_file() else None
-    if (shards / "shards.json").is_file():
-        val = shards.parent / "val"
-        return shards, val if (val / "shards.json").is_file() and shards.name != "val" else None
-    fail(
-        f"{shards} is not a shard set: neither {shards}/train/shards.json nor {shards}/shards.json "
-        f"exists (build one with `python pipelines/build_shards.py --config ...`, or pass --shards)"
-    )
-    raise AssertionError
+def split_dirs(shards: str) -> tuple[str | Path, str | Path | None]:
+    """``(train dir, val dir or None)`` of a local or remote set (:func:`train_val_splits`)."""
+    try:
+        return train_val_splits(shards)
+    except (FileNotFoundError, storage.StorageError) as err:  # before any training starts
+        fail(str(err))
+        raise AssertionError from err
 
 
 def resolve_tokenizer(
-    cfg: ExperimentConfig, train_dir: Path, out: Path, rank: int
+    cfg: ExperimentConfig, train_dir: str | Path, out: Path, rank: int
 ) -> tuple[TextTokenizer, Path | None]:
     """The text tower's tokenizer (rules: ``model.tokenizer.tokenizer_path``); when none exists
     yet, rank 0 trains one on the training texts into <out>/tokenizer.model."""
     if cfg.model.text.kind != "transformer":  # minilm / hf towers bring their own tokenizer
         return load_tokenizer(cfg.model.text, None), None
     try:
-        path, must_train = tokenizer_path(cfg.tokenizer.path, train_dir.parent, out)
+        # a tokenizer shipped beside remote shards is not fetched: set tokenizer.path instead
+        shards_root = out if storage.is_remote(train_dir) else Path(train_dir).parent
+        path, must_train = tokenizer_path(cfg.tokenizer.path, shards_root, out)
         if must_train and rank == 0:
             log.info("no tokenizer in the shard set: training one into %s", path)
             lt = list(iter_shard_texts(train_dir, langs=True))  # balanced as the draws (issue 17)
@@ -131,7 +129,12 @@ def resolve_tokenizer(
 
 
 def make_loader(
-    cfg: ExperimentConfig, split_dir: Path, tok: TextTokenizer, rank: int, world: int, train: bool
+    cfg: ExperimentConfig,
+    split_dir: str | Path,
+    tok: TextTokenizer,
+    rank: int,
+    world: int,
+    train: bool,
 ) -> ShardLoader:
     """The loader of one split; the model dictates crop length, padding and tokenization."""
     a = cfg.model.audio
@@ -162,7 +165,7 @@ def main() -> None:
         fail(str(err))
     t = cfg.train
     out = Path(t.out)
-    train_dir, val_dir = split_dirs(Path(cfg.loader.shards))
+    train_dir, val_dir = split_dirs(cfg.loader.shards)
 
     # ---------------------------------------------------------------- distributed init
     deepspeed.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
@@ -189,7 +192,7 @@ def main() -> None:
             if val_dir is not None
             else None
         )
-    except (FingerprintMismatch, FileNotFoundError, ValueError) as err:
+    except (FingerprintMismatch, FileNotFoundError, ValueError, storage.StorageError) as err:
         fail(str(err))
     log.info("train: %d samples in %s; val: %s", loader.num_samples, train_dir, val_dir or "none")
 

@@ -24,6 +24,7 @@ import sys
 import time
 
 from dataprep.build.plan import BuildError, check_inputs
+from dataprep.core import storage
 from dataprep.core.config import ConfigError
 from model.config import load_config  # the whole file is validated, as every entry point does
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         record = build_on_ray(cfg, out, num_cpus=args.num_cpus)
-    except BuildError as e:
+    except (BuildError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     total = sum(c["samples"] for c in record["counts"].values())
@@ -74,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for split, c in sorted(record["counts"].items()):
         print(
-            f"shards[{split}]: {out / split} ({c['samples']} samples, "
+            f"shards[{split}]: {storage.join(out, split)} ({c['samples']} samples, "
             f"{c['rejects']} inputs rejected, {c.get('text_rejects', 0)} generated texts rejected)"
         )
-    print(f"build record: {out / 'build.json'}")
+    print(f"build record: {storage.join(out, 'build.json')}")
     return 0
 
 

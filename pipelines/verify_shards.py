@@ -3,6 +3,7 @@ index.parquet consistent with the tars. With --repair, rebuild only broken or mi
 
     python pipelines/verify_shards.py OUT_DIR
     python pipelines/verify_shards.py OUT_DIR --repair --config configs/demo.yaml
+    python pipelines/verify_shards.py s3://bucket/set [--repair --config ...]   # a remote set
 
 Exit status 0 when sound (or repaired), 1 when problems remain.
 """
@@ -14,11 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-from dataprep.core import shards
+from dataprep.core import shards, storage
 from dataprep.core.sample import SPLITS
 
 
-def report(out: Path, decode: bool = True) -> tuple[list[str], dict[str, list[str]], str]:
+def report(out: Path | str, decode: bool = True) -> tuple[list[str], dict[str, list[str]], str]:
     """``(problems, broken shard names per split, count summary)`` of the shard set ``out``."""
     checks = shards.verify_set(out, decode)
     if not checks:
@@ -44,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    out = Path(args.out)
-    problems, broken, counts = report(out)
+    out = storage.location(args.out)  # a local folder or an s3:// gs:// http(s):// URI
+    try:
+        problems, broken, counts = report(out)
+    except storage.StorageError as e:  # unreachable endpoint, no credentials
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for prob in problems:
         print(f"problem: {prob}")
     if not problems:
@@ -63,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     return repair(out, broken, args.config, args.overrides)
 
 
-def repair(out: Path, broken: dict[str, list[str]], config: str, overrides: list[str]) -> int:
+def repair(out: Path | str, broken: dict[str, list[str]], config: str, overrides: list[str]) -> int:
     """Rebuild the broken shards with the library's build (a resumed build redoes exactly the
     shards whose part record is gone), then verify again."""
-    from dataprep.build.finalize import part_path
+    from dataprep.build.finalize import PARTS
     from dataprep.build.plan import BuildError, check_inputs
     from dataprep.core.config import ConfigError
     from model.config import load_config  # the whole experiment file, as build_shards reads it
@@ -80,13 +85,13 @@ def repair(out: Path, broken: dict[str, list[str]], config: str, overrides: list
     for split, names in broken.items():
         for name in names:
             # Removing the part record marks the shard unfinished; the builder redoes only it.
-            part_path(out, split, name).unlink(missing_ok=True)
+            storage.remove(storage.join(out, split, PARTS, name.removesuffix(".tar") + ".json"))
             print(f"repair: rebuilding {split}/{name}")
     from dataprep.build.executor import build_on_ray
 
     try:
         build_on_ray(cfg, out)
-    except BuildError as e:
+    except (BuildError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     problems, _, counts = report(out)

@@ -48,3 +48,22 @@ def subprocess_env() -> dict[str, str]:
     # `python`, `ray`, `deepspeed` in child processes resolve to this environment's executables
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
+
+
+@pytest.fixture(scope="module")
+def s3_module():
+    """A moto S3 server on loopback shared by a module's tests (tests/fixtures/s3.py), with
+    ``os.environ`` pointed at it; stopped by its handle at the module's end."""
+    from fixtures.s3 import s3_environ, s3_server
+
+    with s3_server() as server, s3_environ(server):
+        yield server
+
+
+@pytest.fixture()
+def s3():
+    """A moto S3 server of this test only (a test may stop it part-way)."""
+    from fixtures.s3 import s3_environ, s3_server
+
+    with s3_server() as server, s3_environ(server):
+        yield server

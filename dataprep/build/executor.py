@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from dataprep import dedup
-from dataprep.build import manifest
+from dataprep.build import manifest, remote
 from dataprep.build.finalize import (
     finalize_build,
     remove_leftovers,
@@ -37,14 +37,14 @@ from dataprep.build.plan import (
 )
 from dataprep.build.progress import BuildProgress
 from dataprep.build.shard import build_shard
-from dataprep.core import atomic, features, shards
+from dataprep.core import atomic, features, shards, storage
 from dataprep.core.config import CorpusConfig, DataConfig
 from dataprep.core.configfile import config_to_dict
 from dataprep.corpora._common import CorpusRoot
 
 log = logging.getLogger("polyclap.build")
 
-EVAL_REJECTS = "eval_rejects.parquet"
+EVAL_REJECTS = remote.EVAL_REJECTS
 SHARD_TASK_RETRIES = 2
 
 
@@ -70,9 +70,15 @@ def _shard_task(
     import torch
 
     torch.set_num_threads(max(1, int(cfg.build.shards.num_cpus_per_task)))
+    work = remote.workdir(cfg, out) if storage.is_remote(out) else Path(out)
+    if storage.is_remote(out):
+        manifest_path = str(remote.local_manifest(out, work))
     rows = manifest.read_manifest_range(manifest_path, task.start, task.stop)
     node_id = ray.get_runtime_context().get_node_id()
-    return build_shard(cfg, Path(out), task, rows, eval_index, node_id=node_id)
+    summary = build_shard(cfg, work, task, rows, eval_index, node_id=node_id)
+    if storage.is_remote(out):
+        remote.publish_shard(work, out, task.split, task.name)
+    return summary
 
 
 @contextmanager
@@ -123,7 +129,7 @@ def _max_inflight(cfg: DataConfig) -> int:
 
 
 def execute(
-    cfg: DataConfig, out: Path, manifest_path: Path, todo: list[ShardTask], index: Any
+    cfg: DataConfig, out: str | Path, manifest_path: Path, todo: list[ShardTask], index: Any
 ) -> None:
     """Run the shard tasks, a bounded number in flight, logging progress as they finish."""
     cfg_json = DataConfig.view(cfg).model_dump_json()
@@ -187,14 +193,34 @@ def _record(
     }
 
 
+def _todo(out: str | Path, work: Path, plan: Plan) -> list[ShardTask]:
+    """The shards still to build: checked against the bucket listing for a remote out."""
+    if storage.is_remote(out):
+        done = remote.done_shards(str(out), work, plan.shards)
+        todo = [t for t in plan.shards if (t.split, t.name) not in done]
+    else:
+        todo = [t for t in plan.shards if not shard_is_done(work, t.split, t.name)]
+    per_split = ", ".join(f"{s}={sum(t.split == s for t in plan.shards)}" for s in plan.splits())
+    log.info(
+        "plan: %d shards (%s); %d already done, %d to build",
+        len(plan.shards), per_split, len(plan.shards) - len(todo), len(todo),
+    )  # fmt: skip
+    return todo
+
+
 def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Scan, plan, execute and finalize a shard set under ``out``. Returns the build record."""
-    out = Path(out)
+    """Scan, plan, execute and finalize a shard set under ``out`` (a local folder or an
+    ``s3://``/``gs://`` URI: staged in local scratch, see :mod:`.remote`). Returns the record."""
+    out = storage.location(out)
+    is_remote = isinstance(out, str)
+    work = remote.workdir(cfg, out) if is_remote else out
     if not cfg.build.corpora:
         raise BuildError("build.corpora is empty: nothing to build")
+    if is_remote:
+        remote.pull_plan(out, work)  # the bucket's plan.json decides, not a stale scratch one
     # Every refusal comes before the first write into ``out`` (a refused rerun used to
     # overwrite the old build's manifest.parquet first): the config here, the inputs below.
-    check_signature(out, cfg)
+    check_signature(work, cfg)
     timings: dict[str, float] = {}
     with _timed(timings, "scan_s"):
         rows, scan_rejects = scan(cfg)
@@ -204,26 +230,27 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
         )
     with _timed(timings, "plan_s"):
         plan = plan_shards(rows, cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        check_or_write_plan(out, cfg, plan)
-        if n_tmp := remove_leftovers(out):
+        work.mkdir(parents=True, exist_ok=True)
+        check_or_write_plan(work, cfg, plan)
+        if n_tmp := remove_leftovers(work):
             log.info("removed %d temp files of an interrupted run", n_tmp)
-        manifest_path = manifest.write_manifest(out, plan.rows)
-    todo = [t for t in plan.shards if not shard_is_done(out, t.split, t.name)]
-    per_split = ", ".join(f"{s}={sum(t.split == s for t in plan.shards)}" for s in plan.splits())
-    log.info(
-        "plan: %d shards (%s); %d already done, %d to build",
-        len(plan.shards), per_split, len(plan.shards) - len(todo), len(todo),
-    )  # fmt: skip
+        manifest_path = manifest.write_manifest(work, plan.rows)
+        if is_remote:
+            remote.push_plan(work, out)
+    todo = _todo(out, work, plan)
     with _timed(timings, "eval_index_s"):
-        index, eval_rejects = eval_index(cfg, out)
+        index, eval_rejects = eval_index(cfg, work)
     with _timed(timings, "execute_s"):
         execute(cfg, out, manifest_path, todo, index)
     with _timed(timings, "finalize_s"):
-        counts, parts = finalize_build(out, plan, scan_rejects, cfg.build.dedup)
-        write_dataset_card(out, plan.splits(), cfg.build.audio.keep_audio)
+        if is_remote:
+            remote.pull_parts(out, work, plan.shards)
+        counts, parts = finalize_build(work, plan, scan_rejects, cfg.build.dedup)
+        card = write_dataset_card(work, plan.splits(), cfg.build.audio.keep_audio)
     record = _record(cfg, plan, counts, parts, timings, len(todo), eval_rejects)
-    atomic.atomic_write_json(out / shards.BUILD_JSON, record)
+    atomic.atomic_write_json(work / shards.BUILD_JSON, record)
+    if is_remote:
+        remote.publish_final(work, out, plan.splits(), card)
     return record
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.build.manifest import ref_from_row
-from dataprep.core import atomic, features, shards
-from dataprep.core.config import ConfigError, DataConfig, check_local_out
+from dataprep.core import atomic, features, shards, storage
+from dataprep.core.config import ConfigError, DataConfig, check_out
 from dataprep.core.configfile import config_to_dict
 from dataprep.core.sample import SPLITS
 from dataprep.process import assign_split
@@ -32,16 +32,19 @@ class BuildError(RuntimeError):
     """A problem that stops the build (bad config, mixing outputs), with a user-facing message."""
 
 
-def check_inputs(cfg: DataConfig, out: str | None = None) -> Path:
+def check_inputs(cfg: DataConfig, out: str | None = None) -> Path | str:
     """The checks a build (or a repair) makes before any work or Ray: reader names and options,
-    a local output path (``out`` or ``build.out``), every local corpus root present. Returns the
-    output directory; raises :class:`ConfigError` naming every problem."""
+    the output (``out`` or ``build.out``: a local path, or an s3/gs URI whose bucket answers with
+    the credentials found), every local corpus root present. Returns the output location;
+    raises :class:`ConfigError` naming every problem."""
     from dataprep.corpora import validate_corpora
 
     validate_corpora(cfg)
     try:
-        out_dir = Path(check_local_out(out or cfg.build.out))
-    except ValueError as e:
+        out_dir = storage.location(check_out(out or cfg.build.out))
+        if storage.is_remote(out_dir):  # endpoint and credentials, before Ray starts
+            storage.listing(out_dir)
+    except (ValueError, storage.StorageError) as e:
         raise ConfigError(str(e)) from None
     corpora = (*cfg.build.corpora, *cfg.build.eval_corpora)
     missing = [c for c in corpora if "://" not in c.root and not Path(c.root).exists()]
@@ -162,6 +165,7 @@ def build_signature(cfg: DataConfig) -> dict[str, Any]:
     """What must match for a rerun to continue writing into an existing output directory."""
     b = config_to_dict(cfg.build)
     b.pop("out", None)
+    b.pop("scratch", None)  # where a remote out is staged: not part of what is built
     b["shards"].pop("num_cpus_per_task", None)
     b["shards"].pop("max_parallel_tasks", None)
     blob = json.dumps(b, sort_keys=True)

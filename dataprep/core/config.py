@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 # sections kept in their own modules, importable from here as before
 from dataprep.core.loader_config import LoaderConfig, SamplingConfig  # noqa: F401
 from dataprep.core.section import ConfigError, Section  # noqa: F401  (ConfigError: re-export)
+from dataprep.core.storage import WRITABLE
 
 # What each pretrained audio tower's own transformers feature extractor computes (see
 # dataprep.core.feature_presets). ``fixed`` fields are the extractor's algorithm and may not be
@@ -234,17 +235,17 @@ class ShardConfig(Section):
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def check_local_out(path: str) -> str:
-    """The local path for ``build.out`` (``file://`` stripped); any other URI is refused, because
-    shards are written temp-file + fsync + rename, which object stores cannot do atomically."""
+def check_out(path: str) -> str:
+    """``build.out``: a local/shared path (``file://`` stripped) or an object-store URI
+    (``s3://``, ``gs://``: each shard is built in local scratch and uploaded, see
+    dataprep/build/remote.py); any other scheme is refused (no atomic object commit)."""
     if path.startswith("file://"):
         return path.removeprefix("file://")
-    if _URI.match(path):
+    m = _URI.match(path)
+    if m and m.group(0)[:-3].lower() not in WRITABLE:
         raise ValueError(
-            f"build.out must be a local or shared POSIX path, not {path!r}: shards are renamed "
-            "into place atomically, which object stores do not support; build to a shared "
-            "filesystem and "
-            "copy the finished set (see infra/STORAGE.md)"
+            f"build.out must be a local/shared path or an {'/'.join(WRITABLE)}:// URI, not "
+            f"{path!r}: the build commits each shard as a whole object (see infra/STORAGE.md)"
         )
     return path
 
@@ -252,7 +253,8 @@ def check_local_out(path: str) -> str:
 class BuildConfig(Section):
     corpora: tuple[CorpusConfig, ...] = ()
     eval_corpora: tuple[CorpusConfig, ...] = ()  # decontamination sources (never sharded)
-    out: str = "outputs/shards"
+    out: str = "outputs/shards"  # local path or s3:// / gs:// URI
+    scratch: str | None = None  # local folder for a remote out's tars (default: a temp dir)
     audio: AudioConfig = AudioConfig()
     filters: FilterConfig = FilterConfig()
     dedup: DedupConfig = DedupConfig()
@@ -272,8 +274,8 @@ class BuildConfig(Section):
 
     @field_validator("out")
     @classmethod
-    def _local_out(cls, v: str) -> str:
-        return check_local_out(v)
+    def _out(cls, v: str) -> str:
+        return check_out(v)
 
 
 # Old key (dotted, ``*`` for a list index) -> what to write instead. Shown by load_config.

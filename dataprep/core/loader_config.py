@@ -59,6 +59,7 @@ class LoaderConfig(Section):
     """
 
     shards: str = "outputs/shards"  # shard set root (holds train/ and val/); --shards overrides
+    cache_dir: str | None = None  # local copies of checked remote shards (keyed by sha256)
     num_workers: int = 0  # DataLoader worker processes per rank (0: read in the trainer process)
     shuffle_buffer: int = 256  # per-worker shuffle buffer (samples); <= 1: no shuffle buffer
     bucket_by_length: bool = False  # batch similar lengths, pad to the batch max (not max_frames)

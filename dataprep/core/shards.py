@@ -14,16 +14,18 @@ Writing and reading the tars themselves is :mod:`dataprep.core.tario`; atomic wr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from dataprep.core import storage
 from dataprep.core.atomic import sha256_file
 from dataprep.core.sample import SPLITS
-from dataprep.core.tario import iter_shard
+from dataprep.core.tario import decode_members, iter_tar_range
 
 SHARDS_JSON = "shards.json"
 INDEX = "index.parquet"
@@ -36,19 +38,41 @@ def shard_name(i: int) -> str:
 
 
 def read_shards_json(split_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load ``<split_dir>/shards.json``; a clear error when the directory is not a shard set."""
-    p = Path(split_dir) / SHARDS_JSON
-    if not p.is_file():
+    """Load ``<split_dir>/shards.json`` (a local folder or a remote URI); a clear error when the
+    location is not a shard set."""
+    p = storage.join(split_dir, SHARDS_JSON)
+    try:
+        return json.loads(storage.read_bytes(p))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise FileNotFoundError(
             f"{split_dir} is not a finished shard set: {SHARDS_JSON} is missing "
             f"(build it with `python pipelines/build_shards.py --config ...`)"
-        )
-    return json.loads(p.read_text())
+        ) from None
 
 
-def shard_paths(split_dir: str | os.PathLike[str]) -> list[Path]:
+def train_val_splits(root: str | os.PathLike[str]) -> tuple[Path | str, Path | str | None]:
+    """``(train split, val split or None)`` of a shard set given by its root or its train/
+    split, a local folder or a remote URI; FileNotFoundError naming what is missing."""
+    root = storage.location(root)
+
+    def has(d: Path | str) -> bool:
+        return storage.exists(storage.join(d, SHARDS_JSON))
+
+    if has(storage.join(root, "train")):
+        val = storage.join(root, "val")
+        return storage.join(root, "train"), val if has(val) else None
+    if has(root):
+        val = storage.join(storage.parent(root), "val")
+        return root, val if storage.basename(root) != "val" and has(val) else None
+    raise FileNotFoundError(
+        f"{root} is not a shard set: neither {root}/train/{SHARDS_JSON} nor {root}/{SHARDS_JSON} "
+        f"exists (build one with `python pipelines/build_shards.py --config ...`, or pass --shards)"
+    )
+
+
+def shard_paths(split_dir: str | os.PathLike[str]) -> list[Path | str]:
     meta = read_shards_json(split_dir)
-    return [Path(split_dir) / s["name"] for s in meta["shards"]]
+    return [storage.join(split_dir, s["name"]) for s in meta["shards"]]
 
 
 @dataclass
@@ -68,37 +92,59 @@ class SplitCheck:
         return self.in_tars - self.excluded
 
 
+def _read_tar(tar: Path | str, entry: dict[str, Any]) -> tuple[BinaryIO | None, str | None]:
+    """The tar, opened after its size and sha256 matched ``entry``; else why not. A remote
+    tar is fetched once, hashed as it streams and parsed from memory."""
+    if storage.is_remote(tar):
+        try:
+            data, digest = storage.fetch(tar)
+        except FileNotFoundError:
+            return None, "missing"
+        if len(data) != entry["bytes"] or digest != entry["sha256"]:
+            return None, "sha256/size differs from shards.json (corrupt or modified)"
+        return io.BytesIO(data), None
+    tar = Path(tar)
+    if not tar.is_file():
+        return None, "missing"
+    if tar.stat().st_size != entry["bytes"] or sha256_file(tar) != entry["sha256"]:
+        return None, "sha256/size differs from shards.json (corrupt or modified)"
+    return open(tar, "rb"), None
+
+
 def _check_shard(
-    split_dir: Path, entry: dict[str, Any], decode: bool, keys: set[str]
+    split_dir: Path | str, entry: dict[str, Any], decode: bool, keys: set[str]
 ) -> str | None:
     """One shard against its shards.json entry; the problem, or None. Adds its keys to ``keys``."""
     name = entry["name"]
-    tar = split_dir / name
-    if not tar.is_file():
-        return f"{name}: missing"
-    if tar.stat().st_size != entry["bytes"] or sha256_file(tar) != entry["sha256"]:
-        return f"{name}: sha256/size differs from shards.json (corrupt or modified)"
-    if not decode:
-        return None
+    f, problem = _read_tar(storage.join(split_dir, name), entry)
+    if f is None:
+        return f"{name}: {problem}"
     n = 0
-    try:
-        for sample in iter_shard(tar):
-            keys.add(sample["__key__"])
-            n += 1
-    except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as e:
-        return f"{name}: member does not decode ({type(e).__name__}: {e})"
+    with f:
+        if not decode:
+            return None
+        try:
+            for _, key, members in iter_tar_range(f):
+                decode_members(key, members)
+                keys.add(key)
+                n += 1
+        except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError, EOFError) as e:
+            return f"{name}: member does not decode ({type(e).__name__}: {e})"
     if n != entry["samples"]:
         return f"{name}: {n} samples in tar, shards.json says {entry['samples']}"
     return None
 
 
-def _check_index(split_dir: Path, keys: set[str], exclude: set[str]) -> str | None:
+def _check_index(split_dir: Path | str, keys: set[str], exclude: set[str]) -> str | None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    index_path = split_dir / INDEX
-    if not index_path.is_file():
+    try:
+        data = storage.read_bytes(storage.join(split_dir, INDEX))
+    except FileNotFoundError:
         return f"{INDEX} missing"
-    idx_keys = set(pq.read_table(index_path, columns=["key"]).column("key").to_pylist())
+    table = pq.read_table(pa.BufferReader(data), columns=["key"])
+    idx_keys = set(table.column("key").to_pylist())
     expected = keys - exclude
     if idx_keys != expected:
         return (
@@ -115,8 +161,8 @@ def verify_split(split_dir: str | os.PathLike[str], decode: bool = True) -> Spli
     that ``index.parquet`` lists exactly the tar keys minus the excluded duplicates. No problems
     and no broken shards mean the split is sound.
     """
-    split_dir = Path(split_dir)
-    check = SplitCheck(split_dir.name)
+    split_dir = storage.location(split_dir)
+    check = SplitCheck(storage.basename(split_dir))
     try:
         meta = read_shards_json(split_dir)
     except (FileNotFoundError, ValueError) as e:
@@ -144,10 +190,16 @@ def verify_split(split_dir: str | os.PathLike[str], decode: bool = True) -> Spli
 def verify_set(out: str | os.PathLike[str], decode: bool = True) -> list[SplitCheck]:
     """:func:`verify_split` for every split under ``out``, plus agreement with ``build.json``:
     its per-split ``samples`` must equal what the tars hold minus the excluded keys."""
-    out = Path(out)
-    checks = [verify_split(out / s, decode) for s in SPLITS if (out / s).is_dir()]
-    build_path = out / BUILD_JSON
-    counts = json.loads(build_path.read_text()).get("counts", {}) if build_path.is_file() else {}
+    out = storage.location(out)
+    if storage.is_remote(out):  # an object store has no folders: a split is its shards.json
+        present = [s for s in SPLITS if storage.exists(storage.join(out, s, SHARDS_JSON))]
+    else:
+        present = [s for s in SPLITS if (out / s).is_dir()]
+    checks = [verify_split(storage.join(out, s), decode) for s in present]
+    try:
+        counts = storage.read_json(storage.join(out, BUILD_JSON)).get("counts", {})
+    except FileNotFoundError:
+        counts = {}
     for check in checks:
         recorded = (counts.get(check.split) or {}).get("samples")
         if recorded is not None and not check.broken and recorded != check.samples:

@@ -54,6 +54,7 @@ class LoaderSpec:
     verify: bool = True
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
     draws: DrawPlan | None = None  # a weighted epoch (loader.sampling); None: each sample once
+    cache_dir: str | None = None  # local copies of checked remote shards (read.py)
 
 
 class _EpochDataset(IterableDataset):
@@ -115,7 +116,7 @@ class _EpochDataset(IterableDataset):
 
     def _samples(self, v: int, policy: ErrorPolicy) -> Iterator[dict[str, Any]]:
         spec = self.spec
-        read = read_segments(spec.shard_set, self._segments(v), policy, spec.verify)
+        read = read_segments(spec.shard_set, self._segments(v), policy, spec.verify, spec.cache_dir)
         for name, key, repeat, members in read:
             try:
                 yield prepare_sample(spec, self.epoch, key, members, repeat)
@@ -137,7 +138,9 @@ class ShardLoader:
     ``iter_epoch()`` yields the rest of the current epoch; ``iter(loader)`` is endless.
     ``verify`` checks each shard's size and sha256 against ``shards.json`` before use;
     ``error_policy`` decides what a damaged shard or sample causes (default: log, count in
-    :attr:`stats`, skip).
+    :attr:`stats`, skip). ``split_dir`` may be a remote URI (``s3://``, ``gs://``,
+    ``http(s)://``): its listing is checked against ``shards.json`` up front, and checked shards
+    are kept in ``cache_dir`` when given.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class ShardLoader:
         prefetch_factor: int = 2,
         pin_memory: bool = False,
         sampling: SamplingConfig | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
@@ -177,6 +181,7 @@ class ShardLoader:
             num_workers=num_workers, seed=seed, train=train, shuffle_buffer=shuffle_buffer,
             bucket=bucket, bucket_batches=bucket_batches, pad_multiple=pad_multiple,
             drop_last=drop_last, verify=verify, policy=error_policy or ErrorPolicy(), draws=draws,
+            cache_dir=cache_dir,
         )  # fmt: skip
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
@@ -201,6 +206,7 @@ class ShardLoader:
             bucket=config.bucket_by_length, pad_multiple=pad_multiple, drop_last=train,
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
             sampling=config.sampling,
+            cache_dir=config.cache_dir,
         )  # fmt: skip
 
     def reset(self, epoch: int = 0) -> None:

@@ -6,6 +6,13 @@ fed (a shard is ~64 MB by default: ``build.shards.target_mb``). A boundary shard
 workers is read whole by both, for the same reason. Without ``verify`` (or when ``shards.json``
 records no sha256) the tar is streamed and the members outside the range are seeked over.
 The cost of checking is measured in ``bench/loader.py`` (see bench/RESULTS.md).
+
+A remote shard (``s3://``, ``gs://``, ``http(s)://``; :mod:`dataprep.core.storage`) is always
+fetched whole, hashed chunk by chunk as it arrives, with the storage retry policy; an endpoint
+that stays down raises :class:`~dataprep.core.storage.StorageUnavailable` (never a skip: a dead
+bucket is not a corrupt shard). With a ``cache_dir`` a checked remote shard is kept there under
+its sha256 and read locally next time (content-addressed: a rebuilt shard never hits a stale
+copy).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dataprep.core import tario
+from dataprep.core import storage, tario
+from dataprep.core.atomic import atomic_write_bytes
 from dataprep.core.sample import META, TEXT
 from dataprep.loader.errors import ErrorPolicy, ShardCorrupt
 from dataprep.loader.shardset import ShardRecord, ShardSet
@@ -28,25 +36,54 @@ from dataprep.loader.shardset import ShardRecord, ShardSet
 Members = dict[str, bytes]
 
 
-def open_checked(path: Path, record: ShardRecord, verify: bool) -> BinaryIO:
-    """The tar as a file object; with ``verify`` its bytes were checked against ``record``."""
-    if not (verify and record.sha256):
-        return open(path, "rb")
-    data = path.read_bytes()
+def _check(data: bytes, digest: str | None, record: ShardRecord) -> None:
     if record.size_bytes is not None and len(data) != record.size_bytes:
         raise ShardCorrupt(f"{len(data)} bytes, shards.json records {record.size_bytes}")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     if digest != record.sha256:
         raise ShardCorrupt(
             f"sha256 {digest[:16]}... differs from shards.json {record.sha256[:16]}..."
         )
+
+
+def _cached(path: str, record: ShardRecord, verify: bool, cache_dir: str | None) -> bytes:
+    """A remote shard's bytes, checked while streaming; kept in ``cache_dir`` once checked."""
+    cached = Path(cache_dir) / f"{record.sha256}.tar" if cache_dir and record.sha256 else None
+    if cached is not None and cached.is_file():
+        data = cached.read_bytes()
+        try:
+            _check(data, None, record)
+            return data
+        except ShardCorrupt:  # a damaged cache copy is refetched, not a corrupt shard
+            cached.unlink(missing_ok=True)
+    data, digest = storage.fetch(path)
+    if verify and record.sha256:
+        _check(data, digest, record)
+        if cached is not None:
+            atomic_write_bytes(cached, data)
+    return data
+
+
+def open_checked(
+    path: str | Path, record: ShardRecord, verify: bool, cache_dir: str | None = None
+) -> BinaryIO:
+    """The tar as a file object; with ``verify`` its bytes were checked against ``record``."""
+    if storage.is_remote(path):
+        return io.BytesIO(_cached(str(path), record, verify, cache_dir))
+    if not (verify and record.sha256):
+        return open(path, "rb")
+    data = Path(path).read_bytes()
+    _check(data, None, record)
     return io.BytesIO(data)
 
 
-def _open(shard_set: ShardSet, name: str, verify: bool) -> BinaryIO | OSError:
-    """Runs on the read-ahead thread: the opened (and checked) tar, or why it cannot be used."""
+def _open(
+    shard_set: ShardSet, name: str, verify: bool, cache_dir: str | None
+) -> BinaryIO | OSError:
+    """Runs on the read-ahead thread: the opened (and checked) tar, or why it cannot be used.
+    A :class:`~dataprep.core.storage.StorageError` is raised, not returned: it stops the run."""
     try:
-        return open_checked(shard_set.split_dir / name, shard_set.record(name), verify)
+        return open_checked(shard_set.path(name), shard_set.record(name), verify, cache_dir)
     except OSError as err:  # FileNotFoundError, ShardCorrupt, I/O errors
         return err
 
@@ -86,31 +123,31 @@ def read_range(
 
 def read_segments(
     shard_set: ShardSet, segments: Iterable[tuple[Any, ...]], policy: ErrorPolicy,
-    verify: bool = True,
+    verify: bool = True, cache_dir: str | None = None,
 ) -> Iterator[tuple[str, str, int, Members]]:  # fmt: skip
     """``(shard name, key, repeat, members)`` over a worker's segments, in order: ``(name, lo,
     hi)`` or, in a weighted epoch, ``(name, lo, hi, picks)`` (:mod:`dataprep.loader.sampling`).
 
     The next shard is read and hashed on a thread while this one is parsed (hashlib and file
     reads release the GIL), which hides the check's cost and the storage latency where a core
-    is free; at most two shards per worker are in memory.
+    is free; at most two shards per worker are in memory (the read-ahead bound, local or remote).
     """
     segments = list(segments)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-read") as pool:
-        ahead = [pool.submit(_open, shard_set, seg[0], verify) for seg in segments[:1]]
+        ahead = [pool.submit(_open, shard_set, seg[0], verify, cache_dir) for seg in segments[:1]]
         try:
             for i, (name, lo, hi, *picks) in enumerate(segments):
                 opened = ahead.pop().result()
                 if i + 1 < len(segments):
-                    ahead.append(pool.submit(_open, shard_set, segments[i + 1][0], verify))
+                    nxt = segments[i + 1][0]
+                    ahead.append(pool.submit(_open, shard_set, nxt, verify, cache_dir))
                 got = read_range(shard_set, name, lo, hi, policy, opened, *picks)
                 for key, repeat, members in got:
                     yield name, key, repeat, members
         finally:  # the consumer stopped early: close what was read ahead
             for pending in ahead:
-                opened = pending.result()
-                if not isinstance(opened, OSError):
-                    opened.close()
+                if pending.exception() is None and not isinstance(pending.result(), OSError):
+                    pending.result().close()
 
 
 def _texts(members: Members) -> set[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -12,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core import storage
 from dataprep.core.config import FeatureConfig
 from dataprep.core.features import check_fingerprint, feature_fingerprint
 from dataprep.core.sample import META
 from dataprep.core.shards import BUILD_JSON, read_shards_json
-from dataprep.core.tario import first_member
+from dataprep.core.tario import first_member, iter_tar_files, split_member
 
 log = logging.getLogger("dataprep.loader")
 
@@ -33,14 +35,14 @@ class ShardRecord:
 
 @dataclass(frozen=True)
 class ShardSet:
-    split_dir: Path
+    split_dir: str | Path  # a local folder or a remote URI (dataprep.core.storage)
     shards: tuple[tuple[str, int], ...]  # (file name, samples) in shards.json order
     exclude: frozenset[str] = frozenset()
     records: dict[str, ShardRecord] = field(default_factory=dict, compare=False)
 
     @classmethod
     def open(cls, split_dir: str | os.PathLike[str]) -> ShardSet:
-        split_dir = Path(split_dir)
+        split_dir = storage.location(split_dir)
         meta = read_shards_json(split_dir)  # clear FileNotFoundError when not a shard set
         entries = meta.get("shards", [])
         if not entries:
@@ -55,8 +57,13 @@ class ShardSet:
                 "%s: shards.json has no sha256 for %d shard(s) (%s...): they are read unchecked",
                 split_dir, len(unchecked), unchecked[0],
             )  # fmt: skip
+        if storage.is_remote(split_dir):
+            check_listing(split_dir, records)
         shards = tuple((e["name"], int(e["samples"])) for e in entries)
         return cls(split_dir, shards, frozenset(meta.get("exclude", ())), records)
+
+    def path(self, name: str) -> str | Path:
+        return storage.join(self.split_dir, name)
 
     @property
     def num_samples(self) -> int:
@@ -64,6 +71,23 @@ class ShardSet:
 
     def record(self, name: str) -> ShardRecord:
         return self.records.get(name) or ShardRecord(name, dict(self.shards)[name])
+
+
+def check_listing(split_dir: str | Path, records: dict[str, ShardRecord]) -> None:
+    """A remote set is listed once before use: a shard that shards.json names but the bucket
+    lacks (or holds with another size) is a broken upload or a wrong prefix, refused up front
+    rather than skipped shard by shard. (Locally a missing shard is a counted skip.)"""
+    found = storage.listing(split_dir)
+    bad = [
+        f"{r.name} {'missing' if r.name not in found else f'{found[r.name]} bytes'}"
+        for r in records.values()
+        if r.name not in found or (r.size_bytes is not None and found[r.name] != r.size_bytes)
+    ]
+    if bad:
+        raise ValueError(
+            f"{split_dir}: the listing disagrees with shards.json for {len(bad)} of "
+            f"{len(records)} shard(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
 
 
 def _build_fields(build: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,11 +98,25 @@ def _build_fields(build: dict[str, Any]) -> dict[str, Any] | None:
     return feat if isinstance(feat, dict) else None
 
 
-def _first_meta(path: Path) -> dict[str, Any] | None:
+def _first_remote_member(uri: str, ext: str) -> bytes | None:
+    # the first sample's members lie in the first few KB: read a head, not the whole tar
+    head = storage.read_head(uri, 1 << 20)
+    f = io.BytesIO(head)
+    for name, size in iter_tar_files(f):
+        if split_member(name)[1] == ext:
+            data = f.read(size)
+            return data if len(data) == size else None
+    return None
+
+
+def _first_meta(path: str | Path) -> dict[str, Any] | None:
     try:
-        data = first_member(path, META)
+        if storage.is_remote(path):
+            data = _first_remote_member(str(path), META)
+        else:
+            data = first_member(path, META)
         return json.loads(data) if data is not None else None
-    except (OSError, tarfile.TarError, ValueError) as err:  # the reader reports damage later
+    except (OSError, tarfile.TarError, ValueError, EOFError) as err:  # reader reports damage later
         log.warning("cannot read %s for the fingerprint check: %s", path, err)
     return None
 
@@ -90,9 +128,9 @@ def check_shard_features(shard_set: ShardSet, features: FeatureConfig) -> str:
     """
     expected = feature_fingerprint(features)
     found = False
-    build_path = shard_set.split_dir.parent / BUILD_JSON
-    if build_path.is_file():
-        build = json.loads(build_path.read_text())
+    build_path = storage.join(storage.parent(shard_set.split_dir), BUILD_JSON)
+    if storage.exists(build_path):
+        build = storage.read_json(build_path)
         if build.get("feature_fingerprint"):
             found = True
             check_fingerprint(
@@ -100,11 +138,11 @@ def check_shard_features(shard_set: ShardSet, features: FeatureConfig) -> str:
                 fields=_build_fields(build), expected=expected,
             )  # fmt: skip
     for name, _ in shard_set.shards:
-        meta = _first_meta(shard_set.split_dir / name)
+        meta = _first_meta(shard_set.path(name))
         if meta is not None:
             if meta.get("feature_fingerprint"):
                 found = True
-                where = f"{shard_set.split_dir / name} (first sample)"
+                where = f"{shard_set.path(name)} (first sample)"
                 check_fingerprint(
                     features, meta["feature_fingerprint"], where=where, expected=expected
                 )

@@ -107,19 +107,21 @@ def test_storage_doc_example_is_a_valid_config(tmp_path):
     assert cfg.build.augment.llm.server == "external" and cfg.build.augment.llm
 
 
-@pytest.mark.parametrize("out", ["s3://bucket/shards", "gs://b/x", "https://host/x"])
-def test_remote_build_out_is_refused_before_any_work(tmp_path, out):
-    """The tar writer renames temp files into place; an object store has no atomic rename, and a
-    URI taken as a path would silently create a local folder named `s3:`."""
+@pytest.mark.parametrize("out", ["https://host/x", "ftp://host/x"])
+def test_non_object_store_build_out_is_refused_before_any_work(tmp_path, out):
+    """build.out may be a path or an s3:// / gs:// URI (atomic object commit, issue 18); any
+    other scheme is refused, and a URI taken as a path would silently create a folder `https:`."""
     from dataprep.core.config import ConfigError
 
-    with pytest.raises(ConfigError, match="build.out must be a local or shared POSIX path"):
+    with pytest.raises(ConfigError, match="build.out must be a local/shared path or an s3"):
         load_config(REPO / "configs" / "test_small.yaml", [f"build.out={out}"])
     r = subprocess.run([sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml",
                         "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 2 and "local or shared POSIX path" in r.stderr, r.stderr
+    assert r.returncode == 2 and "build.out must be a local/shared path" in r.stderr, r.stderr
     assert "Started a local Ray" not in r.stderr + r.stdout
     assert not (REPO / (out.split(":")[0] + ":")).exists()
+    for uri in ("s3://bucket/shards", "gs://b/x"):
+        assert load_config(REPO / "configs" / "test_small.yaml", [f"build.out={uri}"]).build.out == uri
     # file:// is a local path: every consumer of build.out sees it without the scheme
     assert load_config(REPO / "configs" / "test_small.yaml", [f"build.out=file://{tmp_path}"]).build.out == str(tmp_path)
 
