@@ -102,12 +102,11 @@ def main() -> int:
     remote_sps = args.samples / statistics.median(remote_t)
     print(f"set: {args.samples} samples, {args.shard_count} shards, {mb:.1f} MB; "
           f"{args.workers} workers; median of {args.repeat}")  # fmt: skip
-    print(
-        f"local disk   {local_sps:8.0f} samples/s  (runs {', '.join(f'{t:.2f}s' for t in local_t)})"
-    )
-    print(
-        f"loopback S3  {remote_sps:8.0f} samples/s  (runs {', '.join(f'{t:.2f}s' for t in remote_t)})"
-    )
+    for name, sps, runs in (
+        ("local disk ", local_sps, local_t),
+        ("loopback S3", remote_sps, remote_t),
+    ):
+        print(f"{name}  {sps:8.0f} samples/s  (runs {', '.join(f'{t:.2f}s' for t in runs)})")
     print(f"S3 / local: {remote_sps / local_sps:.2f}x (target >= 0.8x)")
     return 0
 

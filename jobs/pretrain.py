@@ -113,7 +113,7 @@ def resolve_tokenizer(
     if cfg.model.text.kind != "transformer":  # minilm / hf towers bring their own tokenizer
         return load_tokenizer(cfg.model.text, None), None
     try:
-        # a tokenizer shipped beside remote shards is not fetched: set tokenizer.path instead
+        # (a tokenizer beside remote shards is not fetched: set tokenizer.path for those)
         shards_root = out if storage.is_remote(train_dir) else Path(train_dir).parent
         path, must_train = tokenizer_path(cfg.tokenizer.path, shards_root, out)
         if must_train and rank == 0:
@@ -129,12 +129,7 @@ def resolve_tokenizer(
 
 
 def make_loader(
-    cfg: ExperimentConfig,
-    split_dir: str | Path,
-    tok: TextTokenizer,
-    rank: int,
-    world: int,
-    train: bool,
+    cfg: ExperimentConfig, split_dir: Any, tok: TextTokenizer, rank: int, world: int, train: bool
 ) -> ShardLoader:
     """The loader of one split; the model dictates crop length, padding and tokenization."""
     a = cfg.model.audio
