@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dataprep.core.config import CorpusConfig, DataConfig
+from dataprep.core.sample import META, SampleRef
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
-from dataprep.core.sample import META, SampleRef
 
 CORPORA = REPO / "tests" / "fixtures" / "corpora"
 SOURCES = [
@@ -89,8 +89,12 @@ def llm_report(n: int) -> None:
         print(f"LLM report skipped: {why}")
         return
     items: list[SampleRef] = []
-    for name, reader, k in (("audiocaps_mini", "audiocaps", n // 2), ("esc50_mini", "esc50", n // 4),
-                            ("cremad_mini", "cremad", n - n // 2 - n // 4)):  # fmt: skip
+    picks = (
+        ("audiocaps_mini", "audiocaps", n // 2),
+        ("esc50_mini", "esc50", n // 4),
+        ("cremad_mini", "cremad", n - n // 2 - n // 4),
+    )
+    for name, reader, k in picks:
         cfg = CorpusConfig(name=name, reader=reader, root=str(CORPORA / name))
         items += [r for r in read_corpus(cfg) if isinstance(r, SampleRef)][:k]
     metas = [_meta(r) for r in items]
@@ -122,7 +126,8 @@ def llm_report(n: int) -> None:
             if len(examples[r.reason]) < 2:
                 examples[r.reason].append(r.detail[:110])
     print(
-        f"\nLLM report: {len(metas)} clips, {sent} requests, SmolLM2-135M-Instruct (llama.cpp, 2 threads)"
+        f"\nLLM report: {len(metas)} clips, {sent} requests, "
+        "SmolLM2-135M-Instruct (llama.cpp, 2 threads)"
     )
     print(f"accepted by task: {dict(acc)}; rejected by reason: {dict(rej.most_common())}")
     for k, v in examples.items():
@@ -154,8 +159,15 @@ def _meta(ref: SampleRef) -> dict:
             {"text": cap, "lang": ref.lang, "kind": "original", "provenance": {"source": "corpus"}}
         )
     attrs = {k: v for k, v in ref.extra_dict().items() if isinstance(v, (str, int, float))}
-    return {"id": f"{ref.corpus}:{ref.source_id}", "corpus": ref.corpus, "source_id": ref.source_id,
-            "lang": ref.lang, "labels": list(ref.labels), "texts": texts, "attributes": attrs}  # fmt: skip
+    return {
+        "id": f"{ref.corpus}:{ref.source_id}",
+        "corpus": ref.corpus,
+        "source_id": ref.source_id,
+        "lang": ref.lang,
+        "labels": list(ref.labels),
+        "texts": texts,
+        "attributes": attrs,
+    }
 
 
 def main() -> int:

@@ -44,7 +44,12 @@ SOURCES = ["esc50_mini", "audiocaps_mini", "commonvoice_mini", "librispeech_mini
 
 def make_inputs(root: Path, n: int) -> tuple[Path, float]:
     """Write ``n`` wav files (repeats of the bundled clips, distinct gains) + a NeMo manifest."""
-    files = sorted(p for s in SOURCES for p in (CORPORA / s).rglob("*") if p.suffix in {".wav", ".flac", ".ogg", ".mp3"})
+    files = sorted(
+        p
+        for s in SOURCES
+        for p in (CORPORA / s).rglob("*")
+        if p.suffix in {".wav", ".flac", ".ogg", ".mp3"}
+    )
     decoded = []
     for p in files:
         try:
@@ -61,7 +66,14 @@ def make_inputs(root: Path, n: int) -> tuple[Path, float]:
         sf.write(root / name, w * gain, sr, subtype="PCM_16")
         dur = len(w) / sr
         total += dur
-        rows.append({"audio_filepath": name, "text": f"clip {stem}", "duration": round(dur, 3), "lang": "en"})
+        rows.append(
+            {
+                "audio_filepath": name,
+                "text": f"clip {stem}",
+                "duration": round(dur, 3),
+                "lang": "en",
+            }
+        )
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root, total
 
@@ -94,7 +106,10 @@ def naive_loop(paths: list[Path], out: Path) -> tuple[float, float]:
     with tarfile.open(out, "w") as tar:
         for p in paths:
             y, _ = librosa.load(p, sr=16000)
-            mel = np.log(librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, n_mels=64) + 1e-6)
+            mel = np.log(
+                librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, n_mels=64)
+                + 1e-6
+            )
             buf = io.BytesIO()
             np.save(buf, mel.astype(np.float16))
             ti = tarfile.TarInfo(p.stem + ".mel.npy")
@@ -108,17 +123,28 @@ def naive_loop(paths: list[Path], out: Path) -> tuple[float, float]:
 def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
     import ray
 
-    from dataprep.core.configfile import load_config
     from dataprep.build.executor import run_build
+    from dataprep.core.configfile import load_config
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config(None, [
-        f"build.corpora=[{{name: bench, reader: nemo, root: {inputs}, splits: [manifest.jsonl]}}]",
-        "build.augment.templates=false", "build.dedup.near=false", "build.shards.target_mb=8",
-        "build.filters.require_text=true", "build.splits.val_fraction=0.0",
-    ])
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    cfg = load_config(
+        None,
+        [
+            "build.corpora=[{name: bench, reader: nemo, "
+            f"root: {inputs}, splits: [manifest.jsonl]}}]",
+            "build.augment.templates=false",
+            "build.dedup.near=false",
+            "build.shards.target_mb=8",
+            "build.filters.require_text=true",
+            "build.splits.val_fraction=0.0",
+        ],
+    )
+    ray.init(
+        num_cpus=workers,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}},
+    )
     try:
         c0, t0 = time.process_time(), time.perf_counter()
         record = run_build(cfg, out)
@@ -132,7 +158,9 @@ def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--out", default="/tmp/bench_build")
     args = ap.parse_args()
@@ -149,12 +177,21 @@ def main() -> int:
     b2_s, b2_cpu, b2_wall = ours(inputs, work / "ours2", 2)
     a, b, c = a_s / a_cpu, b1_s / b1_cpu, c_s / c_cpu
     print(f"(a) floor decode+resample+logmel : {a:8.0f} audio-s/CPU-s")
-    print(f"(b) ours, 1 worker               : {b:8.0f} audio-s/CPU-s  ({b1_s / b1_wall:.0f} audio-s/wall-s)")
-    print(f"(b) ours, 2 workers              : {b2_s / b2_cpu:8.0f} audio-s/CPU-s  ({b2_s / b2_wall:.0f} audio-s/wall-s)")
+    print(
+        f"(b) ours, 1 worker               : {b:8.0f} audio-s/CPU-s  "
+        f"({b1_s / b1_wall:.0f} audio-s/wall-s)"
+    )
+    print(
+        f"(b) ours, 2 workers              : {b2_s / b2_cpu:8.0f} audio-s/CPU-s  "
+        f"({b2_s / b2_wall:.0f} audio-s/wall-s)"
+    )
     print(f"(c) naive librosa + tarfile      : {c:8.0f} audio-s/CPU-s")
     print(f"ratio (b)/(c) = {b / c:.2f}  (target >= 5)")
     print(f"ratio (b)/(a) = {b / a:.2f}  (target >= 0.7 per core)")
-    print(f"scaling 2 workers / 1 worker (wall throughput) = {(b2_s / b2_wall) / (b1_s / b1_wall):.2f}  (target >= 1.7)")
+    print(
+        "scaling 2 workers / 1 worker (wall throughput) = "
+        f"{(b2_s / b2_wall) / (b1_s / b1_wall):.2f}  (target >= 1.7)"
+    )
     return 0
 
 

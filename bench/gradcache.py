@@ -42,8 +42,15 @@ N_MELS = 64
 
 def make(args: argparse.Namespace) -> tuple[torch.nn.Module, ContrastiveLoss]:
     cfg = ModelConfig(
-        audio=AudioEncoderConfig(dim=args.dim, depth=args.depth, heads=4, patch_freq=16,
-                                 patch_time=16, max_frames=args.frames, pooling="attentive"),
+        audio=AudioEncoderConfig(
+            dim=args.dim,
+            depth=args.depth,
+            heads=4,
+            patch_freq=16,
+            patch_time=16,
+            max_frames=args.frames,
+            pooling="attentive",
+        ),
         text=TextEncoderConfig(vocab_size=4000, dim=args.dim, depth=2, heads=4, max_len=32),
         embed_dim=128,
     )
@@ -102,9 +109,23 @@ def memory_point(args: argparse.Namespace, mode: str, batch: int) -> int:
     if args.device == "cuda":
         ns = argparse.Namespace(**{**vars(args), "mode": mode, "batch": batch})
         return measure_memory(ns)
-    cmd = [sys.executable, __file__, "--_memory", mode, str(batch), "--chunk", str(args.chunk),
-           "--frames", str(args.frames), "--dim", str(args.dim), "--depth", str(args.depth),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_memory",
+        mode,
+        str(batch),
+        "--chunk",
+        str(args.chunk),
+        "--frames",
+        str(args.frames),
+        "--dim",
+        str(args.dim),
+        "--depth",
+        str(args.depth),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1])
 
@@ -126,9 +147,13 @@ def time_ratio(args: argparse.Namespace) -> dict[str, float]:
             times[mode].append(time.perf_counter() - t0)
     # The minimum is the least disturbed repeat on a shared machine; the median is reported too.
     plain, cached, fwd = min(times["plain"]), min(times["cached"]), min(times["forward"])
-    return {"plain_s": plain, "cached_s": cached, "ratio": cached / plain,
-            "floor": (plain + fwd) / plain,
-            "ratio_median": statistics.median(times["cached"]) / statistics.median(times["plain"])}
+    return {
+        "plain_s": plain,
+        "cached_s": cached,
+        "ratio": cached / plain,
+        "floor": (plain + fwd) / plain,
+        "ratio_median": statistics.median(times["cached"]) / statistics.median(times["plain"]),
+    }
 
 
 def no_grad_forward(model, batch, amp) -> None:
@@ -160,27 +185,45 @@ def main() -> None:
         return
 
     timing = time_ratio(args)
-    print(f"device={args.device} bf16={args.bf16} chunk={args.chunk} frames={args.frames} "
-          f"dim={args.dim} depth={args.depth}")
-    print(f"step time, {args.chunk} samples: plain {timing['plain_s'] * 1e3:.0f} ms, "
-          f"cached {timing['cached_s'] * 1e3:.0f} ms, ratio {timing['ratio']:.2f}x (target <= 1.4; "
-          f"min of {args.repeats}, median ratio {timing['ratio_median']:.2f}x); floor "
-          f"(plain + one no-grad forward) {timing['floor']:.2f}x")
+    print(
+        f"device={args.device} bf16={args.bf16} chunk={args.chunk} frames={args.frames} "
+        f"dim={args.dim} depth={args.depth}"
+    )
+    print(
+        f"step time, {args.chunk} samples: plain {timing['plain_s'] * 1e3:.0f} ms, "
+        f"cached {timing['cached_s'] * 1e3:.0f} ms, ratio {timing['ratio']:.2f}x (target <= 1.4; "
+        f"min of {args.repeats}, median ratio {timing['ratio_median']:.2f}x); floor "
+        f"(plain + one no-grad forward) {timing['floor']:.2f}x"
+    )
     rows = []
     for f in args.factors:
         b = args.chunk * f
-        rows.append({"batch": b, "cached": memory_point(args, "cached", b),
-                     "plain": memory_point(args, "plain", b)})
+        rows.append(
+            {
+                "batch": b,
+                "cached": memory_point(args, "cached", b),
+                "plain": memory_point(args, "plain", b),
+            }
+        )
     unit = "CUDA max allocated" if args.device == "cuda" else "peak RSS"
     print(f"{'batch':>6} {'cached MiB':>11} {'plain MiB':>10}   ({unit} increase during the step)")
     for r in rows:
         print(f"{r['batch']:>6} {r['cached'] / 2**20:>11.1f} {r['plain'] / 2**20:>10.1f}")
     c0, p0 = rows[0]["cached"], rows[0]["plain"]
-    print(f"growth x{args.factors[-1] // args.factors[0]} batch: cached "
-          f"{rows[-1]['cached'] / c0:.2f}x (target <= 1.10), plain {rows[-1]['plain'] / p0:.2f}x")
+    print(
+        f"growth x{args.factors[-1] // args.factors[0]} batch: cached "
+        f"{rows[-1]['cached'] / c0:.2f}x (target <= 1.10), plain {rows[-1]['plain'] / p0:.2f}x"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"timing": timing, "memory": rows,
-                                         "args": {k: str(v) for k, v in vars(args).items()}}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "timing": timing,
+                    "memory": rows,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

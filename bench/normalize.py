@@ -49,8 +49,8 @@ def make_methods() -> dict[str, Callable[[Path], float]]:
 
     from dataprep.audio import load_segments
     from dataprep.core.config import AudioConfig
-    from dataprep.dedup import audio_fingerprint, pcm_sha1
     from dataprep.core.sample import SampleRef
+    from dataprep.dedup import audio_fingerprint, pcm_sha1
 
     cfg = AudioConfig()
 
@@ -134,17 +134,21 @@ def main() -> int:
             cpu[name].append(spent[name])
     speed = {m: audio_s / statistics.median(v) for m, v in cpu.items()}
     print(
-        f"files: {len(files)} under {args.root}, audio: {audio_s:.1f} s, rounds: {args.rounds}, torch threads: {args.threads}"
+        f"files: {len(files)} under {args.root}, audio: {audio_s:.1f} s, "
+        f"rounds: {args.rounds}, torch threads: {args.threads}"
     )
     for m in names:
         print(
-            f"  {m:9s} {speed[m]:8.0f} audio-s per CPU-s  (CPU s per round: {', '.join(f'{x:.2f}' for x in cpu[m])})"
+            f"  {m:9s} {speed[m]:8.0f} audio-s per CPU-s  "
+            f"(CPU s per round: {', '.join(f'{x:.2f}' for x in cpu[m])})"
         )
     print(
-        f"(b)/(c) ours vs naive librosa: {speed['b_ours'] / speed['c_naive']:.2f}x   (target >= 2.5)"
+        "(b)/(c) ours vs naive librosa: "
+        f"{speed['b_ours'] / speed['c_naive']:.2f}x   (target >= 2.5)"
     )
     print(
-        f"(b)/(a) ours vs decode+resample floor: {speed['b_ours'] / speed['a_floor']:.2f}x   (target >= 0.8)"
+        "(b)/(a) ours vs decode+resample floor: "
+        f"{speed['b_ours'] / speed['a_floor']:.2f}x   (target >= 0.8)"
     )
     print(f"(b)/(d) ours vs decode only: {speed['b_ours'] / speed['d_decode']:.2f}x")
     print(f"(e)/(a) stage without dedup keys vs floor: {speed['e_stage'] / speed['a_floor']:.2f}x")

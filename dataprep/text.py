@@ -131,5 +131,3 @@ def detect_language(
         return None, 0.0
     best = values[0]
     return best.language.iso_code_639_1.name.lower(), float(best.value)
-
-

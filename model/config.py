@@ -256,5 +256,5 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     cls: type[BaseModel] = ExperimentConfig,
 ) -> Any:
-    """:func:`dataprep.core.configfile.load_config` with the whole experiment file as default view."""
+    """:func:`dataprep.core.configfile.load_config`, the whole experiment file as default view."""
     return _load_config(path, overrides, cls)

@@ -1,4 +1,5 @@
-"""Fine-tuning controls: weights-only init, tower locks (LiT), optimizer groups, layer-wise LR decay.
+"""Fine-tuning controls: weights-only init, tower locks (LiT), optimizer groups, layer-wise LR
+decay.
 
 - :func:`init_weights` — ``model.init_from=DIR``: a polyclap export / run / checkpoint directory
   or a transformers ``ClapModel`` directory. Weights only (no optimizer, step or RNG state),
@@ -100,8 +101,10 @@ def apply_locks(model: nn.Module, ft: Any) -> dict[str, int]:
         else:
             depths, n_layers = layer_depths(tower)
             if tcfg.unlocked_layers > n_layers:
-                raise ValueError(f"train.finetune.{name}.unlocked_layers={tcfg.unlocked_layers} "
-                                 f"but the {name} tower has {n_layers} layers")
+                raise ValueError(
+                    f"train.finetune.{name}.unlocked_layers={tcfg.unlocked_layers} "
+                    f"but the {name} tower has {n_layers} layers"
+                )
             first_trainable = n_layers - tcfg.unlocked_layers + 1
             params = dict(tower.named_parameters())
             frozen = [params[n] for n, d in depths.items() if d < first_trainable]
@@ -191,8 +194,11 @@ def init_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     report = InitReport(str(p), kind, unexpected=sorted(unexpected))
     report.missing = sorted(k for k in own if k not in state)
     report.unexpected += sorted(k for k in state if k not in own)
-    report.mismatched = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-                               for k in state if k in own and state[k].shape != own[k].shape)
+    report.mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
     if report.mismatched or (strict and (report.missing or report.unexpected)):
         raise InitError(
             f"model.init_from={p} ({kind}) does not fit this model: "
@@ -204,6 +210,12 @@ def init_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     usable = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
-    log.info("init_from %s (%s): %d tensors loaded, %d missing, %d unexpected", p, kind,
-             report.loaded, len(report.missing), len(report.unexpected))
+    log.info(
+        "init_from %s (%s): %d tensors loaded, %d missing, %d unexpected",
+        p,
+        kind,
+        report.loaded,
+        len(report.missing),
+        len(report.unexpected),
+    )
     return report

@@ -45,8 +45,10 @@ def _clap_audio(path: str | os.PathLike[str], config: Any, dropout: float | None
                     setattr(config.audio_config, key, dropout)
         return load_hf_model(path, config, None, ClapModel, part="audio_model.").audio_model
     if config.model_type != "clap_audio_model":
-        raise HFLoadError(f"{path}: audio.kind=htsat needs a ClapModel or ClapAudioModel "
-                          f"directory, found model_type {config.model_type!r}")
+        raise HFLoadError(
+            f"{path}: audio.kind=htsat needs a ClapModel or ClapAudioModel "
+            f"directory, found model_type {config.model_type!r}"
+        )
     return load_hf_model(path, config, dropout, ClapAudioModel)
 
 
@@ -58,8 +60,10 @@ class _HFAudio(nn.Module):
 
     def _check(self, mel: Tensor) -> Tensor:
         if mel.dim() != 3 or mel.shape[1] != self.n_mels or mel.shape[2] < self.frames:
-            raise ValueError(f"{type(self).__name__} needs mel [B, {self.n_mels}, {self.frames}] "
-                             f"(features.preset={self.preset}), got {tuple(mel.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} needs mel [B, {self.n_mels}, {self.frames}] "
+                f"(features.preset={self.preset}), got {tuple(mel.shape)}"
+            )
         # A loader may pad a batch beyond the preset's length; the preset already padded.
         return mel[:, :, : self.frames]
 
@@ -71,8 +75,12 @@ class HTSATAudio(_HFAudio):
     preset = "htsat"
     frames = 1001
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, dropout: float | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        dropout: float | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         config = model.config if model is not None else load_hf_config(path)
         if model is None:
@@ -80,8 +88,10 @@ class HTSATAudio(_HFAudio):
         self.model = model
         cfg = model.config
         if cfg.enable_fusion:
-            raise HFLoadError(f"{path}: fused HTSAT (enable_fusion=true) needs 4-channel "
-                              f"'fusion' input; only unfused checkpoints are supported")
+            raise HFLoadError(
+                f"{path}: fused HTSAT (enable_fusion=true) needs 4-channel "
+                f"'fusion' input; only unfused checkpoints are supported"
+            )
         self.n_mels = int(cfg.num_mel_bins)
         self.out_dim = int(cfg.hidden_size)
 
@@ -90,8 +100,9 @@ class HTSATAudio(_HFAudio):
         self.model.audio_encoder.batch_norm.eval()  # see module docstring
         return self
 
-    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None,
-                return_frames: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, mel: Tensor, mel_lengths: Tensor | None = None, return_frames: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         x = self._check(mel).to(self._dtype()).transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
         out = self.model(input_features=x)
         if not return_frames:
@@ -104,14 +115,20 @@ class HTSATAudio(_HFAudio):
 class WhisperAudio(_HFAudio):
     preset = "whisper"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, dropout: float | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        dropout: float | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if model is None:
             config = load_hf_config(path)
             if config.model_type != "whisper":
-                raise HFLoadError(f"{path}: audio.kind=whisper needs a Whisper model directory, "
-                                  f"found model_type {config.model_type!r}")
+                raise HFLoadError(
+                    f"{path}: audio.kind=whisper needs a Whisper model directory, "
+                    f"found model_type {config.model_type!r}"
+                )
             model = load_hf_model(path, config, dropout).get_encoder()  # decoder dropped
         self.model = model
         cfg = model.config
@@ -119,8 +136,9 @@ class WhisperAudio(_HFAudio):
         self.frames = int(cfg.max_source_positions) * 2  # two stride-1/stride-2 convs
         self.out_dim = int(cfg.d_model)
 
-    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None,
-                return_frames: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, mel: Tensor, mel_lengths: Tensor | None = None, return_frames: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         x = self._check(mel).to(self._dtype())
         frames = self.model(input_features=x).last_hidden_state  # [B, frames / 2, D]
         t = frames.shape[1]
@@ -137,14 +155,20 @@ class WhisperAudio(_HFAudio):
 class ASTAudio(_HFAudio):
     preset = "ast"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, dropout: float | None = None,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        dropout: float | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if model is None:
             config = load_hf_config(path)
             if config.model_type != "audio-spectrogram-transformer":
-                raise HFLoadError(f"{path}: audio.kind=ast needs an AST model directory, "
-                                  f"found model_type {config.model_type!r}")
+                raise HFLoadError(
+                    f"{path}: audio.kind=ast needs an AST model directory, "
+                    f"found model_type {config.model_type!r}"
+                )
             model = load_hf_model(path, config, dropout)
         self.model = model
         cfg = model.config
@@ -153,8 +177,9 @@ class ASTAudio(_HFAudio):
         self.grid = model.embeddings.get_shape(cfg)  # (freq patches, time patches)
         self.out_dim = int(cfg.hidden_size)
 
-    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None,
-                return_frames: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, mel: Tensor, mel_lengths: Tensor | None = None, return_frames: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         x = self._check(mel).to(self._dtype()).transpose(1, 2)  # [B, T, F]
         out = self.model(input_values=x)
         if not return_frames:
@@ -169,8 +194,9 @@ class ASTAudio(_HFAudio):
 TOWERS: dict[str, type[_HFAudio]] = {"htsat": HTSATAudio, "whisper": WhisperAudio, "ast": ASTAudio}
 
 
-def build_hf_audio(kind: str, path: str | os.PathLike[str], dropout: float | None = None
-                   ) -> _HFAudio:
+def build_hf_audio(
+    kind: str, path: str | os.PathLike[str], dropout: float | None = None
+) -> _HFAudio:
     if kind not in TOWERS:
         raise HFLoadError(f"audio.kind={kind!r} is not one of {tuple(TOWERS)}")
     return TOWERS[kind](path, dropout)
@@ -181,6 +207,9 @@ def check_features(tower: _HFAudio, features: Any) -> None:
     want = {"preset": tower.preset, "n_mels": tower.n_mels}
     got = {"preset": features.preset, "n_mels": features.n_mels}
     if want != got:
-        diff = ", ".join(f"{k}: tower needs {want[k]!r}, features have {got[k]!r}"
-                         for k in want if want[k] != got[k])
+        diff = ", ".join(
+            f"{k}: tower needs {want[k]!r}, features have {got[k]!r}"
+            for k in want
+            if want[k] != got[k]
+        )
         raise HFLoadError(f"{type(tower).__name__} does not read these features ({diff})")

@@ -13,16 +13,33 @@ from typing import Any
 from torch import nn
 
 # Config attributes that hold a dropout probability, across the families we load.
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop",
-                "attn_pdrop", "dropout", "attention_dropout", "activation_dropout")
+DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+)
 
 
 # An export's copy of a tower directory: everything but the weights, which live in the
 # export's own model.safetensors (model.weights.write_export). Such a directory builds its
 # model from config.json alone; any other directory must carry complete weights.
 TOWER_MARKER = "polyclap-tower.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx",
-                   ".gguf")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".h5",
+    ".msgpack",
+    ".ckpt",
+    ".onnx",
+    ".gguf",
+)
 
 
 def copy_tower_files(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -36,8 +53,10 @@ def copy_tower_files(src: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     for f in sorted(src.iterdir()):
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != TOWER_MARKER:
             shutil.copyfile(f, dest / f.name)
-    (dest / TOWER_MARKER).write_text(json.dumps(
-        {"copied_from": str(src), "weights": "the export's model.safetensors"}, indent=1) + "\n")
+    (dest / TOWER_MARKER).write_text(
+        json.dumps({"copied_from": str(src), "weights": "the export's model.safetensors"}, indent=1)
+        + "\n"
+    )
     return dest
 
 
@@ -61,12 +80,18 @@ def load_hf_config(path: str | os.PathLike[str]) -> Any:
     try:
         return AutoConfig.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise HFLoadError(f"{p}: config.json is not a loadable transformers config: "
-                          f"{err}") from None
+        raise HFLoadError(
+            f"{p}: config.json is not a loadable transformers config: {err}"
+        ) from None
 
 
-def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | None,
-                  cls: Any = None, part: str = "") -> nn.Module:
+def load_hf_model(
+    path: str | os.PathLike[str],
+    config: Any,
+    dropout: float | None,
+    cls: Any = None,
+    part: str = "",
+) -> nn.Module:
     """``AutoModel`` (the base model, no LM head) from a local directory. Weights are read
     from ``model.safetensors`` (or a ``.bin`` through transformers' default
     ``torch.load(weights_only=True)``), so nothing arbitrary is unpickled. A missing or
@@ -83,16 +108,25 @@ def load_hf_model(path: str | os.PathLike[str], config: Any, dropout: float | No
     if (Path(path) / TOWER_MARKER).is_file():  # an export's tower: its weights come later
         return AutoModel.from_config(config) if cls is AutoModel else cls(config)
     try:
-        model, info = cls.from_pretrained(str(path), config=config, local_files_only=True,
-                                          weights_only=True, output_loading_info=True)
+        model, info = cls.from_pretrained(
+            str(path),
+            config=config,
+            local_files_only=True,
+            weights_only=True,
+            output_loading_info=True,
+        )
     except (OSError, ValueError) as err:
         raise HFLoadError(f"{path}: cannot load the model weights: {err}") from None
     # transformers initialises missing weights at random and only logs it: a tower that
     # silently starts half-random is worse than an error.
-    bad = {k: sorted(str(x) for x in info.get(k) or () if str(x).startswith(part))
-           for k in ("missing_keys", "mismatched_keys")}
+    bad = {
+        k: sorted(str(x) for x in info.get(k) or () if str(x).startswith(part))
+        for k in ("missing_keys", "mismatched_keys")
+    }
     if any(bad.values()):
-        raise HFLoadError(f"{path}: checkpoint does not match {type(model).__name__}: "
-                          f"missing {bad['missing_keys'][:8]}, "
-                          f"shape-mismatched {bad['mismatched_keys'][:8]}")
+        raise HFLoadError(
+            f"{path}: checkpoint does not match {type(model).__name__}: "
+            f"missing {bad['missing_keys'][:8]}, "
+            f"shape-mismatched {bad['mismatched_keys'][:8]}"
+        )
     return model

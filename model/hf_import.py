@@ -45,8 +45,9 @@ class ImportReport:
 def _clap_config(path: str | os.PathLike[str]):
     config = load_hf_config(path)
     if config.model_type != "clap":
-        raise HFLoadError(f"{path}: not a transformers ClapModel directory "
-                          f"(model_type {config.model_type!r})")
+        raise HFLoadError(
+            f"{path}: not a transformers ClapModel directory (model_type {config.model_type!r})"
+        )
     if config.audio_config.enable_fusion:
         raise HFLoadError(f"{path}: fused CLAP checkpoints (enable_fusion=true) are not supported")
     return config
@@ -58,18 +59,26 @@ def clap_model_config(path: str | os.PathLike[str], max_text_len: int = 77) -> M
     text = config.text_config
     drop = float(text.hidden_dropout_prob)
     return ModelConfig(
-        audio=AudioEncoderConfig(kind="htsat", path=str(path), max_frames=1001,
-                                 dropout=float(config.audio_config.hidden_dropout_prob)),
-        text=TextEncoderConfig(kind="hf", path=str(path), pooling="pooler", dropout=drop,
-                               max_len=min(max_text_len, int(text.max_position_embeddings) - 2)),
+        audio=AudioEncoderConfig(
+            kind="htsat",
+            path=str(path),
+            max_frames=1001,
+            dropout=float(config.audio_config.hidden_dropout_prob),
+        ),
+        text=TextEncoderConfig(
+            kind="hf",
+            path=str(path),
+            pooling="pooler",
+            dropout=drop,
+            max_len=min(max_text_len, int(text.max_position_embeddings) - 2),
+        ),
         embed_dim=int(config.projection_dim),
         projection="mlp",
         init_temperature=1.0 / float(config.logit_scale_init_value),
     )
 
 
-def clap_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], list[str],
-                                                          list[str]]:
+def clap_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], list[str], list[str]]:
     """The directory's weights under polyclap names, plus (unexpected, dropped) keys."""
     from safetensors.torch import load_file
 
@@ -90,12 +99,13 @@ def clap_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], li
                 if prefix is None:
                     unexpected.append(key)
                 else:
-                    out[PREFIXES[prefix] + key[len(prefix):]] = value
+                    out[PREFIXES[prefix] + key[len(prefix) :]] = value
     return out, unexpected, dropped
 
 
-def import_clap(path: str | os.PathLike[str], n_mels: int = 64,
-                strict: bool = True) -> tuple[CLAP, ImportReport]:
+def import_clap(
+    path: str | os.PathLike[str], n_mels: int = 64, strict: bool = True
+) -> tuple[CLAP, ImportReport]:
     """Build the polyclap model of a ClapModel directory with all of its weights.
 
     ``strict``: any polyclap parameter the directory lacks, or any directory weight that has no
@@ -103,9 +113,12 @@ def import_clap(path: str | os.PathLike[str], n_mels: int = 64,
     model = build_model(clap_model_config(path), n_mels)
     state, unexpected, dropped = clap_state_dict(path)
     result = model.load_state_dict(state, strict=False)
-    report = ImportReport(sorted(result.missing_keys),
-                          sorted(unexpected + list(result.unexpected_keys)), dropped)
+    report = ImportReport(
+        sorted(result.missing_keys), sorted(unexpected + list(result.unexpected_keys)), dropped
+    )
     if strict and (report.missing or report.unexpected):
-        raise HFLoadError(f"{path}: ClapModel import does not match polyclap: missing "
-                          f"{report.missing[:10]}, unexpected {report.unexpected[:10]}")
+        raise HFLoadError(
+            f"{path}: ClapModel import does not match polyclap: missing "
+            f"{report.missing[:10]}, unexpected {report.unexpected[:10]}"
+        )
     return model, report

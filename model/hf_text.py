@@ -62,8 +62,11 @@ def max_positions(config: Any) -> int | None:
         v = getattr(config, key, None)
         if isinstance(v, int) and v > 0:
             # RoBERTa-style position ids start after padding_idx + 1, so 2 slots are unusable.
-            return v - 2 if config.model_type in {"roberta", "xlm-roberta", "clap_text_model",
-                                                   "camembert"} else v
+            return (
+                v - 2
+                if config.model_type in {"roberta", "xlm-roberta", "clap_text_model", "camembert"}
+                else v
+            )
     return None
 
 
@@ -93,11 +96,15 @@ class HFTokenizer:
             except (OSError, ValueError, TypeError) as err:
                 raise HFLoadError(f"{self.path}: no loadable tokenizer: {err}") from None
             if not tok.is_fast:
-                raise HFLoadError(f"{self.path}: tokenizer {type(tok).__name__} is not a fast "
-                                  f"(tokenizers) tokenizer")
+                raise HFLoadError(
+                    f"{self.path}: tokenizer {type(tok).__name__} is not a fast "
+                    f"(tokenizers) tokenizer"
+                )
             if len(tok) > self.model_vocab:
-                raise HFLoadError(f"{self.path}: tokenizer has {len(tok)} tokens but the model's "
-                                  f"vocabulary has {self.model_vocab}: they do not match")
+                raise HFLoadError(
+                    f"{self.path}: tokenizer has {len(tok)} tokens but the model's "
+                    f"vocabulary has {self.model_vocab}: they do not match"
+                )
             if tok.pad_token is None:
                 if tok.eos_token is None:
                     raise HFLoadError(f"{self.path}: tokenizer has neither a pad nor an eos token")
@@ -121,8 +128,13 @@ class HFTokenizer:
         return min(int(c) for c in caps if c is not None and c > 0)
 
     def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]:
-        enc = self._get()(list(texts), padding="max_length", truncation=True,
-                          max_length=self.max_length(max_len), return_tensors="pt")
+        enc = self._get()(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length(max_len),
+            return_tensors="pt",
+        )
         return enc["input_ids"].long(), enc["attention_mask"].bool()
 
 
@@ -138,9 +150,14 @@ class HFText(nn.Module):
     ``forward(ids, mask)`` -> ``(pooled [B, H], tokens [B, L, H], mask [B, L] bool)``, the
     contract of :class:`model.text_encoder.TextEncoder`'s implementations."""
 
-    def __init__(self, path: str | os.PathLike[str], pooling: str | None = None,
-                 dropout: float | None = None, freeze: bool = False,
-                 model: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        pooling: str | None = None,
+        dropout: float | None = None,
+        freeze: bool = False,
+        model: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         full = model.config if model is not None else load_hf_config(path)
         config = text_config_of(full)
@@ -150,8 +167,10 @@ class HFText(nn.Module):
         if pooling not in POOLINGS:
             raise HFLoadError(f"text pooling {pooling!r} is not one of {POOLINGS}")
         if self.decoder_only and pooling in ("cls", "pooler"):
-            raise HFLoadError(f"{path}: {config.model_type} is decoder-only (causal): the first "
-                              f"token sees nothing else; use pooling last or mean")
+            raise HFLoadError(
+                f"{path}: {config.model_type} is decoder-only (causal): the first "
+                f"token sees nothing else; use pooling last or mean"
+            )
         self.pooling = pooling
         self.model = model if model is not None else _load_text_model(path, full, dropout)
         self.freeze = freeze
@@ -170,16 +189,19 @@ class HFText(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if ids.dim() != 2 or ids.shape != mask.shape:
-            raise ValueError(f"ids/mask must both be [B, L], got {tuple(ids.shape)}, "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"ids/mask must both be [B, L], got {tuple(ids.shape)}, {tuple(mask.shape)}"
+            )
         return self._run({"input_ids": ids}, mask.bool())
 
     def encode_embeds(self, embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The model on input embeddings ``[B, L, H]`` instead of token ids (CALM: acoustic
         tokens in the language model's input space), pooled as the text is."""
         if embeds.dim() != 3 or embeds.shape[:2] != mask.shape or embeds.shape[2] != self.out_dim:
-            raise ValueError(f"embeds must be [B, L, {self.out_dim}] with mask [B, L], got "
-                             f"{tuple(embeds.shape)}, {tuple(mask.shape)}")
+            raise ValueError(
+                f"embeds must be [B, L, {self.out_dim}] with mask [B, L], got "
+                f"{tuple(embeds.shape)}, {tuple(mask.shape)}"
+            )
         return self._run({"inputs_embeds": embeds}, mask.bool())
 
     def _run(self, inputs: dict[str, Tensor], bmask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

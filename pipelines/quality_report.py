@@ -25,13 +25,23 @@ log = logging.getLogger("polyclap.report")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, help="shard set root (holds <split>/shards.json, build.json)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--shards", required=True, help="shard set root (holds <split>/shards.json, build.json)"
+    )
     p.add_argument("--out", required=True, help="output directory for report.html and report.json")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
-    p.add_argument("--config", default=None, help="experiment config: its loader.sampling gives the expected share of training draws")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="experiment config: its loader.sampling gives the expected share of training draws",
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
     from dataprep.core.config import ConfigError
@@ -68,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             problems.extend(probs)
     finally:
         ray.shutdown()
-    log.info("summarized %d shards (%d samples) in %.1fs", len(jobs), merged.samples, time.perf_counter() - t0)
+    log.info(
+        "summarized %d shards (%d samples) in %.1fs",
+        len(jobs),
+        merged.samples,
+        time.perf_counter() - t0,
+    )
 
     report = assemble(args.shards, merged, problems, sampling)
     out = Path(args.out)

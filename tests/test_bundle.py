@@ -58,7 +58,10 @@ def _referenced(root: Path) -> list[tuple[str, Path]]:
     wavs = sorted((cr / "AudioWAV").glob("*.wav"))
     for r in _table(cr / "VideoDemographics.csv"):
         hit = [w for w in wavs if w.name.startswith(r["ActorID"] + "_")]
-        add(cr / "VideoDemographics.csv", hit[0] if hit else cr / f"<no clip of actor {r['ActorID']}>")
+        add(
+            cr / "VideoDemographics.csv",
+            hit[0] if hit else cr / f"<no clip of actor {r['ActorID']}>",
+        )
     for r in _table(cr / "SentenceFilenames.csv"):
         hit = [w for w in wavs if w.name.split("_")[1] == r["Filename"]]
         add(cr / "SentenceFilenames.csv", hit[0] if hit else cr / f"<no clip of {r['Filename']}>")
@@ -89,11 +92,22 @@ def test_every_metadata_row_resolves(corpora_root):
     # every sub-corpus contributed rows (a renamed column would otherwise silently check nothing)
     metas = {m.split("/")[0] for m, _ in refs}
     assert metas >= {
-        "esc50_mini", "audiocaps_mini", "commonvoice_mini", "librispeech_mini", "cremad_mini",
-        "kws_mini", "nemo_manifest_mini", "bad_inputs", "provenance.csv",
+        "esc50_mini",
+        "audiocaps_mini",
+        "commonvoice_mini",
+        "librispeech_mini",
+        "cremad_mini",
+        "kws_mini",
+        "nemo_manifest_mini",
+        "bad_inputs",
+        "provenance.csv",
     }, metas
     missing = [(m, str(p.relative_to(corpora_root))) for m, p in refs if not p.exists()]
-    on_purpose = [x for x in missing if x[0] == "bad_inputs/manifest.jsonl" and Path(x[1]).name in ABSENT_ON_PURPOSE]
+    on_purpose = [
+        x
+        for x in missing
+        if x[0] == "bad_inputs/manifest.jsonl" and Path(x[1]).name in ABSENT_ON_PURPOSE
+    ]
     assert sorted(Path(p).name for _, p in on_purpose) == sorted(ABSENT_ON_PURPOSE)
     assert [x for x in missing if x not in on_purpose] == []
 
@@ -113,7 +127,13 @@ def test_every_audio_file_is_listed(corpora_root):
 def test_bundle_matches_its_description(corpora_root):
     """The coverage BUNDLE.md promises (others' tests rely on it)."""
     esc = _table(corpora_root / "esc50_mini/meta/esc50.csv")
-    assert len({r["category"] for r in esc}) >= 8 and {r["fold"] for r in esc} == {"1", "2", "3", "4", "5"}
+    assert len({r["category"] for r in esc}) >= 8 and {r["fold"] for r in esc} == {
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    }
     locales = {p.name for p in (corpora_root / "commonvoice_mini").iterdir() if p.is_dir()}
     assert locales >= {"en", "es", "fr", "ru", "de", "zh-CN", "hi", "ar"}
     kws_langs = {r["lang"] for r in _table(corpora_root / "kws_mini/keywords.csv")}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import free_port
+
 from dataprep.core import atomic, shards, tario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,9 @@ BIN = Path(sys.executable).parent
 
 def run(cmd: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
     return proc
 
 
@@ -32,8 +34,19 @@ def test_build_train_evaluate(tmp_path, subprocess_env):
     env = dict(subprocess_env)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))
     out = tmp_path / "shards"
-    run([sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml", "--out", str(out),
-         "--num-cpus", "2"], env)
+    run(
+        [
+            sys.executable,
+            "pipelines/build_shards.py",
+            "--config",
+            "configs/test_small.yaml",
+            "--out",
+            str(out),
+            "--num-cpus",
+            "2",
+        ],
+        env,
+    )
     # shards: sha256 matches shards.json; index rows == samples in tars (minus excluded dups)
     for split in ("train", "val", "test"):
         if not (out / split).exists():
@@ -46,13 +59,41 @@ def test_build_train_evaluate(tmp_path, subprocess_env):
         assert pq.read_metadata(out / split / shards.INDEX).num_rows == n_tar - len(meta["exclude"])
 
     tok = out / "tokenizer.model"
-    run([sys.executable, "pipelines/train_tokenizer.py", "--shards", str(out), "--out", str(tok), "--vocab-size", "300"], env)
+    run(
+        [
+            sys.executable,
+            "pipelines/train_tokenizer.py",
+            "--shards",
+            str(out),
+            "--out",
+            str(tok),
+            "--vocab-size",
+            "300",
+        ],
+        env,
+    )
     assert tok.stat().st_size > 0
 
     run_dir = tmp_path / "run"
-    proc = run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "jobs/pretrain.py",
-                "--config", "configs/test_small.yaml", "--shards", str(out), "--out", str(run_dir),
-                "train.max_steps=2", "train.zero_stage=2"], env)
+    proc = run(
+        [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "jobs/pretrain.py",
+            "--config",
+            "configs/test_small.yaml",
+            "--shards",
+            str(out),
+            "--out",
+            str(run_dir),
+            "train.max_steps=2",
+            "train.zero_stage=2",
+        ],
+        env,
+    )
     final = run_dir / "final"
     assert final.is_dir(), proc.stdout[-2000:]
 
@@ -62,8 +103,19 @@ def test_build_train_evaluate(tmp_path, subprocess_env):
     assert sum(p.numel() for p in model.parameters()) > 0 and cfg.train.zero_stage == 2
 
     res = tmp_path / "eval" / "results.json"
-    run([sys.executable, "jobs/evaluate.py", "--checkpoint", str(final), "--tasks", "configs/tasks/demo.yaml",
-         "--out", str(res)], env)
+    run(
+        [
+            sys.executable,
+            "jobs/evaluate.py",
+            "--checkpoint",
+            str(final),
+            "--tasks",
+            "configs/tasks/demo.yaml",
+            "--out",
+            str(res),
+        ],
+        env,
+    )
     results = json.loads(res.read_text())
     text = json.dumps(results)
     for metric in ("R@1", "R@5", "acc"):

@@ -110,8 +110,8 @@ def room_bank(seed: int, sample_rate_hz: int) -> list[tuple[np.ndarray, dict]]:
     for i in range(N_ROOMS):
         with seeded(_seed_int(seed, "room", i)):
             rir = np.asarray(sim(samples=impulse, sample_rate=sample_rate_hz), dtype=np.float32)
-        keep = {k: _jsonable(v) for k, v in sorted(sim.parameters.items())
-                if k in ("size_x", "size_y", "size_z", "absorption_coefficient", "target_rt60")}  # fmt: skip
+        kept = ("size_x", "size_y", "size_z", "absorption_coefficient", "target_rt60")
+        keep = {k: _jsonable(v) for k, v in sorted(sim.parameters.items()) if k in kept}
         rir.setflags(write=False)  # shared between augmenters of this process
         rooms.append((rir / (np.abs(rir).max() + 1e-9), keep))
     return rooms

@@ -5,10 +5,11 @@ work with a message naming the key. One YAML file (e.g. ``configs/demo.yaml``) h
 sections; each entry point validates the whole file and uses the sections it needs.
 
 This module owns the data side's sections and :class:`DataConfig` (``name``, ``features``,
-``build``, ``loader``: what the shard build and the loader read), the ONE loader and its
-error formatter are in :mod:`dataprep.core.configfile`. The model layer extends :class:`DataConfig` into
-``model.config.ExperimentConfig`` (adding ``model``, ``tokenizer``, ``train``) and loads it
-through the same ``configfile.load_config``; nothing here imports the model layer (ARCHITECTURE.md).
+``build``, ``loader``: what the shard build and the loader read); the ONE loader and its error
+formatter are in :mod:`dataprep.core.configfile`. The model layer extends :class:`DataConfig`
+into ``model.config.ExperimentConfig`` (adding ``model``, ``tokenizer``, ``train``) and loads it
+through the same ``configfile.load_config``; nothing here imports the model layer
+(ARCHITECTURE.md).
 
 Keys that were removed or moved are listed in a config class's ``removed_keys``; the error for
 such a key names its replacement instead of just "unknown key".

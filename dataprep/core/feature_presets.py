@@ -55,8 +55,9 @@ class _Preset:
 
     def __init__(self, cfg: FeatureConfig) -> None:
         if cfg.preset != self.preset:
-            raise ValueError(f"{type(self).__name__} needs features.preset={self.preset}, "
-                             f"got {cfg.preset}")
+            raise ValueError(
+                f"{type(self).__name__} needs features.preset={self.preset}, got {cfg.preset}"
+            )
         self.cfg = cfg
         self._dtype = np.float16 if cfg.dtype == "float16" else np.float32
 
@@ -79,10 +80,15 @@ class HTSATFeatures(_Preset):
         from transformers import ClapFeatureExtractor
 
         self.extractor = ClapFeatureExtractor(
-            feature_size=cfg.n_mels, sampling_rate=cfg.sample_rate_hz,
-            hop_length=cfg.hop_length, max_length_s=self.max_samples // cfg.sample_rate_hz,
-            fft_window_size=cfg.n_fft, frequency_min=cfg.f_min_hz, frequency_max=cfg.f_max_hz,
-            truncation="rand_trunc", padding="repeatpad",
+            feature_size=cfg.n_mels,
+            sampling_rate=cfg.sample_rate_hz,
+            hop_length=cfg.hop_length,
+            max_length_s=self.max_samples // cfg.sample_rate_hz,
+            fft_window_size=cfg.n_fft,
+            frequency_min=cfg.f_min_hz,
+            frequency_max=cfg.f_max_hz,
+            truncation="rand_trunc",
+            padding="repeatpad",
         )
         self._filters = torch.from_numpy(self.extractor.mel_filters_slaney)  # [bins, mels] f64
         self._window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64)
@@ -96,8 +102,13 @@ class HTSATFeatures(_Preset):
             x = np.tile(x, n // x.shape[0])
             x = np.pad(x, (0, n - x.shape[0]))
         spec = torch.stft(
-            torch.from_numpy(x.astype(np.float64)), self.cfg.n_fft, self.cfg.hop_length,
-            window=self._window, center=True, pad_mode="reflect", return_complex=True,
+            torch.from_numpy(x.astype(np.float64)),
+            self.cfg.n_fft,
+            self.cfg.hop_length,
+            window=self._window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
         )
         power = spec.real.square() + spec.imag.square()  # [bins, frames]
         mel = self._filters.T @ power
@@ -115,8 +126,11 @@ class WhisperFeatures(_Preset):
         from transformers import WhisperFeatureExtractor
 
         self.extractor = WhisperFeatureExtractor(
-            feature_size=cfg.n_mels, sampling_rate=cfg.sample_rate_hz,
-            hop_length=cfg.hop_length, n_fft=cfg.n_fft, chunk_length=30,
+            feature_size=cfg.n_mels,
+            sampling_rate=cfg.sample_rate_hz,
+            hop_length=cfg.hop_length,
+            n_fft=cfg.n_fft,
+            chunk_length=30,
         )
 
     def __call__(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -136,7 +150,9 @@ class ASTFeatures(_Preset):
         from transformers import ASTFeatureExtractor
 
         self.extractor = ASTFeatureExtractor(
-            sampling_rate=cfg.sample_rate_hz, num_mel_bins=cfg.n_mels, max_length=self.frames,
+            sampling_rate=cfg.sample_rate_hz,
+            num_mel_bins=cfg.n_mels,
+            max_length=self.frames,
         )
 
     def __call__(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -150,7 +166,9 @@ class ASTFeatures(_Preset):
 
 
 PRESETS: dict[str, type[_Preset]] = {
-    "htsat": HTSATFeatures, "whisper": WhisperFeatures, "ast": ASTFeatures,
+    "htsat": HTSATFeatures,
+    "whisper": WhisperFeatures,
+    "ast": ASTFeatures,
 }
 
 

@@ -278,10 +278,10 @@ class ReaderOptions(BaseModel):
     license: str | None = None  # the corpus's license when its metadata has none
 
 
-O = TypeVar("O", bound=ReaderOptions)
+OptionsT = TypeVar("OptionsT", bound=ReaderOptions)
 
 
-def parse_options(cfg: CorpusConfig, model: type[O]) -> O:
+def parse_options(cfg: CorpusConfig, model: type[OptionsT]) -> OptionsT:
     """``cfg.options`` as the reader's typed options; :class:`ConfigError` naming the key."""
     try:
         return model.model_validate(cfg.options)

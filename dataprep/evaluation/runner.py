@@ -84,8 +84,13 @@ def _display(task: TaskConfig, lang: str, label: str) -> str:
 
 
 def _zero_shot_preds(
-    task: TaskConfig, emb: Embedder, audio: np.ndarray, ok: np.ndarray, classes: list[str],
-    langs: list[str], names: Callable[[str, str], str],
+    task: TaskConfig,
+    emb: Embedder,
+    audio: np.ndarray,
+    ok: np.ndarray,
+    classes: list[str],
+    langs: list[str],
+    names: Callable[[str, str], str],
 ) -> dict[str, np.ndarray]:
     """Predicted class index per item for each language's templates and for all together."""
     temps = task.prompt_templates()
@@ -108,7 +113,9 @@ def _zero_shot_preds(
     return out
 
 
-def task_zero_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+def task_zero_shot(
+    task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults
+) -> dict[str, M.Estimate]:
     labels = [_label(it) for it in items]
     classes = sorted(set(labels))
     if len(classes) < 2:
@@ -125,11 +132,15 @@ def task_zero_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: De
     if len(preds) > 2:
         for lang in langs:
             if lang in preds:
-                out[f"accuracy_{lang}"] = M.bootstrap_mean(M.accuracy_per_item(y, preds[lang]), d.n_boot, d.seed)
+                out[f"accuracy_{lang}"] = M.bootstrap_mean(
+                    M.accuracy_per_item(y, preds[lang]), d.n_boot, d.seed
+                )
     return out
 
 
-def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+def task_keyword_spotting(
+    task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults
+) -> dict[str, M.Estimate]:
     """Per language: the keywords spoken in that language are the classes; the prompt uses the
     word as spoken (the transcript), templates in that language when the task has them."""
     by_lang: dict[str, list[int]] = defaultdict(list)
@@ -144,14 +155,19 @@ def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder
         labels = [_label(items[i]) for i in idx]
         classes = sorted(set(labels))
         if len(classes) < 2:
-            log.warning("%s: language %s has %d keyword class(es); skipped", task.name, lang, len(classes))
+            log.warning(
+                "%s: language %s has %d keyword class(es); skipped", task.name, lang, len(classes)
+            )
             continue
         words: dict[str, Counter[str]] = defaultdict(Counter)
         for i, lab in zip(idx, labels):
             words[lab][(items[i].texts or [lab])[0]] += 1
         spoken = {c: words[c].most_common(1)[0][0] for c in classes}
         tl = lang if lang in temps else ("en" if "en" in temps else next(iter(temps)))
-        prompts = [[t.format(task.class_names.get(lang, {}).get(c, spoken[c])) for t in temps[tl]] for c in classes]
+        prompts = [
+            [t.format(task.class_names.get(lang, {}).get(c, spoken[c])) for t in temps[tl]]
+            for c in classes
+        ]
         ce = emb.class_embeddings(prompts)
         pred = _argmax_or_wrong(audio[idx] @ ce.T, ok[idx])
         y = np.asarray([classes.index(lab) for lab in labels])
@@ -166,7 +182,9 @@ def task_keyword_spotting(task: TaskConfig, items: list[EvalItem], emb: Embedder
 
 
 # ------------------------------------------------------------------------------ retrieval ---
-def task_retrieval(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+def task_retrieval(
+    task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults
+) -> dict[str, M.Estimate]:
     """Every caption of a clip is a query for t2a (one relevant clip); every clip is a query
     for a2t with all its captions relevant (R@k: any of them in the top k) — AudioCaps/Clotho."""
     items = [it for it in items if it.texts]
@@ -211,7 +229,9 @@ def fold_ids(task: TaskConfig, items: list[EvalItem]) -> np.ndarray:
     return np.asarray([fold_of[it.group] for it in items])
 
 
-def task_linear_probe(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+def task_linear_probe(
+    task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults
+) -> dict[str, M.Estimate]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -232,19 +252,27 @@ def task_linear_probe(task: TaskConfig, items: list[EvalItem], emb: Embedder, d:
         if len(set(y[train].tolist())) < 2:
             log.warning("%s: fold %s has < 2 training classes; skipped", task.name, f)
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=task.probe_c, max_iter=2000, random_state=d.seed))
+        clf = make_pipeline(
+            StandardScaler(), LogisticRegression(C=task.probe_c, max_iter=2000, random_state=d.seed)
+        )
         clf.fit(x[train], y[train])
         pred[test & ok] = clf.predict(x[test & ok])
         scored |= test
     if not scored.any():
         raise TaskError("no fold could be scored")
     return {
-        "accuracy": M.bootstrap_mean(M.accuracy_per_item(y[scored], pred[scored]), d.n_boot, d.seed),
-        "folds": M.Estimate(float(len(set(folds[scored].tolist()))), float("nan"), float("nan"), int(scored.sum())),
+        "accuracy": M.bootstrap_mean(
+            M.accuracy_per_item(y[scored], pred[scored]), d.n_boot, d.seed
+        ),
+        "folds": M.Estimate(
+            float(len(set(folds[scored].tolist()))), float("nan"), float("nan"), int(scored.sum())
+        ),
     }
 
 
-def _episodes(task: TaskConfig, x: np.ndarray, ok: np.ndarray, y: np.ndarray, usable: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _episodes(
+    task: TaskConfig, x: np.ndarray, ok: np.ndarray, y: np.ndarray, usable: list[int], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Hits and query counts per item over ``episodes`` seeded support draws among ``usable``."""
     hits, seen = np.zeros(len(y)), np.zeros(len(y))
     for e in range(task.episodes):
@@ -253,7 +281,9 @@ def _episodes(task: TaskConfig, x: np.ndarray, ok: np.ndarray, y: np.ndarray, us
         for c in usable:
             members = np.flatnonzero((y == c) & ok)
             if members.size < task.k:
-                raise TaskError(f"few-shot k={task.k}: class {c} has {members.size} decodable items")
+                raise TaskError(
+                    f"few-shot k={task.k}: class {c} has {members.size} decodable items"
+                )
             support[rng.choice(members, size=task.k, replace=False)] = True
             p = x[support & (y == c)].mean(axis=0)
             protos.append(p / max(float(np.linalg.norm(p)), 1e-12))
@@ -264,7 +294,9 @@ def _episodes(task: TaskConfig, x: np.ndarray, ok: np.ndarray, y: np.ndarray, us
     return hits, seen
 
 
-def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults) -> dict[str, M.Estimate]:
+def task_few_shot(
+    task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Defaults
+) -> dict[str, M.Estimate]:
     """Nearest class prototype (mean of k support embeddings); ``episodes`` seeded support
     draws; an item's score is its accuracy over the episodes where it was a query. With
     ``per_lang`` the classes are those of each language (few-shot keyword spotting), scored per
@@ -281,19 +313,31 @@ def task_few_shot(task: TaskConfig, items: list[EvalItem], emb: Embedder, d: Def
         counts = Counter(y[mine].tolist())
         usable = [c for c in sorted(counts) if counts[c] > task.k]
         if len(usable) < 2 and not task.per_lang:
-            raise TaskError(f"few-shot k={task.k} needs >= 2 classes with > k items; counts {dict(counts)}")
+            raise TaskError(
+                f"few-shot k={task.k} needs >= 2 classes with > k items; counts {dict(counts)}"
+            )
         if len(usable) < 2:  # per language: that language cannot be scored, the others can
-            log.warning("%s: language %s has < 2 classes with > k=%d items; skipped", task.name, lang, task.k)
+            log.warning(
+                "%s: language %s has < 2 classes with > k=%d items; skipped",
+                task.name,
+                lang,
+                task.k,
+            )
             continue
         h, n = _episodes(task, x, ok & mine, np.where(mine, y, -1), usable, d.seed)
         hits, seen = hits + h, seen + n
         out[f"accuracy_{lang}"] = M.bootstrap_mean(h[n > 0] / n[n > 0], d.n_boot, d.seed)
     if not (scored := seen > 0).any():
         raise TaskError("no language has >= 2 classes with > k items")
-    return {"accuracy": M.bootstrap_mean(hits[scored] / seen[scored], d.n_boot, d.seed), **(out if task.per_lang else {})}
+    return {
+        "accuracy": M.bootstrap_mean(hits[scored] / seen[scored], d.n_boot, d.seed),
+        **(out if task.per_lang else {}),
+    }
 
 
-TASKS: dict[str, Callable[[TaskConfig, list[EvalItem], Embedder, Defaults], dict[str, M.Estimate]]] = {
+TASKS: dict[
+    str, Callable[[TaskConfig, list[EvalItem], Embedder, Defaults], dict[str, M.Estimate]]
+] = {
     "zero_shot": task_zero_shot,
     "emotion": task_zero_shot,
     "keyword_spotting": task_keyword_spotting,
@@ -304,7 +348,9 @@ TASKS: dict[str, Callable[[TaskConfig, list[EvalItem], Embedder, Defaults], dict
 
 
 # --------------------------------------------------------------------------------- driver ---
-def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, device: str = "cpu") -> dict[str, Any]:
+def evaluate(
+    task_file: TaskFile, columns: list[Column], cache_dir: str | None, device: str = "cpu"
+) -> dict[str, Any]:
     """Run every task for every column. A task that cannot run records its error and the rest
     go on (one bad benchmark path must not hide the others)."""
     d = task_file.defaults
@@ -315,19 +361,30 @@ def evaluate(task_file: TaskFile, columns: list[Column], cache_dir: str | None, 
         "tasks": {},
     }
     timings: dict[str, float] = {}
-    embedders = {c.name: Embedder(c.model, c.cfg, c.tokenizer, d.batch_size, device) for c in columns}
+    embedders = {
+        c.name: Embedder(c.model, c.cfg, c.tokenizer, d.batch_size, device) for c in columns
+    }
     # A bar on a terminal, nothing in logs or tests (disable=None: off when not a TTY).
     for task in tqdm(task_file.tasks, desc="evaluate", unit="task", disable=None):
-        rec: dict[str, Any] = {"type": task.type, "corpus": task.corpus.name, "reader": task.corpus.reader,
-                               "root": task.corpus.root, "split": task.split, "metrics": {}, "errors": {}}
+        rec: dict[str, Any] = {
+            "type": task.type,
+            "corpus": task.corpus.name,
+            "reader": task.corpus.reader,
+            "root": task.corpus.root,
+            "split": task.split,
+            "metrics": {},
+            "errors": {},
+        }
         t0 = time.perf_counter()
         for col in columns:
             try:
                 es = load_eval_set(col.cfg, task.corpus, cache_dir)
                 items = select(es, task.split, task.max_items)
                 if not items:
-                    raise TaskError(f"no items in split {task.split!r} of {task.corpus.name} "
-                                    f"({len(es.items)} items, {len(es.rejects)} rejected)")
+                    raise TaskError(
+                        f"no items in split {task.split!r} of {task.corpus.name} "
+                        f"({len(es.items)} items, {len(es.rejects)} rejected)"
+                    )
                 rec.update(
                     n_items=len(items),
                     n_rejected=len(es.rejects),
@@ -361,7 +418,9 @@ def _fmt(est: dict[str, Any] | None) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     cols = result["columns"]
-    head = "| task | type | metric | n | " + " | ".join(COLUMN_TITLES.get(c, c) for c in cols) + " |"
+    head = (
+        "| task | type | metric | n | " + " | ".join(COLUMN_TITLES.get(c, c) for c in cols) + " |"
+    )
     lines = [head, "|" + "---|" * (4 + len(cols))]
     for name, rec in result["tasks"].items():
         if not rec["metrics"]:
@@ -374,8 +433,10 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {rec['type']} | {metric} | {n} | {cells} |")
     lines.append("")
     lines.extend(_notes(result))
-    lines.append("Values: mean [95% bootstrap CI] over test items (retrieval: over queries); "
-                 "random-init is the same architecture with seeded random weights.")
+    lines.append(
+        "Values: mean [95% bootstrap CI] over test items (retrieval: over queries); "
+        "random-init is the same architecture with seeded random weights."
+    )
     return "\n".join(lines) + "\n"
 
 

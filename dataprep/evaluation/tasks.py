@@ -35,7 +35,9 @@ from model.prompts import DEFAULT_TEMPLATES  # one zero-shot default for the API
 
 REPO = Path(__file__).resolve().parents[2]
 
-TaskType = Literal["zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"]
+TaskType = Literal[
+    "zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"
+]
 
 # Prompt templates per language; "{}" is the class name. Averaging several templates per
 # class (CLIP's prompt ensembling) makes zero-shot accuracy less sensitive to one wording.
@@ -152,7 +154,11 @@ def load_tasks(path: str | Path, only: list[str] | None = None) -> TaskFile:
         lines = [f"invalid task file {p}:"]
         for e in err.errors():
             loc = ".".join(str(x) for x in e["loc"])
-            lines.append(f"  unknown key {loc!r}" if e["type"] == "extra_forbidden" else f"  {loc}: {e['msg']}")
+            lines.append(
+                f"  unknown key {loc!r}"
+                if e["type"] == "extra_forbidden"
+                else f"  {loc}: {e['msg']}"
+            )
         raise ConfigError("\n".join(lines)) from None
     validate_corpora(t.corpus for t in tf.tasks)  # reader options: typed, checked up front
     tasks = []

@@ -142,7 +142,9 @@ class Hist:
         return self.hi
 
     def summary(self) -> dict[str, Any]:
-        r = lambda x: None if x is None or not math.isfinite(x) else round(x, 6)
+        def r(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else round(x, 6)
+
         return {
             "count": self.n,
             "mean": r(self.total / self.n) if self.n else None,
@@ -177,9 +179,13 @@ class Group:
         self.duration.merge(o.duration)
 
     def summary(self) -> dict[str, Any]:
-        return {"samples": self.samples, "hours": round(self.seconds / 3600.0, 6),
-                "seconds": round(self.seconds, 4), "speakers": len(self.speakers),
-                "duration_hist": self.duration.counts}
+        return {
+            "samples": self.samples,
+            "hours": round(self.seconds / 3600.0, 6),
+            "seconds": round(self.seconds, 4),
+            "speakers": len(self.speakers),
+            "duration_hist": self.duration.counts,
+        }
 
 
 Ranked = tuple[Any, ...]  # (value, key, ...): sorted by value, ties by key
@@ -241,7 +247,9 @@ class Partial:
             v = values.get(metric)
             if v is not None and math.isfinite(v) and not (crit in POSITIVE_ONLY and v <= 0):
                 where = f"{meta.get('source_uri') or meta.get('source_id')} @ {meta.get('segment')}"
-                self.top[crit] = _push(self.top.get(crit, []), (round(float(v), 6), key, corpus, where), largest)
+                self.top[crit] = _push(
+                    self.top.get(crit, []), (round(float(v), 6), key, corpus, where), largest
+                )
         flags = meta.get("flags") or []
         for f in flags:
             name = f.split(":", 1)[0]
@@ -274,7 +282,11 @@ class Partial:
 
     def merge(self, o: Partial) -> None:
         self.samples += o.samples
-        for mine, theirs in ((self.by_corpus, o.by_corpus), (self.by_lang, o.by_lang), (self.by_split, o.by_split)):
+        for mine, theirs in (
+            (self.by_corpus, o.by_corpus),
+            (self.by_lang, o.by_lang),
+            (self.by_split, o.by_split),
+        ):
             for k, g in theirs.items():
                 mine.setdefault(k, Group()).merge(g)
         for k, h in o.metrics.items():
@@ -306,10 +318,13 @@ class Partial:
 
 def summarize_samples(p: Partial) -> dict[str, Any]:
     """The sample-derived sections of the report JSON."""
+
     def groups(t: dict[str, Group]) -> dict[str, Any]:
         return {k: t[k].summary() for k in sorted(t)}
 
-    all_speakers = set().union(*(g.speakers for g in p.by_corpus.values())) if p.by_corpus else set()
+    all_speakers = (
+        set().union(*(g.speakers for g in p.by_corpus.values())) if p.by_corpus else set()
+    )
     total_s = sum(g.seconds for g in p.by_corpus.values())
     n_texts = sum(p.kinds.values())
     families: dict[str, int] = {}
@@ -320,7 +335,10 @@ def summarize_samples(p: Partial) -> dict[str, Any]:
         s1, s2 = p.ngrams[fam]
         t1, t2 = p.ngram_totals[fam]
         distinct[fam] = {
-            "ngrams_1": t1, "ngrams_2": t2, "distinct_ngrams_1": len(s1), "distinct_ngrams_2": len(s2),
+            "ngrams_1": t1,
+            "ngrams_2": t2,
+            "distinct_ngrams_1": len(s1),
+            "distinct_ngrams_2": len(s2),
             "distinct_1": round(len(s1) / t1, 6) if t1 else None,
             "distinct_2": round(len(s2) / t2, 6) if t2 else None,
             "texts": families.get(fam, 0),
@@ -328,8 +346,14 @@ def summarize_samples(p: Partial) -> dict[str, Any]:
     dup_groups = sorted(sorted(keys) for keys in p.audio_sha1.values() if len(keys) > 1)
     all_vocab = set().union(*p.vocab.values()) if p.vocab else set()
     return {
-        "totals": {"samples": p.samples, "hours": round(total_s / 3600.0, 6), "seconds": round(total_s, 4),
-                   "speakers": len(all_speakers), "corpora": len(p.by_corpus), "languages": len(p.by_lang)},
+        "totals": {
+            "samples": p.samples,
+            "hours": round(total_s / 3600.0, 6),
+            "seconds": round(total_s, 4),
+            "speakers": len(all_speakers),
+            "corpora": len(p.by_corpus),
+            "languages": len(p.by_lang),
+        },
         "duration_edges": EDGES["duration_s"],
         "by_corpus": groups(p.by_corpus),
         "by_lang": groups(p.by_lang),
@@ -338,19 +362,37 @@ def summarize_samples(p: Partial) -> dict[str, Any]:
         "flags": dict(sorted(p.flags.items())),
         "text": {
             **{m: p.metrics[m].summary() for m in TEXT_METRICS},
-            "lid": {"checked": p.lid_checked, "mismatch": p.lid_mismatch,
-                    "agreement": round(1 - p.lid_mismatch / p.lid_checked, 6) if p.lid_checked else None,
-                    "mismatch_examples": [{"key": k, "flag": f} for _, k, f in p.mismatch_keys]},
-            "vocab": {"all": len(all_vocab), **{lang: len(p.vocab[lang]) for lang in sorted(p.vocab)}},
+            "lid": {
+                "checked": p.lid_checked,
+                "mismatch": p.lid_mismatch,
+                "agreement": round(1 - p.lid_mismatch / p.lid_checked, 6)
+                if p.lid_checked
+                else None,
+                "mismatch_examples": [{"key": k, "flag": f} for _, k, f in p.mismatch_keys],
+            },
+            "vocab": {
+                "all": len(all_vocab),
+                **{lang: len(p.vocab[lang]) for lang in sorted(p.vocab)},
+            },
             "distinct": distinct,
         },
         "augmentation": {
             "texts": n_texts,
             "kinds": dict(sorted(p.kinds.items())),
             "families": dict(sorted(families.items())),
-            "shares": {f: round(n / n_texts, 6) for f, n in sorted(families.items())} if n_texts else {},
+            "shares": {f: round(n / n_texts, 6) for f, n in sorted(families.items())}
+            if n_texts
+            else {},
         },
-        "duplicates": {"audio_groups": dup_groups, "duplicate_samples": sum(len(g) - 1 for g in dup_groups)},
-        "outliers": {c: [{"key": k, "value": v, "corpus": corp, "source": src} for v, k, corp, src in p.top.get(c, [])]
-                     for c, _, _ in OUTLIERS},
+        "duplicates": {
+            "audio_groups": dup_groups,
+            "duplicate_samples": sum(len(g) - 1 for g in dup_groups),
+        },
+        "outliers": {
+            c: [
+                {"key": k, "value": v, "corpus": corp, "source": src}
+                for v, k, corp, src in p.top.get(c, [])
+            ]
+            for c, _, _ in OUTLIERS
+        },
     }

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataprep.core.config import CorpusConfig, DataConfig
+from dataprep.core.sample import META, SampleRef
 from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
-from dataprep.core.sample import META, SampleRef
 
 
 def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> None:
@@ -22,7 +22,8 @@ def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> No
     rain = sorted(str(p) for p in (corpora_root / "esc50_mini" / "audio").glob("*-10.wav"))
     cfg = DataConfig.model_validate(
         {"build": {"augment": {
-            "template_langs": ["en", "de", "zh", "hi"], "nlpaug": ["keyboard", "synonym", "random_word_swap"],
+            "template_langs": ["en", "de", "zh", "hi"],
+            "nlpaug": ["keyboard", "synonym", "random_word_swap"],
             "nlpaug_per_sample": 2, "audio_views": 1, "noise_dirs": rain, "seed": 4,
         }}}
     )  # fmt: skip

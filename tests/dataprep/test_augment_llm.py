@@ -101,7 +101,8 @@ def server() -> Iterator[Scripted]:
 
 def _cfg(url: str, tmp: Path, **llm: Any) -> AugmentConfig:
     base = {
-        "server": "external", "base_url": url, "tasks": ("paraphrase",), "cache_dir": str(tmp / "cache"),
+        "server": "external", "base_url": url, "tasks": ("paraphrase",),
+        "cache_dir": str(tmp / "cache"),
         "timeout_s": 2.0, "max_retries": 2, "backoff_s": 0.01, "concurrency": 2,
     }  # fmt: skip
     base.update(llm)
@@ -358,8 +359,10 @@ HAVE_LLM = (
 def test_real_llama_cpp_server(tmp_path: Path) -> None:
     metas = [
         dict(SOURCE_META),
-        {"id": "esc50-1", "corpus": "esc50", "source_id": "1-1-A-0.wav", "lang": None, "labels": ["dog"],
-         "texts": [{"text": "dog", "lang": "en", "kind": "original", "provenance": {"source": "labels"}}],
+        {"id": "esc50-1", "corpus": "esc50", "source_id": "1-1-A-0.wav", "lang": None,
+         "labels": ["dog"],
+         "texts": [{"text": "dog", "lang": "en", "kind": "original",
+                    "provenance": {"source": "labels"}}],
          "attributes": {}},
     ]  # fmt: skip
     llm = LLMConfig(

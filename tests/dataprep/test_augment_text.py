@@ -17,8 +17,8 @@ from dataprep.augment import TextAugmenter
 from dataprep.augment import templates as tpl
 from dataprep.augment.text import NAMES, NlpaugAugmenter, WordNetTagger, plan, scripts_in
 from dataprep.core.config import AugmentConfig, CorpusConfig
-from dataprep.corpora import read_corpus
 from dataprep.core.sample import SampleRef, sample_key
+from dataprep.corpora import read_corpus
 
 LANGS = ("en", "de", "fr", "es", "zh", "hi", "ar", "sw")
 ESC50_CLASSES = tuple(

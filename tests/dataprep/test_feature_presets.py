@@ -39,8 +39,11 @@ def _reference(cfg: FeatureConfig):
     sr = cfg.sample_rate_hz
     if cfg.preset == "htsat":
         fe = ClapFeatureExtractor(frequency_min=cfg.f_min_hz, frequency_max=cfg.f_max_hz)
-        return lambda w: fe(w, sampling_rate=sr, truncation="rand_trunc",
-                            return_tensors="np")["input_features"][0, 0].T
+        return lambda w: (
+            fe(w, sampling_rate=sr, truncation="rand_trunc", return_tensors="np")["input_features"][
+                0, 0
+            ].T
+        )
     if cfg.preset == "whisper":
         fe = WhisperFeatureExtractor(feature_size=cfg.n_mels)
         return lambda w: fe(w, sampling_rate=sr, return_tensors="np")["input_features"][0]
@@ -116,7 +119,9 @@ def test_default_preset_keeps_its_bytes_and_fingerprint(corpora_root):
 
 
 def test_fingerprint_records_the_preset():
-    fps = {feature_fingerprint(FeatureConfig(preset=p)) for p in ("logmel", "htsat", "whisper", "ast")}
+    fps = {
+        feature_fingerprint(FeatureConfig(preset=p)) for p in ("logmel", "htsat", "whisper", "ast")
+    }
     assert len(fps) == 4
     fields = fingerprint_fields(FeatureConfig(preset="whisper"))
     assert fields["preset"] == "whisper" and "WhisperFeatureExtractor" in fields["algorithm"]
@@ -124,7 +129,9 @@ def test_fingerprint_records_the_preset():
 
 
 def test_preset_conflicts_are_one_clear_error():
-    with pytest.raises(ValueError, match="sample_rate_hz=16000 conflicts with features.preset=htsat"):
+    with pytest.raises(
+        ValueError, match="sample_rate_hz=16000 conflicts with features.preset=htsat"
+    ):
         FeatureConfig(preset="htsat", sample_rate_hz=16000)
     with pytest.raises(ValueError, match="multirate_hops"):  # removed key (issue 14)
         FeatureConfig(preset="ast", multirate_hops=(320,))
@@ -143,10 +150,18 @@ def test_the_shard_builder_stores_the_extractors_output(corpora_root, preset):
     from dataprep.corpora import read_corpus
     from dataprep.process import SampleProcessor
 
-    cfg = DataConfig.model_validate({"features": {"preset": preset, "dtype": "float32"},
-                                     "build": {"dedup": {"exact": False, "near": False}}})
-    refs = [r for r in read_corpus(CorpusConfig(name="esc", reader="esc50",
-                                                root=str(corpora_root / "esc50_mini")))][:2]
+    cfg = DataConfig.model_validate(
+        {
+            "features": {"preset": preset, "dtype": "float32"},
+            "build": {"dedup": {"exact": False, "near": False}},
+        }
+    )
+    refs = [
+        r
+        for r in read_corpus(
+            CorpusConfig(name="esc", reader="esc50", root=str(corpora_root / "esc50_mini"))
+        )
+    ][:2]
     proc = SampleProcessor(cfg, augment=False)
     seen: list[np.ndarray] = []
     featurize = proc.logmel

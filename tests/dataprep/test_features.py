@@ -39,11 +39,25 @@ def test_logmel_matches_librosa_on_real_clips(corpora_root, mel_scale):
     ours = LogMel(cfg)
     for path in _real_clips(corpora_root):
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
-        wave = librosa.resample(wave.mean(axis=1), orig_sr=sr, target_sr=16000) if sr != 16000 else wave.mean(axis=1)
+        wave = (
+            librosa.resample(wave.mean(axis=1), orig_sr=sr, target_sr=16000)
+            if sr != 16000
+            else wave.mean(axis=1)
+        )
         ref = librosa.feature.melspectrogram(
-            y=wave, sr=16000, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-            n_mels=cfg.n_mels, fmin=cfg.f_min_hz, fmax=cfg.f_max_hz, htk=mel_scale == "htk",
-            norm="slaney" if mel_scale == "slaney" else None, center=True, pad_mode="reflect", power=2.0,
+            y=wave,
+            sr=16000,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            n_mels=cfg.n_mels,
+            fmin=cfg.f_min_hz,
+            fmax=cfg.f_max_hz,
+            htk=mel_scale == "htk",
+            norm="slaney" if mel_scale == "slaney" else None,
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
         )
         got = ours(wave)
         assert got.shape == ref.shape, (path.name, got.shape, ref.shape)
@@ -76,8 +90,9 @@ def test_check_fingerprint_is_the_one_refusal_and_names_fields():
     assert check_fingerprint(model, fp, where="x") == fp
     assert check_fingerprint(model, None, where="x") == fp  # nothing recorded: caller decides
     with pytest.raises(FingerprintMismatch) as err:
-        check_fingerprint(model, feature_fingerprint(data), where="build.json",
-                          fields=fingerprint_fields(data))
+        check_fingerprint(
+            model, feature_fingerprint(data), where="build.json", fields=fingerprint_fields(data)
+        )
     msg = str(err.value)
     assert "build.json" in msg and "n_mels: 64 != 80" in msg and "f_max_hz: 8000.0 != 7000.0" in msg
     # a bare FeatureConfig dump (no versions, no algorithm) still names the field

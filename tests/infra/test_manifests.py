@@ -31,7 +31,8 @@ AWS_MEMORY_GIB = {"m7i.2xlarge": 32, "m7i.4xlarge": 64, "m7i.8xlarge": 128}
 
 def _manifests() -> list[Path]:
     return sorted(
-        p for p in INFRA.rglob("*")
+        p
+        for p in INFRA.rglob("*")
         if p.suffix in {".yaml", ".yml", ".json"} and "install" not in p.relative_to(INFRA).parts
     )
 
@@ -45,7 +46,16 @@ def _docs(path: Path) -> list[dict]:
 def _qty(v: str | int) -> float:
     """Kubernetes quantity -> number (bytes for memory, cores for cpu)."""
     s = str(v)
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3}
+    units = {
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "m": 1e-3,
+    }
     for u, f in units.items():
         if s.endswith(u):
             return float(s[: -len(u)]) * f
@@ -68,6 +78,7 @@ def checks(*paths: str):
         for p in paths:
             CHECKED[p] = fn.__name__
         return fn
+
     return deco
 
 
@@ -78,8 +89,10 @@ def test_every_manifest_parses_and_has_a_schema_check():
         docs = _docs(p)
         assert docs and all(isinstance(d, dict) for d in docs), p
     rel = {str(p.relative_to(REPO)) for p in found}
-    assert rel == set(CHECKED), f"manifests without a schema check: {sorted(rel - set(CHECKED))}; " \
-                                f"checks for missing files: {sorted(set(CHECKED) - rel)}"
+    assert rel == set(CHECKED), (
+        f"manifests without a schema check: {sorted(rel - set(CHECKED))}; "
+        f"checks for missing files: {sorted(set(CHECKED) - rel)}"
+    )
 
 
 # --------------------------------------------------------------------------- Ray
@@ -97,8 +110,19 @@ def test_ray_cluster_launcher_yaml_passes_rays_own_validation():
 @checks("infra/ray/cluster-aws.yaml")
 def test_ray_cluster_launcher_yaml():
     cfg = _docs(INFRA / "ray/cluster-aws.yaml")[0]
-    _require(cfg, {"cluster_name", "max_workers", "provider", "head_node_type", "available_node_types",
-                   "head_start_ray_commands", "worker_start_ray_commands"}, "cluster-aws.yaml")
+    _require(
+        cfg,
+        {
+            "cluster_name",
+            "max_workers",
+            "provider",
+            "head_node_type",
+            "available_node_types",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        },
+        "cluster-aws.yaml",
+    )
     _require(cfg["provider"], {"type", "region"}, "provider")
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
@@ -147,12 +171,16 @@ def _check_pod_volumes(pod_template: dict, where: str) -> dict[str, dict]:
 def _check_ray_cluster_spec(spec: dict, where: str) -> None:
     _require(spec, {"headGroupSpec", "workerGroupSpecs"}, where)
     assert spec.get("rayVersion") == _pinned("ray"), "rayVersion must match the pinned ray"
-    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    groups = [("head", spec["headGroupSpec"])] + [
+        (g["groupName"], g) for g in spec["workerGroupSpecs"]
+    ]
     for name, g in groups:
         _require(g, {"rayStartParams", "template"}, f"{where} {name}")
         params = g["rayStartParams"]
         # KubeRay passes rayStartParams through as strings; a YAML int here is rejected
-        assert all(isinstance(v, str) for v in params.values()), f"{where} {name}: non-string rayStartParams"
+        assert all(isinstance(v, str) for v in params.values()), (
+            f"{where} {name}: non-string rayStartParams"
+        )
         c = _container(g["template"])
         _require(c, {"name", "image", "resources"}, f"{where} {name} container")
         limits = c["resources"]["limits"]
@@ -160,9 +188,15 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
         store = int(params["object-store-memory"])
         assert store <= 0.25 * mem, f"{where} {name}: object store {store} vs memory {mem}"
         vols = _check_pod_volumes(g["template"], f"{where} {name}")
-        shm = next((vols[m["name"]] for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"), None)
-        assert shm is not None and shm["emptyDir"]["medium"] == "Memory", f"{where} {name}: no in-memory /dev/shm"
-        assert _qty(shm["emptyDir"]["sizeLimit"]) >= store, f"{where} {name}: /dev/shm smaller than object store"
+        shm = next(
+            (vols[m["name"]] for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"), None
+        )
+        assert shm is not None and shm["emptyDir"]["medium"] == "Memory", (
+            f"{where} {name}: no in-memory /dev/shm"
+        )
+        assert _qty(shm["emptyDir"]["sizeLimit"]) >= store, (
+            f"{where} {name}: /dev/shm smaller than object store"
+        )
         if "resources" in params:  # KubeRay's quoted-JSON form: '"{\"pipeline\": 1}"'
             assert isinstance(json.loads(json.loads(params["resources"])), dict)
         if name == "head":
@@ -172,7 +206,9 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
         cpus = int(params["num-cpus"])
         assert cpus == _qty(limits["cpu"]), f"{where} {name}: num-cpus != container cpu limit"
         heap_per_task = (mem - store - 2 * GiB) / cpus
-        assert heap_per_task >= 2 * GiB, f"{where} {name}: {heap_per_task / GiB:.1f} GiB per shard task"
+        assert heap_per_task >= 2 * GiB, (
+            f"{where} {name}: {heap_per_task / GiB:.1f} GiB per shard task"
+        )
 
 
 def _pinned(name: str) -> str:
@@ -192,8 +228,12 @@ def test_kuberay_raycluster():
     _check_ray_cluster_spec(rc["spec"], "RayCluster")
     pvc = docs["PersistentVolumeClaim"]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # every pod writes shards to it
-    claims = {v["persistentVolumeClaim"]["claimName"] for g in [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
-              for v in g["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for g in [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
+        for v in g["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {pvc["metadata"]["name"]}
 
 
@@ -203,7 +243,9 @@ def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
 
     job = _docs(INFRA / "ray/kuberay-rayjob.yaml")[0]
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
-    _require(job["spec"], {"entrypoint", "rayClusterSpec", "shutdownAfterJobFinishes"}, "RayJob.spec")
+    _require(
+        job["spec"], {"entrypoint", "rayClusterSpec", "shutdownAfterJobFinishes"}, "RayJob.spec"
+    )
     _check_ray_cluster_spec(job["spec"]["rayClusterSpec"], "RayJob")
     from ray.runtime_env import RuntimeEnv
 
@@ -216,15 +258,25 @@ def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
     cmd = job["spec"]["entrypoint"].split("&&")[-1].split()
     assert cmd[:2] == ["python", "pipelines/build_shards.py"] and (REPO / cmd[1]).is_file()
     cfg_path = cmd[cmd.index("--config") + 1]
-    overrides = [a for a in cmd[cmd.index("--config") + 2:] if "=" in a]
+    overrides = [a for a in cmd[cmd.index("--config") + 2 :] if "=" in a]
     cfg = load_config(REPO / cfg_path, overrides)  # raises ConfigError on an unknown key
     assert cfg.build.out.startswith("/mnt/shards")
-    mounts = {m["mountPath"] for g in [job["spec"]["rayClusterSpec"]["headGroupSpec"],
-                                       *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
-              for m in _container(g["template"])["volumeMounts"]}
+    mounts = {
+        m["mountPath"]
+        for g in [
+            job["spec"]["rayClusterSpec"]["headGroupSpec"],
+            *job["spec"]["rayClusterSpec"]["workerGroupSpecs"],
+        ]
+        for m in _container(g["template"])["volumeMounts"]
+    }
     assert "/mnt/shards" in mounts  # build.out is on the shared volume of every pod
-    images = {_container(g["template"])["image"] for g in [job["spec"]["rayClusterSpec"]["headGroupSpec"],
-                                                           *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]}
+    images = {
+        _container(g["template"])["image"]
+        for g in [
+            job["spec"]["rayClusterSpec"]["headGroupSpec"],
+            *job["spec"]["rayClusterSpec"]["workerGroupSpecs"],
+        ]
+    }
     assert len(images) == 1  # head and workers run the same code
 
 
@@ -240,14 +292,20 @@ def test_vllm_server_matches_the_llm_config():
     c = _container(dep["spec"]["template"])
     args = dict(a[2:].split("=", 1) for a in c["args"])
     _require(args, {"model", "served-model-name", "port"}, "vllm args")
-    assert int(args["port"]) == svc["spec"]["ports"][0]["targetPort"] == c["ports"][0]["containerPort"]
+    assert (
+        int(args["port"]) == svc["spec"]["ports"][0]["targetPort"] == c["ports"][0]["containerPort"]
+    )
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert "nvidia.com/gpu" in c["resources"]["limits"]
     assert {e["name"] for e in c["env"]} >= {"VLLM_API_KEY", "HF_HUB_OFFLINE"}
     _check_pod_volumes(dep["spec"]["template"], "vllm")
     # what infra/README.md tells the builder to use is a valid LLM config
-    llm = LLMConfig(server="external", base_url=f"http://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}",
-                    model=args["served-model-name"], api_key_env="VLLM_API_KEY")
+    llm = LLMConfig(
+        server="external",
+        base_url=f"http://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}",
+        model=args["served-model-name"],
+        api_key_env="VLLM_API_KEY",
+    )
     assert llm and llm.model == args["served-model-name"]
 
 
@@ -292,7 +350,9 @@ def test_kuberay_token_auth_and_network_policy():
     job = _docs(INFRA / "ray/kuberay-rayjob.yaml")[0]
     specs = {"RayCluster": docs["RayCluster"]["spec"], "RayJob": job["spec"]["rayClusterSpec"]}
     policy = docs["NetworkPolicy"]
-    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["spec"]["policyTypes"] == [
+        "Ingress"
+    ]
     selected = policy["spec"]["podSelector"]["matchLabels"]
     for where, spec in specs.items():
         # KubeRay >= 1.5.1 generates the token Secret and sets RAY_AUTH_MODE/RAY_AUTH_TOKEN
@@ -304,10 +364,17 @@ def test_kuberay_token_auth_and_network_policy():
     peers, submitter = policy["spec"]["ingress"]
     assert peers == {"from": [{"podSelector": {"matchLabels": selected}}]}  # Ray pods: each other
     # the RayJob's submitter (a Job named after the RayJob) may reach the job API only
-    assert submitter["from"] == [{"podSelector": {"matchLabels": {"job-name": job["metadata"]["name"]}}}]
-    head_ports = {p["name"]: p["containerPort"] for p in _container(specs["RayJob"]["headGroupSpec"]["template"])["ports"]}
+    assert submitter["from"] == [
+        {"podSelector": {"matchLabels": {"job-name": job["metadata"]["name"]}}}
+    ]
+    head_ports = {
+        p["name"]: p["containerPort"]
+        for p in _container(specs["RayJob"]["headGroupSpec"]["template"])["ports"]
+    }
     assert submitter["ports"] == [{"protocol": "TCP", "port": head_ports["dashboard"]}]
-    assert docs["RayCluster"]["spec"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    assert (
+        docs["RayCluster"]["spec"]["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    )
 
 
 def test_vllm_requires_its_key_and_admits_only_the_builder():
@@ -319,7 +386,10 @@ def test_vllm_requires_its_key_and_admits_only_the_builder():
     assert ref["optional"] is False and ref["name"] == "vllm-api-key"
     assert docs["Service"]["spec"].get("type", "ClusterIP") == "ClusterIP"
     policy = docs["NetworkPolicy"]["spec"]
-    assert policy["podSelector"]["matchLabels"] == docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert (
+        policy["podSelector"]["matchLabels"]
+        == docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    )
     (rule,) = policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": c["ports"][0]["containerPort"]}]
     (src,) = rule["from"]
@@ -337,7 +407,11 @@ def test_vllm_requires_its_key_and_admits_only_the_builder():
 
 PRESETS = {
     "infra/deepspeed/ds_zero2_bf16.json": {"zero_stage": 2, "precision": "bf16"},
-    "infra/deepspeed/ds_zero3_offload.json": {"zero_stage": 3, "precision": "bf16", "offload": True},
+    "infra/deepspeed/ds_zero3_offload.json": {
+        "zero_stage": 3,
+        "precision": "bf16",
+        "offload": True,
+    },
 }
 
 
@@ -353,7 +427,12 @@ def test_ds_preset_is_a_valid_deepspeed_config(preset):
     raw = json.loads((REPO / preset).read_text())
     frag = {k: v for k, v in raw.items() if not k.startswith("_")}
     # a preset sets DeepSpeed knobs only; batch/optimizer/scheduler come from train.*
-    assert not {"train_batch_size", "train_micro_batch_size_per_gpu", "optimizer", "scheduler"} & set(frag)
+    assert not {
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "optimizer",
+        "scheduler",
+    } & set(frag)
     t = TrainConfig(**PRESETS[preset], ds_config=frag)
     cfg = make_ds_config(t, world_size=1)
     ds = DeepSpeedConfig(cfg)  # pydantic-validated: an unknown zero_optimization key raises
@@ -364,21 +443,41 @@ def test_ds_preset_is_a_valid_deepspeed_config(preset):
 
 
 def test_hostfile_lines():
-    lines = [ln for ln in (INFRA / "deepspeed/hostfile").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln
+        for ln in (INFRA / "deepspeed/hostfile").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert len(lines) >= 2 and all(re.fullmatch(r"\S+ slots=\d+", ln) for ln in lines), lines
 
 
 def _launch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     full = dict(os.environ, PYTHON=sys.executable, DRY_RUN="1", **env)
-    return subprocess.run(["bash", str(INFRA / "deepspeed/launch.sh"), *args], env=full,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(INFRA / "deepspeed/launch.sh"), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_launch_script_builds_the_deepspeed_command(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two nodes\nnode-a slots=8\nnode-b slots=8\n\nnode-c slots=8\n")
-    r = _launch({"HOSTFILE": str(hostfile), "NNODES": "2", "NO_SSH": "1", "NODE_RANK": "1",
-                 "PRESET": "ds_zero3_offload", "MASTER_PORT": "29555"}, "--config", "configs/demo.yaml", "train.lr=0.001")
+    r = _launch(
+        {
+            "HOSTFILE": str(hostfile),
+            "NNODES": "2",
+            "NO_SSH": "1",
+            "NODE_RANK": "1",
+            "PRESET": "ds_zero3_offload",
+            "MASTER_PORT": "29555",
+        },
+        "--config",
+        "configs/demo.yaml",
+        "train.lr=0.001",
+    )
     assert r.returncode == 0, r.stderr
     argv = r.stdout.split()
     assert argv[argv.index("--num_nodes") + 1] == "2"
@@ -386,7 +485,12 @@ def test_launch_script_builds_the_deepspeed_command(tmp_path):
     assert argv[argv.index("--master_addr") + 1] == "node-a"  # first host of the hostfile
     assert argv[argv.index("--master_port") + 1] == "29555"
     assert any(a.endswith("/jobs/pretrain.py") for a in argv)
-    assert {"train.zero_stage=3", "train.precision=bf16", "train.offload=true", "train.lr=0.001"} <= set(argv)
+    assert {
+        "train.zero_stage=3",
+        "train.precision=bf16",
+        "train.offload=true",
+        "train.lr=0.001",
+    } <= set(argv)
     ds = next(a for a in argv if a.startswith("train.ds_config="))
     # printf %q escapes the JSON for the shell; unescape and parse it as the trainer will
     payload = json.loads(re.sub(r"\\(.)", r"\1", ds.split("=", 1)[1]))
@@ -416,27 +520,47 @@ def test_sbatch_script_wires_one_launcher_per_node(tmp_path):
     script = INFRA / "slurm/pretrain.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     directives = dict(
-        (m.group(1), m.group(2)) for m in re.finditer(r"^#SBATCH --([\w-]+)(?:=(\S+))?", script.read_text(), re.M)
+        (m.group(1), m.group(2))
+        for m in re.finditer(r"^#SBATCH --([\w-]+)(?:=(\S+))?", script.read_text(), re.M)
     )
-    _require(directives, {"nodes", "ntasks-per-node", "gpus-per-node", "signal", "requeue"}, "#SBATCH")
+    _require(
+        directives, {"nodes", "ntasks-per-node", "gpus-per-node", "signal", "requeue"}, "#SBATCH"
+    )
     assert directives["ntasks-per-node"] == "1"  # one DeepSpeed launcher per node
     # Stand-ins for SLURM's tools (SLURM cannot run here): scontrol expands the node list, srun
     # runs the per-node command once per node with that node's SLURM_NODEID.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] && tr , "\\n" <<< "$3"\n')
+    (bin_dir / "scontrol").write_text(
+        '#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] && tr , "\\n" <<< "$3"\n'
+    )
     (bin_dir / "srun").write_text(
         '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
         'for ((i=0; i<SLURM_JOB_NUM_NODES; i++)); do SLURM_NODEID=$i "$@" || exit 1; done\n'
     )
     for f in bin_dir.iterdir():
         f.chmod(f.stat().st_mode | stat.S_IEXEC)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NUM_NODES="2",
-               SLURM_JOB_NODELIST="gpu-a,gpu-b", SLURM_JOB_ID="4242", SLURM_GPUS_ON_NODE="8",
-               SLURM_SUBMIT_DIR=str(REPO), LOG_DIR=str(tmp_path / "logs"), DRY_RUN="1", PYTHON=sys.executable,
-               VENV=str(tmp_path / "novenv"))
-    r = subprocess.run(["bash", str(script), "--config", "configs/demo.yaml"], env=env, capture_output=True,
-                       text=True, timeout=60, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="gpu-a,gpu-b",
+        SLURM_JOB_ID="4242",
+        SLURM_GPUS_ON_NODE="8",
+        SLURM_SUBMIT_DIR=str(REPO),
+        LOG_DIR=str(tmp_path / "logs"),
+        DRY_RUN="1",
+        PYTHON=sys.executable,
+        VENV=str(tmp_path / "novenv"),
+    )
+    r = subprocess.run(
+        ["bash", str(script), "--config", "configs/demo.yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "logs" / "hostfile-4242").read_text() == "gpu-a slots=8\ngpu-b slots=8\n"
     cmds = [ln.split() for ln in r.stdout.splitlines() if "pretrain.py" in ln]

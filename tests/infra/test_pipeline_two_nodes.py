@@ -30,7 +30,9 @@ CONFIG = "configs/test_small.yaml"
 def _run(cmd: list[str], env: dict[str, str], log: Path, timeout_s: float) -> int:
     """Run in a new session, output to a file; on timeout kill the whole process group."""
     with open(log, "w") as fh:
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             return p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -45,15 +47,43 @@ def built(tmp_path_factory, subprocess_env):
     root = tmp_path_factory.mktemp("pipeline")
     shards = root / "shards"
     log = root / "build.log"
-    rc = _run([sys.executable, "pipelines/build_shards.py", "--config", CONFIG, "--out", str(shards),
-               "--num-cpus", "1"], dict(subprocess_env), log, timeout_s=300)
+    rc = _run(
+        [
+            sys.executable,
+            "pipelines/build_shards.py",
+            "--config",
+            CONFIG,
+            "--out",
+            str(shards),
+            "--num-cpus",
+            "1",
+        ],
+        dict(subprocess_env),
+        log,
+        timeout_s=300,
+    )
     assert rc == 0, log.read_text(errors="replace")[-4000:]
     record = json.loads((shards / "build.json").read_text())
     assert record["counts"]["train"]["samples"] > 0, record["counts"]
     log = root / "tokenizer.log"
-    rc = _run([sys.executable, "pipelines/train_tokenizer.py", "--shards", str(shards),
-               "--out", str(shards / "tokenizer.model"), "--vocab-size", "300"], dict(subprocess_env), log, 120)
-    assert rc == 0 and (shards / "tokenizer.model").is_file(), log.read_text(errors="replace")[-3000:]
+    rc = _run(
+        [
+            sys.executable,
+            "pipelines/train_tokenizer.py",
+            "--shards",
+            str(shards),
+            "--out",
+            str(shards / "tokenizer.model"),
+            "--vocab-size",
+            "300",
+        ],
+        dict(subprocess_env),
+        log,
+        120,
+    )
+    assert rc == 0 and (shards / "tokenizer.model").is_file(), log.read_text(errors="replace")[
+        -3000:
+    ]
     return shards
 
 
@@ -68,13 +98,40 @@ def test_two_node_deepspeed_trains_on_built_shards(built, tmp_path, subprocess_e
     procs = []
     try:
         for rank, log in enumerate(logs):
-            cmd = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank),
-                   "--master_addr", "127.0.0.1", "--master_port", str(port),
-                   "jobs/pretrain.py", "--config", CONFIG, "--shards", str(built), "--out", str(out),
-                   "train.max_steps=2"]
+            cmd = [
+                str(BIN / "deepspeed"),
+                "--hostfile",
+                str(hostfile),
+                "--no_ssh",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "jobs/pretrain.py",
+                "--config",
+                CONFIG,
+                "--shards",
+                str(built),
+                "--out",
+                str(out),
+                "train.max_steps=2",
+            ]
             fh = open(log, "w")  # noqa: SIM115 - the child writes it; closed after wait below
-            procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                           start_new_session=True), fh))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        cmd,
+                        cwd=REPO,
+                        env=env,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                    fh,
+                )
+            )
         for p, _ in procs:
             p.wait(timeout=300)
     finally:
@@ -94,7 +151,9 @@ def test_two_node_deepspeed_trains_on_built_shards(built, tmp_path, subprocess_e
     assert meta["zero_stage"] == 2  # configs/test_small.yaml's train.zero_stage
     assert (out / "final" / "model.safetensors").is_file()
     # the tokenizer next to the shards was used and exported with the weights, not retrained
-    assert (out / "final" / "tokenizer.model").read_bytes() == (built / "tokenizer.model").read_bytes()
+    assert (out / "final" / "tokenizer.model").read_bytes() == (
+        built / "tokenizer.model"
+    ).read_bytes()
     assert not (out / "tokenizer.model").exists()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -128,15 +187,39 @@ def test_sbatch_script_trains_on_two_nodes(built, tmp_path, subprocess_env):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     out, logs = tmp_path / "run", tmp_path / "logs"
-    env = dict(subprocess_env, PATH=f"{bin_dir}{os.pathsep}{subprocess_env['PATH']}",
-               SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="127.0.0.1,localhost", SLURM_JOB_ID="77",
-               SLURM_GPUS_ON_NODE="1", SLURM_SUBMIT_DIR=str(REPO), LOG_DIR=str(logs),
-               VENV=str(REPO / ".venv"), MASTER_PORT=str(free_port()), PYTHON=sys.executable,
-               DEEPSPEED=str(BIN / "deepspeed"), OMP_NUM_THREADS="1",
-               TORCH_EXTENSIONS_DIR=str(REPO / ".venv" / "torch_extensions"))
+    env = dict(
+        subprocess_env,
+        PATH=f"{bin_dir}{os.pathsep}{subprocess_env['PATH']}",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="127.0.0.1,localhost",
+        SLURM_JOB_ID="77",
+        SLURM_GPUS_ON_NODE="1",
+        SLURM_SUBMIT_DIR=str(REPO),
+        LOG_DIR=str(logs),
+        VENV=str(REPO / ".venv"),
+        MASTER_PORT=str(free_port()),
+        PYTHON=sys.executable,
+        DEEPSPEED=str(BIN / "deepspeed"),
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=str(REPO / ".venv" / "torch_extensions"),
+    )
     log = tmp_path / "sbatch.log"
-    rc = _run(["bash", "infra/slurm/pretrain.sbatch", "--config", CONFIG, "--shards", str(built),
-               "--out", str(out), "train.max_steps=2"], env, log, timeout_s=300)
+    rc = _run(
+        [
+            "bash",
+            "infra/slurm/pretrain.sbatch",
+            "--config",
+            CONFIG,
+            "--shards",
+            str(built),
+            "--out",
+            str(out),
+            "train.max_steps=2",
+        ],
+        env,
+        log,
+        timeout_s=300,
+    )
     text = log.read_text(errors="replace")
     assert rc == 0, text[-4000:]
     assert (logs / "hostfile-77").read_text() == "127.0.0.1 slots=1\nlocalhost slots=1\n"
@@ -144,4 +227,6 @@ def test_sbatch_script_trains_on_two_nodes(built, tmp_path, subprocess_env):
         assert f"nnodes=2, num_local_procs=1, node_rank={rank}" in text, text[-3000:]
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 2, meta
-    assert meta["zero_stage"] == 2 and meta["precision"] == "bf16", meta  # the script's default preset
+    assert meta["zero_stage"] == 2 and meta["precision"] == "bf16", (
+        meta
+    )  # the script's default preset

@@ -54,7 +54,8 @@ def test_token_auth_refuses_callers_without_the_token(tmp_path, subprocess_env):
          "--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp_dir}",
          f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
          f"--metrics-export-port={free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        text=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dash}"
     try:

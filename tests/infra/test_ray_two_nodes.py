@@ -33,19 +33,27 @@ GCS_PORT = 6380  # the namespace has its own port space: fixed ports cannot clas
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ip") is None or os.geteuid() != 0,
-    reason="needs iproute2 and root to create a network namespace (infra/install/setup.sh installs iproute2)",
+    reason="needs iproute2 and root to create a network namespace "
+    "(infra/install/setup.sh installs iproute2)",
 )
 
 
 def _ns_run(ns: str, cmd: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], env=env, text=True, capture_output=True, **kw)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], env=env, text=True, capture_output=True, **kw
+    )
 
 
 def _ns_start(ns: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     # own process group, output to a file (a full pipe would block `ray start --block`)
     fh = open(log, "w")  # noqa: SIM115 - closed with the process in the fixture
-    return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, *cmd],
+        env=env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop_namespace(ns: str, procs: list[subprocess.Popen]) -> None:
@@ -54,7 +62,9 @@ def _stop_namespace(ns: str, procs: list[subprocess.Popen]) -> None:
             os.killpg(p.pid, signal.SIGTERM)
     deadline = time.time() + 20
     while time.time() < deadline:
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(
+            ["ip", "netns", "pids", ns], capture_output=True, text=True
+        ).stdout.split()
         if not pids:
             break
         sig = signal.SIGTERM if time.time() < deadline - 10 else signal.SIGKILL
@@ -78,22 +88,57 @@ def two_node_cluster(subprocess_env, tmp_path):
     ns = f"pc{uuid.uuid4().hex[:10]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     procs: list[subprocess.Popen] = []
-    temp_dir = tempfile.mkdtemp(prefix="r2", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    temp_dir = tempfile.mkdtemp(
+        prefix="r2", dir="/tmp"
+    )  # short: Ray's unix socket paths are length-limited
     env = dict(subprocess_env)
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
-              "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    common = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-        procs.append(_ns_start(ns, [str(BIN / "ray"), "start", "--head", f"--port={GCS_PORT}",
-                                    "--include-dashboard=false",
-                                    "--dashboard-agent-listen-port=52401", "--resources", '{"head": 1}', *common],
-                               env, tmp_path / "head.log"))
+        procs.append(
+            _ns_start(
+                ns,
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--head",
+                    f"--port={GCS_PORT}",
+                    "--include-dashboard=false",
+                    "--dashboard-agent-listen-port=52401",
+                    "--resources",
+                    '{"head": 1}',
+                    *common,
+                ],
+                env,
+                tmp_path / "head.log",
+            )
+        )
         _wait_started(tmp_path / "head.log", procs[-1])
-        procs.append(_ns_start(ns, [str(BIN / "ray"), "start", f"--address=127.0.0.1:{GCS_PORT}",
-                                    "--dashboard-agent-listen-port=52402", "--resources", '{"worker2": 1}', *common],
-                               env, tmp_path / "worker.log"))
+        procs.append(
+            _ns_start(
+                ns,
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    f"--address=127.0.0.1:{GCS_PORT}",
+                    "--dashboard-agent-listen-port=52402",
+                    "--resources",
+                    '{"worker2": 1}',
+                    *common,
+                ],
+                env,
+                tmp_path / "worker.log",
+            )
+        )
         _wait_started(tmp_path / "worker.log", procs[-1])
         nodes = _nodes(ns, env, 2)
         yield ns, dict(env, RAY_ADDRESS=f"127.0.0.1:{GCS_PORT}"), nodes
@@ -105,7 +150,8 @@ def two_node_cluster(subprocess_env, tmp_path):
 _NODES_PY = """
 import json, ray
 ray.init(address="127.0.0.1:%d", logging_level="ERROR")
-print("NODES " + json.dumps([{"id": n["NodeID"], "ip": n["NodeManagerAddress"], "res": n["Resources"]}
+print("NODES " + json.dumps([
+    {"id": n["NodeID"], "ip": n["NodeManagerAddress"], "res": n["Resources"]}
                              for n in ray.nodes() if n["Alive"]]))
 """
 
@@ -129,7 +175,9 @@ def _nodes(ns: str, env: dict[str, str], n: int) -> dict[str, str]:
         if len(nodes) >= n:
             assert {x["ip"] for x in nodes} == {"127.0.0.1"}, nodes  # loopback only
             return {("head" if "head" in x["res"] else "worker2"): x["id"] for x in nodes}
-        assert time.time() < deadline, f"cluster did not reach {n} nodes: {r.stdout[-1000:]} {r.stderr[-2000:]}"
+        assert time.time() < deadline, (
+            f"cluster did not reach {n} nodes: {r.stdout[-1000:]} {r.stderr[-2000:]}"
+        )
         time.sleep(2)
 
 
@@ -141,9 +189,20 @@ def test_build_shards_runs_on_both_nodes(two_node_cluster, tmp_path):
     # The same command as the RayJob manifest's entrypoint; RAY_ADDRESS makes ray.init() join.
     # max_parallel_tasks=4 keeps more shard tasks in flight than one node has CPUs (1 each), so
     # the scheduler must place work on the second node.
-    r = _ns_run(ns, [sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml",
-                     f"build.out={out}", "build.shards.max_parallel_tasks=4"],
-                env, cwd=REPO, timeout=600)
+    r = _ns_run(
+        ns,
+        [
+            sys.executable,
+            "pipelines/build_shards.py",
+            "--config",
+            "configs/test_small.yaml",
+            f"build.out={out}",
+            "build.shards.max_parallel_tasks=4",
+        ],
+        env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     record = json.loads((out / "build.json").read_text())
     tasks = record["tasks"]

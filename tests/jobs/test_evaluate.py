@@ -230,7 +230,9 @@ def test_few_shot_keyword_spotting_per_language(sets, tmp_path: Path, corpora_ro
     time): an oracle that confuses the two Hindi words scores Hindi at chance, the rest at 1."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("builders", REPO / "tests" / "fixtures" / "layouts" / "builders.py")
+    spec = importlib.util.spec_from_file_location(
+        "builders", REPO / "tests" / "fixtures" / "layouts" / "builders.py"
+    )
     builders = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builders)  # type: ignore[union-attr]
     builders.build_mswc(corpora_root, tmp_path / "mswc")
@@ -246,7 +248,12 @@ def test_few_shot_keyword_spotting_per_language(sets, tmp_path: Path, corpora_ro
     assert {f"accuracy_{g}" for g in ("en", "es", "hi", "zh")} <= set(m)
     assert all(m[f"accuracy_{g}"].value == 1.0 for g in ("en", "es", "zh"))
     assert m["accuracy_hi"].value < 1.0 and m["accuracy"].value < 1.0
-    plain = runner.task_few_shot(task.model_copy(update={"per_lang": False}), items, Oracle(axis, {}, len(classes)), Defaults(n_boot=20))  # type: ignore[arg-type]
+    plain = runner.task_few_shot(
+        task.model_copy(update={"per_lang": False}),
+        items,
+        Oracle(axis, {}, len(classes)),
+        Defaults(n_boot=20),
+    )  # type: ignore[arg-type]
     assert set(plain) == {"accuracy"}
 
 

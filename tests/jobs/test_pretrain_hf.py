@@ -43,14 +43,27 @@ def _config(root: Path, clap: Path, **model) -> Path:
         "model": {
             "audio": {"kind": "htsat", "path": str(clap), "max_frames": 1001, "dropout": 0.1},
             "text": {"kind": "hf", "path": str(clap), "pooling": "pooler", "max_len": 24},
-            "projection": "mlp", "embed_dim": 32, "init_from": str(clap), **model,
+            "projection": "mlp",
+            "embed_dim": 32,
+            "init_from": str(clap),
+            **model,
         },
         "train": {
-            "zero_stage": 0, "micro_batch": 8, "chunk_size": 4, "lr": 1e-3, "warmup_steps": 1,
+            "zero_stage": 0,
+            "micro_batch": 8,
+            "chunk_size": 4,
+            "lr": 1e-3,
+            "warmup_steps": 1,
             # DeepSpeed WarmupCosineLR: the first two updates run at lr 0
-            "max_steps": 3, "save_every": 100, "log_every": 1, "tensorboard": False,
-            "finetune": {"text": {"lock": True, "unlocked_layers": 1},
-                         "audio": {"lr": 3e-4, "layer_decay": 0.5}, "head_lr": 3e-3},
+            "max_steps": 3,
+            "save_every": 100,
+            "log_every": 1,
+            "tensorboard": False,
+            "finetune": {
+                "text": {"lock": True, "unlocked_layers": 1},
+                "audio": {"lr": 3e-4, "layer_decay": 0.5},
+                "head_lr": 3e-3,
+            },
         },
         "loader": {"num_workers": 0},
     }
@@ -60,11 +73,34 @@ def _config(root: Path, clap: Path, **model) -> Path:
 
 
 def _pretrain(cfg: Path, shards: Path, out: Path, env: dict, port: int):
-    e = dict(env, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-             MASTER_PORT=str(port), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "jobs/pretrain.py", "--config", str(cfg), "--shards",
-                           str(shards), "--out", str(out)], cwd=REPO, env=e, capture_output=True,
-                          text=True, timeout=300, check=False)
+    e = dict(
+        env,
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "jobs/pretrain.py",
+            "--config",
+            str(cfg),
+            "--shards",
+            str(shards),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -91,8 +127,13 @@ def test_bad_init_and_preset_mismatch_exit_2_before_training(setup, subprocess_e
     root, clap = setup
     empty = tmp_path / "empty"
     empty.mkdir()
-    p = _pretrain(_config(root, clap, init_from=str(empty)), root / "shards", tmp_path / "o1",
-                  subprocess_env, port)
+    p = _pretrain(
+        _config(root, clap, init_from=str(empty)),
+        root / "shards",
+        tmp_path / "o1",
+        subprocess_env,
+        port,
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "model.init_from" in p.stderr and "step" not in p.stdout
     cfg = yaml.safe_load(_config(root, clap).read_text())
@@ -106,13 +147,22 @@ def test_bad_init_and_preset_mismatch_exit_2_before_training(setup, subprocess_e
 
 
 def test_help_lists_the_finetune_and_pretrained_tower_keys(subprocess_env):
-    p = subprocess.run([sys.executable, "jobs/pretrain.py", "--help"], cwd=REPO,
-                       env=subprocess_env, capture_output=True, text=True, timeout=120,
-                       check=False)
+    p = subprocess.run(
+        [sys.executable, "jobs/pretrain.py", "--help"],
+        cwd=REPO,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
-    for line in ("model.init_from: str | None = None", "model.init_strict: bool = True",
-                 "train.finetune.text.unlocked_layers: int = 0",
-                 "train.finetune.audio.layer_decay: float = 1.0",
-                 "model.audio.kind: 'patch' | 'htsat' | 'whisper' | 'ast' = 'patch'",
-                 "features.preset: 'logmel' | 'htsat' | 'whisper' | 'ast' = 'logmel'"):
+    for line in (
+        "model.init_from: str | None = None",
+        "model.init_strict: bool = True",
+        "train.finetune.text.unlocked_layers: int = 0",
+        "train.finetune.audio.layer_decay: float = 1.0",
+        "model.audio.kind: 'patch' | 'htsat' | 'whisper' | 'ast' = 'patch'",
+        "features.preset: 'logmel' | 'htsat' | 'whisper' | 'ast' = 'logmel'",
+    ):
         assert line in p.stdout, line

@@ -28,17 +28,23 @@ def train_bpe(out: Path, kind: str, vocab_size: int = 300, padding_side: str = "
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2TokenizerFast, RobertaTokenizerFast
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if kind == "roberta" else ["<|endoftext|>"]
+    specials = (
+        ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if kind == "roberta" else ["<|endoftext|>"]
+    )
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(captions(), vocab_size=vocab_size, min_frequency=1,
-                            special_tokens=specials)
+    bpe.train_from_iterator(
+        captions(), vocab_size=vocab_size, min_frequency=1, special_tokens=specials
+    )
     raw = out / "bpe"
     raw.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(raw))
     cls = RobertaTokenizerFast if kind == "roberta" else GPT2TokenizerFast
     vocab = json.loads((raw / "vocab.json").read_text())
-    merges = [tuple(line.split()) for line in (raw / "merges.txt").read_text().splitlines()
-              if line and not line.startswith("#version")]
+    merges = [
+        tuple(line.split())
+        for line in (raw / "merges.txt").read_text().splitlines()
+        if line and not line.startswith("#version")
+    ]
     tok = cls(vocab=vocab, merges=merges, model_max_length=64, padding_side=padding_side)
     tok.save_pretrained(str(out))
 
@@ -50,8 +56,15 @@ def tiny_gpt2(out: Path, padding_side: str = "right") -> Path:
     train_bpe(out, "gpt2", padding_side=padding_side)
     tok = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     GPT2Model(cfg).save_pretrained(str(out))
     return out
 
@@ -63,9 +76,15 @@ def tiny_xlmr(out: Path) -> Path:
     train_bpe(out, "roberta")
     tok = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(0)
-    cfg = XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64,
-                           max_position_embeddings=66, pad_token_id=tok.pad_token_id)
+    cfg = XLMRobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        pad_token_id=tok.pad_token_id,
+    )
     XLMRobertaModel(cfg).save_pretrained(str(out))
     return out
 
@@ -75,10 +94,20 @@ def tiny_clap_config():
     from transformers import ClapConfig
 
     return ClapConfig(
-        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "vocab_size": 300, "max_position_embeddings": 66},
-        audio_config={"depths": [1, 1, 1, 1], "num_attention_heads": [2, 2, 2, 2],
-                      "patch_embeds_hidden_size": 16, "hidden_size": 128},
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 300,
+            "max_position_embeddings": 66,
+        },
+        audio_config={
+            "depths": [1, 1, 1, 1],
+            "num_attention_heads": [2, 2, 2, 2],
+            "patch_embeds_hidden_size": 16,
+            "hidden_size": 128,
+        },
         projection_dim=32,
     )
 
@@ -112,23 +141,43 @@ def tiny_whisper(out: Path) -> Path:
     from transformers import WhisperConfig, WhisperModel
 
     torch.manual_seed(0)
-    cfg = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                        max_source_positions=1500, max_target_positions=32, vocab_size=100,
-                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-                        suppress_tokens=None, begin_suppress_tokens=None)
+    cfg = WhisperConfig(
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=32,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
     WhisperModel(cfg).save_pretrained(str(out))
     return out
 
 
-def tiny_ast(out: Path, num_mel_bins: int = 128, max_length: int = 1024,
-             num_hidden_layers: int = 1) -> Path:
+def tiny_ast(
+    out: Path, num_mel_bins: int = 128, max_length: int = 1024, num_hidden_layers: int = 1
+) -> Path:
     """TINY RANDOM ASTModel (32 wide; default 1 layer, 128 mel bins x 1024 frames)."""
     from transformers import ASTConfig, ASTModel
 
     torch.manual_seed(0)
-    cfg = ASTConfig(hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=2,
-                    intermediate_size=64, num_mel_bins=num_mel_bins, max_length=max_length)
+    cfg = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_mel_bins=num_mel_bins,
+        max_length=max_length,
+    )
     ASTModel(cfg).save_pretrained(str(out))
     return out

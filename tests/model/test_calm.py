@@ -19,24 +19,38 @@ from model.gradcache import cached_step
 from model.hf_text import HFTokenizer
 from model.losses import ContrastiveLoss
 
-TEXTS = ["a dog barks", "rain on a roof", "a man speaks", "a bell rings twice", "wind",
-         "a car passes by", "birds sing"]
+TEXTS = [
+    "a dog barks",
+    "rain on a roof",
+    "a man speaks",
+    "a bell rings twice",
+    "wind",
+    "a car passes by",
+    "birds sing",
+]
 
 
 @pytest.fixture(scope="module")
 def calm(tmp_path_factory):
     d = tiny_gpt2(tmp_path_factory.mktemp("calm") / "gpt2")
-    cfg = tiny_config().model_copy(update={
-        "text": TextEncoderConfig(kind="hf", path=str(d), max_len=24, dropout=0.1),
-        "calm": CalmConfig(enabled=True),
-        "loss": LossConfig(kind="mga", hard_negative_beta=0.5)})
+    cfg = tiny_config().model_copy(
+        update={
+            "text": TextEncoderConfig(kind="hf", path=str(d), max_len=24, dropout=0.1),
+            "calm": CalmConfig(enabled=True),
+            "loss": LossConfig(kind="mga", hard_negative_beta=0.5),
+        }
+    )
     torch.manual_seed(0)
     model = build_model(cfg, N_MELS)
     ids, mask = HFTokenizer(d).encode_batch(TEXTS, 24)
     g = torch.Generator().manual_seed(1)
-    batch = {"mel": torch.randn(7, N_MELS, 40, generator=g),
-             "mel_lengths": torch.tensor([40, 33, 25, 40, 17, 9, 40]),
-             "ids": ids, "mask": mask, "groups": torch.arange(7)}
+    batch = {
+        "mel": torch.randn(7, N_MELS, 40, generator=g),
+        "mel_lengths": torch.tensor([40, 33, 25, 40, 17, 9, 40]),
+        "ids": ids,
+        "mask": mask,
+        "groups": torch.arange(7),
+    }
     return model, batch, cfg
 
 

@@ -11,9 +11,9 @@ import types
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from hf_helpers import tiny_clap, tiny_xlmr
 from model_helpers import N_MELS, tiny_config
+from safetensors.torch import save_file
 
 from model.clap import build_model
 from model.config import (
@@ -37,17 +37,21 @@ from model.hf_import import clap_model_config
 
 def _train(ft: FinetuneConfig, lr: float = 1e-3, wd: float = 0.05):
     # TrainConfig's no_decay list; the finetune section is passed beside it
-    return types.SimpleNamespace(lr=lr, weight_decay=wd, no_decay=TrainConfig().no_decay,
-                                 finetune=ft)
+    return types.SimpleNamespace(
+        lr=lr, weight_decay=wd, no_decay=TrainConfig().no_decay, finetune=ft
+    )
 
 
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     """Patch audio tower + TINY RANDOM XLM-R (2 layers) text tower."""
     d = tiny_xlmr(tmp_path_factory.mktemp("xlmr"))
-    cfg = tiny_config().model_copy(update={
-        "text": TextEncoderConfig(kind="hf", path=str(d), dropout=0.1),
-        "loss": ModelConfig().loss})
+    cfg = tiny_config().model_copy(
+        update={
+            "text": TextEncoderConfig(kind="hf", path=str(d), dropout=0.1),
+            "loss": ModelConfig().loss,
+        }
+    )
     return cfg
 
 
@@ -58,8 +62,9 @@ def _lr_of(groups):
 def test_layer_wise_lr_decay_and_per_tower_groups(hf_model):
     torch.manual_seed(0)
     model = build_model(hf_model, N_MELS)
-    ft = FinetuneConfig(text=TowerTuneConfig(lr=1e-4, layer_decay=0.5, weight_decay=0.01),
-                        head_lr=1e-2)
+    ft = FinetuneConfig(
+        text=TowerTuneConfig(lr=1e-4, layer_decay=0.5, weight_decay=0.01), head_lr=1e-2
+    )
     groups = param_groups(model, _train(ft))
     lr = _lr_of(groups)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) == len(lr)
@@ -83,12 +88,15 @@ def test_layer_wise_lr_decay_and_per_tower_groups(hf_model):
 
 def test_lock_all_but_last_layer_lit_style(hf_model):
     model = build_model(hf_model, N_MELS)
-    ft = FinetuneConfig(text=TowerTuneConfig(lock=True, unlocked_layers=1),
-                        audio=TowerTuneConfig(lock=True))
+    ft = FinetuneConfig(
+        text=TowerTuneConfig(lock=True, unlocked_layers=1), audio=TowerTuneConfig(lock=True)
+    )
     counts = apply_locks(model, ft)
     text = towers(model)["text"]
     trainable = {n for n, p in text.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("model.encoder.layer.1.", "model.pooler.")) for n in trainable)
+    assert trainable and all(
+        n.startswith(("model.encoder.layer.1.", "model.pooler.")) for n in trainable
+    )
     assert not any(p.requires_grad for p in model.audio.parameters())
     assert counts["audio"] == sum(p.numel() for p in model.audio.parameters())
     model.train()
@@ -103,8 +111,10 @@ def test_lock_all_but_last_layer_lit_style(hf_model):
     assert tower_layers(text)[0].attention.self.query.weight.grad is None
     assert tower_layers(text)[1].attention.self.query.weight.grad is not None
     with pytest.raises(ValueError, match="unlocked_layers=3 but the text tower has 2 layers"):
-        apply_locks(build_model(hf_model, N_MELS),
-                    FinetuneConfig(text=TowerTuneConfig(lock=True, unlocked_layers=3)))
+        apply_locks(
+            build_model(hf_model, N_MELS),
+            FinetuneConfig(text=TowerTuneConfig(lock=True, unlocked_layers=3)),
+        )
 
 
 def test_init_from_a_polyclap_export_is_strict(tmp_path):
@@ -123,7 +133,9 @@ def test_init_from_a_polyclap_export_is_strict(tmp_path):
         assert torch.equal(dst.state_dict()[k], v), k
     # a model with a different head: the mismatch is named, nothing is loaded half-way
     other = build_model(cfg.model_copy(update={"embed_dim": 8}), N_MELS)
-    with pytest.raises(InitError, match=r"shape-mismatched \['audio_proj.weight \(16, 32\) != \(8, 32\)"):
+    with pytest.raises(
+        InitError, match=r"shape-mismatched \['audio_proj.weight \(16, 32\) != \(8, 32\)"
+    ):
         init_weights(other, export)
     # strict=False: missing keys are listed and the rest loads
     sd = src.state_dict()
@@ -147,4 +159,3 @@ def test_init_from_a_clapmodel_dir(tmp_path):
     report = init_weights(model, d)
     assert report.kind == "clap" and not report.missing and not report.unexpected
     assert model.audio_proj.linear1.weight.abs().sum() > 0 and model.log_scale.item() > 0
-

@@ -20,8 +20,15 @@ from model.hf_text import HFTokenizer
 from model.losses import ContrastiveLoss
 
 B = 7
-TEXTS = ["a dog barks", "rain on a roof", "a man speaks", "a bell rings twice", "wind",
-         "a car passes by", "birds sing"]
+TEXTS = [
+    "a dog barks",
+    "rain on a roof",
+    "a man speaks",
+    "a bell rings twice",
+    "wind",
+    "a car passes by",
+    "birds sing",
+]
 
 
 def hf_model_config(ast_dir, gpt2_dir, dropout: float = 0.1) -> ModelConfig:
@@ -43,8 +50,13 @@ def setup(tmp_path_factory):
     model = build_model(cfg, 32).train()
     ids, mask = HFTokenizer(gpt2_dir).encode_batch(TEXTS, 24)
     g = torch.Generator().manual_seed(3)
-    batch = {"mel": torch.randn(B, 32, 64, generator=g), "mel_lengths": torch.full((B,), 64),
-             "ids": ids, "mask": mask, "groups": torch.tensor([0, 0, 1, 2, 3, 4, 5])}
+    batch = {
+        "mel": torch.randn(B, 32, 64, generator=g),
+        "mel_lengths": torch.full((B,), 64),
+        "ids": ids,
+        "mask": mask,
+        "groups": torch.tensor([0, 0, 1, 2, 3, 4, 5]),
+    }
     return model, batch, ContrastiveLoss(cfg.loss)
 
 
@@ -58,8 +70,9 @@ def test_cached_equals_full_batch_with_hf_towers_and_dropout(setup, chunk):
     assert len(got) >= 0.9 * len(trainable)  # (unused pooler/positions may get none)
     # Relative to each tensor's gradient scale: the random AST's embedding gradients reach
     # ~1e5 here, where float32 rounding alone is ~1e-2 absolute.
-    diff = max(((ref[n] - got[n]).abs().max() / ref[n].abs().max().clamp_min(1.0)).item()
-               for n in ref)
+    diff = max(
+        ((ref[n] - got[n]).abs().max() / ref[n].abs().max().clamp_min(1.0)).item() for n in ref
+    )
     print(f"chunk {chunk}: max relative grad diff {diff:.2e}")
     assert diff < 1e-5
     # the dropout is real: another chunking of the reference draws other masks

@@ -52,8 +52,11 @@ def _reference(kind, path, waves, sr):
         if kind == "htsat":
             fe = ClapFeatureExtractor(frequency_min=50, frequency_max=14000)
             x = fe(waves, sampling_rate=sr, truncation="rand_trunc", return_tensors="pt")
-            return ClapAudioModel.from_pretrained(path).eval()(
-                input_features=x["input_features"]).pooler_output
+            return (
+                ClapAudioModel.from_pretrained(path)
+                .eval()(input_features=x["input_features"])
+                .pooler_output
+            )
         if kind == "whisper":
             x = WhisperFeatureExtractor()(waves, sampling_rate=sr, return_tensors="pt")
             enc = WhisperModel.from_pretrained(path).eval().get_encoder()
@@ -89,8 +92,9 @@ def test_a_preset_that_does_not_match_the_tower_is_refused(dirs):
     with pytest.raises(HFLoadError, match="preset: tower needs 'htsat', features have 'logmel'"):
         check_features(tower, FeatureConfig())
     with pytest.raises(HFLoadError, match="n_mels: tower needs 80, features have 128"):
-        check_features(build_hf_audio("whisper", dirs["whisper"]),
-                       FeatureConfig(preset="whisper", n_mels=128))
+        check_features(
+            build_hf_audio("whisper", dirs["whisper"]), FeatureConfig(preset="whisper", n_mels=128)
+        )
     with pytest.raises(ValueError, match=r"needs mel \[B, 64, 1001\]"):
         tower(torch.zeros(1, 64, 500))
 

@@ -33,8 +33,11 @@ def clap_dir(tmp_path_factory):
 def _waves(corpora_root):
     out = []
     for sub, n in (("esc50_mini/audio", 2), ("audiocaps_mini/audio", 1)):
-        paths = sorted(p for p in (corpora_root / sub).rglob("*")
-                       if p.suffix in {".wav", ".flac", ".ogg", ".mp3"})
+        paths = sorted(
+            p
+            for p in (corpora_root / sub).rglob("*")
+            if p.suffix in {".wav", ".flac", ".ogg", ".mp3"}
+        )
         for p in paths[:n]:
             dec = audio.decode(str(p))
             wave = dec.samples.mean(axis=1).astype(np.float32)
@@ -69,7 +72,12 @@ def test_imported_embeddings_equal_clapmodel_features(corpora_root, clap_dir):
 def test_import_config_and_strictness(clap_dir, tmp_path):
     cfg = clap_model_config(clap_dir)
     assert (cfg.audio.kind, cfg.text.kind, cfg.text.pooling, cfg.projection, cfg.embed_dim) == (
-        "htsat", "hf", "pooler", "mlp", 32)
+        "htsat",
+        "hf",
+        "pooler",
+        "mlp",
+        32,
+    )
     # A checkpoint with a key polyclap has no home for: strict import lists it
     import shutil
 
@@ -100,8 +108,9 @@ def test_not_a_clap_directory_is_one_clear_error(tmp_path, clap_dir):
     other = tmp_path / "audio_only"
     other.mkdir()
     cfg = json.loads((clap_dir / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**cfg["audio_config"],
-                                                   "model_type": "clap_audio_model"}))
+    (other / "config.json").write_text(
+        json.dumps({**cfg["audio_config"], "model_type": "clap_audio_model"})
+    )
     with pytest.raises(HFLoadError, match="not a transformers ClapModel directory"):
         import_clap(other)
 
@@ -139,8 +148,9 @@ def test_flops_are_counted_for_transformers_towers(clap_dir):
     from model.config import ExperimentConfig
 
     cfg = ExperimentConfig(features=FeatureConfig(n_mels=N_MELS), model=tiny_config())
-    ours = tr.measured_flops_per_sample(build_model(cfg.model, N_MELS), N_MELS,
-                                        cfg.model.audio.max_frames, cfg.model.text.max_len)
+    ours = tr.measured_flops_per_sample(
+        build_model(cfg.model, N_MELS), N_MELS, cfg.model.audio.max_frames, cfg.model.text.max_len
+    )
     assert 0.5 < ours / tr.flops_per_sample(cfg) < 2.0
     model, _ = import_clap(clap_dir)
     model.train()

@@ -74,8 +74,11 @@ def test_encoder_poolings(xlmr_dir, pooling):
         pooled2 = tower(ids2, mask2)[0]
         out = tower.model(input_ids=ids, attention_mask=mask.long())
     torch.testing.assert_close(pooled, pooled2, atol=1e-5, rtol=1e-5)
-    want = {"cls": out.last_hidden_state[:, 0], "pooler": out.pooler_output,
-            "mean": (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)}
+    want = {
+        "cls": out.last_hidden_state[:, 0],
+        "pooler": out.pooler_output,
+        "mean": (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True),
+    }
     torch.testing.assert_close(pooled, want[pooling], atol=1e-6, rtol=1e-6)
     assert tokens.shape == (3, 48, 32) and tmask.dtype == torch.bool
 

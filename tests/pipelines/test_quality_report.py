@@ -30,28 +30,41 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dataprep.core.atomic import atomic_write_json
 from dataprep.core.config import CorpusConfig
-from model.config import load_config
-from dataprep.corpora import read_corpus
 from dataprep.core.features import feature_fingerprint
+from dataprep.core.sample import Reject, SampleRef
+from dataprep.core.tario import write_tar_atomic
+from dataprep.corpora import read_corpus
 from dataprep.process import SampleProcessor
 from dataprep.report.collect import assemble, shard_jobs, summarize_shard
 from dataprep.report.render import PLOTS, SECTIONS, render_html
 from dataprep.report.stats import EDGES, Partial
-from dataprep.core.sample import Reject, SampleRef
-from dataprep.core.atomic import atomic_write_json
-from dataprep.core.tario import write_tar_atomic
+from model.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "pipelines" / "quality_report.py"
-REJECT_SCHEMA = pa.schema([(c, pa.string()) for c in ("source", "corpus", "stage", "reason", "detail")])
+REJECT_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in ("source", "corpus", "stage", "reason", "detail")]
+)
 
 
-def _write_split(root: Path, split: str, shards: list[list[dict[str, Any]]], rejects: list[dict[str, str]],
-                 exclude: list[str] = ()) -> None:  # type: ignore[assignment]
-    entries = [write_tar_atomic(root / split / f"shard-{i:06d}.tar", s) for i, s in enumerate(shards)]
-    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), root / split / "rejects.parquet")
-    atomic_write_json(root / split / "shards.json", {"split": split, "shards": entries, "exclude": list(exclude)})
+def _write_split(
+    root: Path,
+    split: str,
+    shards: list[list[dict[str, Any]]],
+    rejects: list[dict[str, str]],
+    exclude: list[str] = (),
+) -> None:  # type: ignore[assignment]
+    entries = [
+        write_tar_atomic(root / split / f"shard-{i:06d}.tar", s) for i, s in enumerate(shards)
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), root / split / "rejects.parquet"
+    )
+    atomic_write_json(
+        root / split / "shards.json", {"split": split, "shards": entries, "exclude": list(exclude)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +74,22 @@ def handmade(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> Pa
     samples: list[dict[str, Any]] = []
     rejects: list[dict[str, str]] = []
     corpora = [
-        CorpusConfig(name="esc50", reader="esc50", root=str(corpora_root / "esc50_mini"), max_items=6),
-        CorpusConfig(name="commonvoice", reader="commonvoice", root=str(corpora_root / "commonvoice_mini"), max_items=8),
-        CorpusConfig(name="audiocaps", reader="audiocaps", root=str(corpora_root / "audiocaps_mini"), splits=("val",), max_items=3),
+        CorpusConfig(
+            name="esc50", reader="esc50", root=str(corpora_root / "esc50_mini"), max_items=6
+        ),
+        CorpusConfig(
+            name="commonvoice",
+            reader="commonvoice",
+            root=str(corpora_root / "commonvoice_mini"),
+            max_items=8,
+        ),
+        CorpusConfig(
+            name="audiocaps",
+            reader="audiocaps",
+            root=str(corpora_root / "audiocaps_mini"),
+            splits=("val",),
+            max_items=3,
+        ),
     ]
     for c in corpora:
         for ref in read_corpus(c):
@@ -73,34 +99,72 @@ def handmade(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> Pa
             rejects.extend(r.as_row() for r in res.rejects)
     bad = corpora_root / "bad_inputs"
     for name in ("empty.wav", "not_audio.wav", "clipped.wav", "too_short_0.05s.wav"):
-        res = proc(SampleRef(corpus="bad", source_id=name, audio=str(bad / name), text="a clip", lang="en"), "train")
+        res = proc(
+            SampleRef(
+                corpus="bad", source_id=name, audio=str(bad / name), text="a clip", lang="en"
+            ),
+            "train",
+        )
         samples.extend(res.samples)
         rejects.extend(r.as_row() for r in res.rejects)
     proc.close()
-    assert any(s["json"]["stats"]["clip_ratio"] > 0 for s in samples)  # clipped.wav kept with a flag
+    assert any(
+        s["json"]["stats"]["clip_ratio"] > 0 for s in samples
+    )  # clipped.wav kept with a flag
     # planted: LLM captions on two samples, a language-ID disagreement on one
     for s in samples[:2]:
-        s["json"]["texts"].append({"text": f"an llm paraphrase of {s['txt']}", "lang": "en",
-                                   "kind": "llm:smollm2-135m-instruct", "provenance": {"template": "p1"}})
+        s["json"]["texts"].append(
+            {
+                "text": f"an llm paraphrase of {s['txt']}",
+                "lang": "en",
+                "kind": "llm:smollm2-135m-instruct",
+                "provenance": {"template": "p1"},
+            }
+        )
     cv = next(s for s in samples if s["json"]["corpus"] == "commonvoice")
     cv["json"]["flags"] = sorted(set(cv["json"]["flags"]) | {"lang_mismatch:xx->en"})
     # planted: the same audio under another key (a duplicate the builder missed), in another shard
-    dup = {**samples[3], "__key__": samples[3]["__key__"] + "x", "json": {**samples[3]["json"], "id": samples[3]["__key__"] + "x"}}
+    dup = {
+        **samples[3],
+        "__key__": samples[3]["__key__"] + "x",
+        "json": {**samples[3]["json"], "id": samples[3]["__key__"] + "x"},
+    }
     # planted: a key the builder excluded (listed in shards.json "exclude"): not part of the set
-    excluded = {**samples[4], "__key__": "esc50-excludedexcluded", "json": {**samples[4]["json"], "corpus": "ghost"}}
+    excluded = {
+        **samples[4],
+        "__key__": "esc50-excludedexcluded",
+        "json": {**samples[4]["json"], "corpus": "ghost"},
+    }
     rejects += [
         Reject("esc50:a.wav", "augment", "llm_refusal", "model refused", "esc50").as_row(),
         Reject("esc50:b.wav", "augment", "llm_copy", "output copies the input", "esc50").as_row(),
-        Reject("audiocaps:c.ogg", "dedup", "eval_overlap", "matches eval clip audiocaps_val:x", "audiocaps").as_row(),
+        Reject(
+            "audiocaps:c.ogg",
+            "dedup",
+            "eval_overlap",
+            "matches eval clip audiocaps_val:x",
+            "audiocaps",
+        ).as_row(),
     ]
     root = tmp_path_factory.mktemp("handmade")
     train, test = samples[:-4], samples[-4:]
-    _write_split(root, "train", [train[: len(train) // 2], train[len(train) // 2 :] + [dup, excluded]], rejects,
-                 exclude=[excluded["__key__"]])
+    _write_split(
+        root,
+        "train",
+        [train[: len(train) // 2], train[len(train) // 2 :] + [dup, excluded]],
+        rejects,
+        exclude=[excluded["__key__"]],
+    )
     _write_split(root, "test", [test], [])
-    atomic_write_json(root / "build.json", {"config": {"name": "handmade", "build": {"corpora": []}},
-                                            "feature_fingerprint": feature_fingerprint(cfg.features),
-                                            "inputs": 21, "counts": {}})
+    atomic_write_json(
+        root / "build.json",
+        {
+            "config": {"name": "handmade", "build": {"corpora": []}},
+            "feature_fingerprint": feature_fingerprint(cfg.features),
+            "inputs": 21,
+            "counts": {},
+        },
+    )
     return root
 
 
@@ -141,8 +205,15 @@ def recount(root: Path) -> dict[str, Any]:
             for key, m in members.items():
                 if key in excluded:
                     continue
-                rows.append({"key": key, "split": split, "meta": json.loads(m["json"]),
-                             "txt": m.get("txt", b"").decode(), "mel": np.load(io.BytesIO(m["mel.npy"]))})
+                rows.append(
+                    {
+                        "key": key,
+                        "split": split,
+                        "meta": json.loads(m["json"]),
+                        "txt": m.get("txt", b"").decode(),
+                        "mel": np.load(io.BytesIO(m["mel.npy"])),
+                    }
+                )
     return {"rows": rows}
 
 
@@ -167,8 +238,12 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
             assert got["samples"] == len(g)
             secs = sum(r["meta"]["duration"] for r in g)
             assert _close(got["seconds"], secs) and _close(got["hours"], secs / 3600)
-            assert got["speakers"] == len({r["meta"]["speaker"] for r in g if r["meta"].get("speaker")})
-            assert got["duration_hist"] == _hist(EDGES["duration_s"], [r["meta"]["duration"] for r in g])
+            assert got["speakers"] == len(
+                {r["meta"]["speaker"] for r in g if r["meta"].get("speaker")}
+            )
+            assert got["duration_hist"] == _hist(
+                EDGES["duration_s"], [r["meta"]["duration"] for r in g]
+            )
     values: dict[str, list[float]] = {
         "duration_s": [r["meta"]["duration"] for r in rows],
         "lufs": [r["meta"]["stats"]["lufs"] for r in rows],
@@ -177,8 +252,11 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
         "silence_ratio": [r["meta"]["stats"]["silence_ratio"] for r in rows],
         "snr_db": [_snr(r["mel"]) for r in rows],
         "text_chars": [len(r["txt"]) for r in rows if r["txt"]],
-        "chars_per_s": [len(r["txt"]) / r["meta"]["duration"] for r in rows
-                        if r["txt"] and (r["meta"].get("attributes") or {}).get("task") == "asr"],
+        "chars_per_s": [
+            len(r["txt"]) / r["meta"]["duration"]
+            for r in rows
+            if r["txt"] and (r["meta"].get("attributes") or {}).get("task") == "asr"
+        ],
     }
     assert values["chars_per_s"] and values["snr_db"]
     for metric, vals in values.items():
@@ -191,11 +269,24 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
             true = float(np.quantile(vals, q, method="inverted_cdf"))
             b = _bin(EDGES[metric], true)
             lo = EDGES[metric][b - 1] if b > 0 else -math.inf
-            assert lo - 1e-9 <= got[name] and true <= got[name] + 1e-6, (metric, name, true, got[name])
+            assert lo - 1e-9 <= got[name] and true <= got[name] + 1e-6, (
+                metric,
+                name,
+                true,
+                got[name],
+            )
     flags = Counter(f.split(":", 1)[0] for r in rows for f in r["meta"].get("flags") or [])
     assert report["flags"] == dict(flags)
-    checked = [r for r in rows if r["meta"].get("lang") and any(t["kind"] == "original" for t in r["meta"]["texts"])]
-    mism = [r for r in checked if any(f.startswith("lang_mismatch") for f in r["meta"].get("flags") or [])]
+    checked = [
+        r
+        for r in rows
+        if r["meta"].get("lang") and any(t["kind"] == "original" for t in r["meta"]["texts"])
+    ]
+    mism = [
+        r
+        for r in checked
+        if any(f.startswith("lang_mismatch") for f in r["meta"].get("flags") or [])
+    ]
     lid = report["text"]["lid"]
     assert (lid["checked"], lid["mismatch"]) == (len(checked), len(mism))
     assert _close(lid["agreement"], 1 - len(mism) / len(checked))
@@ -204,7 +295,10 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
     for r in rows:
         if r["txt"]:
             vocab[r["meta"].get("lang") or "und"].update(TOKEN.findall(r["txt"].lower()))
-    assert report["text"]["vocab"] == {"all": len(set().union(*vocab.values())), **{k: len(v) for k, v in vocab.items()}}
+    assert report["text"]["vocab"] == {
+        "all": len(set().union(*vocab.values())),
+        **{k: len(v) for k, v in vocab.items()},
+    }
     kinds = Counter(t["kind"] for r in rows for t in r["meta"]["texts"])
     assert report["augmentation"]["kinds"] == dict(kinds)
     fam_of = lambda k: "llm" if k.startswith("llm:") else "nlpaug" if k.startswith("nlpaug:") else k
@@ -222,8 +316,13 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
         assert _close(report["augmentation"]["shares"][f], n / total)
         d = report["text"]["distinct"][f]
         assert (d["ngrams_1"], d["ngrams_2"]) == (len(grams[f][0]), len(grams[f][1]))
-        assert (d["distinct_ngrams_1"], d["distinct_ngrams_2"]) == (len(set(grams[f][0])), len(set(grams[f][1])))
-    rej = [r for s in report["splits"] for r in pq.read_table(root / s / "rejects.parquet").to_pylist()]
+        assert (d["distinct_ngrams_1"], d["distinct_ngrams_2"]) == (
+            len(set(grams[f][0])),
+            len(set(grams[f][1])),
+        )
+    rej = [
+        r for s in report["splits"] for r in pq.read_table(root / s / "rejects.parquet").to_pylist()
+    ]
     llm_ok = sum(n for k, n in kinds.items() if k.startswith("llm:"))
     llm_bad = sum(r["stage"] == "augment" for r in rej)
     llm = report["augmentation"]["llm"]
@@ -236,18 +335,32 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
     groups_ = sorted(sorted(v) for v in by_sha.values() if len(v) > 1)
     assert report["duplicates"]["audio_groups"] == groups_
     assert report["duplicates"]["duplicate_samples"] == sum(len(g) - 1 for g in groups_)
-    assert report["duplicates"]["rejected_eval_overlap"] == sum(r["reason"] == "eval_overlap" for r in rej)
-    assert report["duplicates"]["rejected_duplicate"] == sum(r["reason"] == "duplicate" for r in rej)
+    assert report["duplicates"]["rejected_eval_overlap"] == sum(
+        r["reason"] == "eval_overlap" for r in rej
+    )
+    assert report["duplicates"]["rejected_duplicate"] == sum(
+        r["reason"] == "duplicate" for r in rej
+    )
     # generated texts (stage augment) are rejected apart from inputs: their samples were kept
     inputs = [r for r in rej if r["stage"] != "augment"]
     texts = [r for r in rej if r["stage"] == "augment"]
     assert report["rejects"]["total"] == len(rej)
-    assert (report["rejects"]["inputs"], report["rejects"]["generated_texts"]) == (len(inputs), len(texts))
-    assert report["rejects"]["by_reason"] == dict(Counter(f"{r['stage']}/{r['reason']}" for r in inputs))
+    assert (report["rejects"]["inputs"], report["rejects"]["generated_texts"]) == (
+        len(inputs),
+        len(texts),
+    )
+    assert report["rejects"]["by_reason"] == dict(
+        Counter(f"{r['stage']}/{r['reason']}" for r in inputs)
+    )
     assert report["rejects"]["text_by_reason"] == dict(Counter(r["reason"] for r in texts))
     assert report["rejects"]["by_corpus"] == dict(Counter(r["corpus"] or "?" for r in inputs))
     for k, ex in report["rejects"]["examples"].items():
-        assert 1 <= len(ex) <= 3 and all(f"{r['stage']}/{r['reason']}" == k for r in rej for x in ex if r["source"] == x["source"])
+        assert 1 <= len(ex) <= 3 and all(
+            f"{r['stage']}/{r['reason']}" == k
+            for r in rej
+            for x in ex
+            if r["source"] == x["source"]
+        )
     for split, s in report["shards"].items():
         tars = sorted((root / split).glob("shard-*.tar"))
         sizes = [t.stat().st_size for t in tars]
@@ -261,15 +374,25 @@ def check_against_recount(report: dict[str, Any], root: Path) -> None:
         assert _close(s["bytes"]["cv"], float(np.std(sizes) / np.mean(sizes)))
     longest = sorted(rows, key=lambda r: (-r["meta"]["duration"], r["key"]))[:10]
     assert [x["key"] for x in report["outliers"]["longest"]] == [r["key"] for r in longest]
-    snrs = sorted(((v, r["key"]) for v, r in zip(values["snr_db"], rows)), key=lambda t: (round(t[0], 6), t[1]))[:10]
+    snrs = sorted(
+        ((v, r["key"]) for v, r in zip(values["snr_db"], rows)),
+        key=lambda t: (round(t[0], 6), t[1]),
+    )[:10]
     assert [x["key"] for x in report["outliers"]["lowest_snr"]] == [k for _, k in snrs]
-    clipped = sorted((r for r in rows if r["meta"]["stats"]["clip_ratio"] > 0), key=lambda r: (-r["meta"]["stats"]["clip_ratio"], r["key"]))
-    assert [x["key"] for x in report["outliers"]["most_clipped"]] == [r["key"] for r in clipped[:10]]
+    clipped = sorted(
+        (r for r in rows if r["meta"]["stats"]["clip_ratio"] > 0),
+        key=lambda r: (-r["meta"]["stats"]["clip_ratio"], r["key"]),
+    )
+    assert [x["key"] for x in report["outliers"]["most_clipped"]] == [
+        r["key"] for r in clipped[:10]
+    ]
     by_key = {r["key"]: r for r in rows}
     for xs in report["outliers"].values():
         for x in xs:
             m = by_key[x["key"]]["meta"]
-            assert x["corpus"] == m["corpus"] and x["source"] == f"{m['source_uri']} @ {m['segment']}"
+            assert (
+                x["corpus"] == m["corpus"] and x["source"] == f"{m['source_uri']} @ {m['segment']}"
+            )
 
 
 def _in_process(root: Path) -> dict[str, Any]:
@@ -287,10 +410,16 @@ def test_every_figure_matches_a_recount(handmade: Path) -> None:
     # the planted conditions are visible
     assert report["augmentation"]["llm"] == {"accepted": 2, "rejected": 2, "acceptance_rate": 0.5}
     assert report["text"]["lid"]["mismatch"] == 1
-    assert report["duplicates"]["duplicate_samples"] == 1 and report["duplicates"]["rejected_eval_overlap"] == 1
+    assert (
+        report["duplicates"]["duplicate_samples"] == 1
+        and report["duplicates"]["rejected_eval_overlap"] == 1
+    )
     assert "ghost" not in report["by_corpus"]  # the excluded key is not counted
     assert report["rejects"]["by_reason"] == {
-        "decode/empty_file": 1, "decode/not_audio": 1, "dedup/eval_overlap": 1, "filter/too_short": 1,
+        "decode/empty_file": 1,
+        "decode/not_audio": 1,
+        "dedup/eval_overlap": 1,
+        "filter/too_short": 1,
     }
     assert report["rejects"]["text_by_reason"] == {"llm_copy": 1, "llm_refusal": 1}
     assert (report["rejects"]["inputs"], report["rejects"]["generated_texts"]) == (4, 2)
@@ -320,7 +449,11 @@ def test_html_has_every_section_and_its_images_and_no_network(handmade: Path) ->
         m = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.DOTALL)
         assert m, sid
         for name in PLOTS.get(sid, ()):
-            img = re.search(rf'<img data-plot="{name}" alt="{name}" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', m.group(1))
+            img = re.search(
+                rf'<img data-plot="{name}" alt="{name}" '
+                r'src="data:image/png;base64,([A-Za-z0-9+/=]+)">',
+                m.group(1),
+            )
             assert img, (sid, name)
             im = Image.open(io.BytesIO(base64.b64decode(img.group(1))))
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 50
@@ -353,7 +486,15 @@ def test_corrupt_shard_is_listed_not_fatal(handmade: Path, tmp_path: Path) -> No
 
 # ------------------------------------------------------------------- the real command (Ray) ---
 def _report(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_help_and_bad_input(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
@@ -365,10 +506,28 @@ def test_help_and_bad_input(tmp_path: Path, subprocess_env: dict[str, str]) -> N
 
 
 @pytest.mark.slow
-def test_real_build_report_is_deterministic_and_renders_in_chromium(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_real_build_report_is_deterministic_and_renders_in_chromium(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     shards = tmp_path / "shards"
-    b = subprocess.run([sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml", "--out", str(shards),
-                        "--num-cpus", "2"], cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
+    b = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/build_shards.py",
+            "--config",
+            "configs/test_small.yaml",
+            "--out",
+            str(shards),
+            "--num-cpus",
+            "2",
+        ],
+        cwd=REPO,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert b.returncode == 0, b.stderr[-3000:]
     out1, out2 = tmp_path / "r1", tmp_path / "r2"
     r1 = _report(["--shards", str(shards), "--out", str(out1), "--num-cpus", "2"], subprocess_env)
@@ -390,10 +549,24 @@ def test_real_build_report_is_deterministic_and_renders_in_chromium(tmp_path: Pa
     png = tmp_path / "page.png"
     profile = tmp_path / "profile"
     c = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", "--window-size=1200,4000",
-         f"--screenshot={png}", (out1 / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "HOME": str(tmp_path)},
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--window-size=1200,4000",
+            f"--screenshot={png}",
+            (out1 / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
     )
     assert c.returncode == 0 and png.is_file(), c.stderr[-2000:]
     from PIL import Image
@@ -406,7 +579,9 @@ def test_real_build_report_is_deterministic_and_renders_in_chromium(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_ray_job_submit_on_a_loopback_head(handmade: Path, tmp_path: Path, subprocess_env: dict[str, str]) -> None:
+def test_ray_job_submit_on_a_loopback_head(
+    handmade: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     """`ray job submit` as the module docstring shows; the head runs in its own process group and
     is stopped by killing that group (never a global `ray stop`)."""
     import signal
@@ -420,13 +595,31 @@ def test_ray_job_submit_on_a_loopback_head(handmade: Path, tmp_path: Path, subpr
     env = dict(subprocess_env, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     env.pop("RAY_ADDRESS", None)
     dash = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rq", dir="/tmp")  # short: Ray's socket paths are length-limited
+    temp_dir = tempfile.mkdtemp(
+        prefix="rq", dir="/tmp"
+    )  # short: Ray's socket paths are length-limited
     head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -443,10 +636,26 @@ def test_ray_job_submit_on_a_loopback_head(handmade: Path, tmp_path: Path, subpr
             time.sleep(1)
         out = tmp_path / "report"
         proc = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", "--working-dir", ".", "--",
-             "python", "pipelines/quality_report.py", "--shards", str(handmade), "--out", str(out)],
-            cwd=REPO, env=dict(env, RAY_API_SERVER_ADDRESS=address), capture_output=True, text=True,
-            timeout=600, check=False,
+            [
+                str(bin_dir / "ray"),
+                "job",
+                "submit",
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "pipelines/quality_report.py",
+                "--shards",
+                str(handmade),
+                "--out",
+                str(out),
+            ],
+            cwd=REPO,
+            env=dict(env, RAY_API_SERVER_ADDRESS=address),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
         assert "succeeded" in proc.stdout.lower() and "report:" in proc.stdout

@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
+
 from dataprep.core import atomic, shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,17 +28,37 @@ BIN = Path(sys.executable).parent
 @pytest.mark.slow
 def test_ray_job_submit_builds_shards_on_a_loopback_head(tmp_path, subprocess_env):
     env = dict(subprocess_env)
-    env["RAY_AUTH_MODE"] = "disabled"  # see ENVIRONMENT.md: an embedded ray.init() leaves a token behind
+    env["RAY_AUTH_MODE"] = (
+        "disabled"  # see ENVIRONMENT.md: an embedded ray.init() leaves a token behind
+    )
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    temp_dir = tempfile.mkdtemp(
+        prefix="rj", dir="/tmp"
+    )  # short: Ray's unix socket paths are length-limited
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
-         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -56,9 +76,25 @@ def test_ray_job_submit_builds_shards_on_a_loopback_head(tmp_path, subprocess_en
         out = tmp_path / "shards"
         submit_env = dict(env, RAY_API_SERVER_ADDRESS=address)
         proc = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--",
-             "python", "pipelines/build_shards.py", "--config", "configs/test_small.yaml", "--out", str(out)],
-            cwd=REPO, env=submit_env, capture_output=True, text=True, timeout=600,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "pipelines/build_shards.py",
+                "--config",
+                "configs/test_small.yaml",
+                "--out",
+                str(out),
+            ],
+            cwd=REPO,
+            env=submit_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
         assert "succeeded" in proc.stdout.lower()
