@@ -23,7 +23,7 @@ from eval_helpers import make_export
 
 from dataprep.core.config import CorpusConfig
 from dataprep.core.features import feature_fingerprint
-from dataprep.evaluation import runner
+from dataprep.evaluation import probes, runner
 from dataprep.evaluation.data import load_eval_set, select
 from dataprep.evaluation.embed import Embedder, windows
 from dataprep.evaluation.tasks import Defaults, TaskConfig, load_tasks
@@ -264,13 +264,13 @@ def esc_cfg(es):  # type: ignore[no-untyped-def]
 def test_linear_probe_uses_the_corpus_folds(sets, corpora_root: Path) -> None:  # type: ignore[no-untyped-def]
     _, _, esc, _ = sets
     task = TaskConfig(name="p", type="linear_probe", corpus=esc_cfg(esc))
-    folds = runner.fold_ids(task, esc.items)
+    folds = probes.fold_ids(task, esc.items)
     with open(corpora_root / "esc50_mini" / "meta" / "esc50.csv") as f:
         fold_of = {row["filename"]: int(row["fold"]) for row in csv.DictReader(f)}
     assert [fold_of[Path(it.source_id).name] for it in esc.items] == folds.tolist()
     # without corpus folds: groups are dealt round-robin, never split across folds
     task2 = TaskConfig(name="p", type="linear_probe", corpus=esc_cfg(esc), fold_key="nope", folds=3)
-    f2 = runner.fold_ids(task2, esc.items)
+    f2 = probes.fold_ids(task2, esc.items)
     assert sorted(set(f2.tolist())) == [0, 1, 2]
     by_group: dict[str, set[int]] = {}
     for it, f in zip(esc.items, f2):
