@@ -47,10 +47,10 @@ TINY = {
         "max_steps": 3,
         "save_every": 3,
         "log_every": 1,
-        "num_workers": 0,
         "tensorboard": False,
         "seed": 1,
     },
+    "loader": {"num_workers": 0},
 }
 
 

@@ -298,7 +298,10 @@ def test_bad_inputs_end_as_reasoned_rejects_and_the_build_succeeds(
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(
         "build:\n"
-        f"  corpora: [{{name: bad, reader: nemo, root: {bad}, splits: [manifest.jsonl]}}]\n"
+        # the texts of bad_inputs are captions (a transcript of 5 min would be one segment or
+        # a transcript_too_long reject; captioned clips are cut into windows)
+        f"  corpora: [{{name: bad, reader: nemo, root: {bad}, splits: [manifest.jsonl],\n"
+        "             options: {default_task: caption}}]\n"
         "  splits: {val_fraction: 0.0}\n"
         "  shards: {target_mb: 4}\n"
     )
