@@ -34,10 +34,21 @@ PRESETS = sorted((INFRA / "deepspeed").glob("ds_*.json"))
 
 def _launch_overrides(preset: Path) -> list[str]:
     """The train.* arguments launch.sh appends for a preset (its dry run prints the command)."""
-    hostfile_env = dict(os.environ, PYTHON=sys.executable, DRY_RUN="1", PRESET=preset.stem,
-                        HOSTFILE=str(INFRA / "deepspeed" / "hostfile"))
-    r = subprocess.run(["bash", str(INFRA / "deepspeed" / "launch.sh"), "--config", "configs/test_small.yaml"],
-                       env=hostfile_env, capture_output=True, text=True, timeout=60, check=False)
+    hostfile_env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        DRY_RUN="1",
+        PRESET=preset.stem,
+        HOSTFILE=str(INFRA / "deepspeed" / "hostfile"),
+    )
+    r = subprocess.run(
+        ["bash", str(INFRA / "deepspeed" / "launch.sh"), "--config", "configs/test_small.yaml"],
+        env=hostfile_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     # printf %q escapes JSON punctuation with backslashes; undo it per argument
     return [re.sub(r"\\(.)", r"\1", a) for a in r.stdout.split() if a.startswith("train.")]
@@ -84,7 +95,9 @@ def test_a_misspelled_preset_key_is_refused_by_deepspeed():
 
     from model.training import make_ds_config
 
-    bad = json.dumps({"zero_optimization": {"stage": 2, "overlap_comms": True}}, separators=(",", ":"))
+    bad = json.dumps(
+        {"zero_optimization": {"stage": 2, "overlap_comms": True}}, separators=(",", ":")
+    )
     cfg = load_config(REPO / "configs" / "test_small.yaml", [f"train.ds_config={bad}"])
     with pytest.raises(Exception, match="overlap_comms"):
         DeepSpeedConfig(make_ds_config(cfg.train, world_size=2))
@@ -115,15 +128,32 @@ def test_non_object_store_build_out_is_refused_before_any_work(tmp_path, out):
 
     with pytest.raises(ConfigError, match="build.out must be a local/shared path or an s3"):
         load_config(REPO / "configs" / "test_small.yaml", [f"build.out={out}"])
-    r = subprocess.run([sys.executable, "pipelines/build_shards.py", "--config", "configs/test_small.yaml",
-                        "--out", out], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/build_shards.py",
+            "--config",
+            "configs/test_small.yaml",
+            "--out",
+            out,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2 and "build.out must be a local/shared path" in r.stderr, r.stderr
     assert "Started a local Ray" not in r.stderr + r.stdout
     assert not (REPO / (out.split(":")[0] + ":")).exists()
     for uri in ("s3://bucket/shards", "gs://b/x"):
-        assert load_config(REPO / "configs" / "test_small.yaml", [f"build.out={uri}"]).build.out == uri
+        assert (
+            load_config(REPO / "configs" / "test_small.yaml", [f"build.out={uri}"]).build.out == uri
+        )
     # file:// is a local path: every consumer of build.out sees it without the scheme
-    assert load_config(REPO / "configs" / "test_small.yaml", [f"build.out=file://{tmp_path}"]).build.out == str(tmp_path)
+    assert load_config(
+        REPO / "configs" / "test_small.yaml", [f"build.out=file://{tmp_path}"]
+    ).build.out == str(tmp_path)
 
 
 def test_readme_vllm_block_is_a_valid_llm_config(tmp_path):
@@ -134,31 +164,57 @@ def test_readme_vllm_block_is_a_valid_llm_config(tmp_path):
     llm = load_config(path).build.augment.llm
     assert llm.server == "external" and llm.base_url and llm.api_key_env == "VLLM_API_KEY"
     # the name sent with every request is vLLM's --served-model-name in the k8s manifest
-    dep = next(d for d in yaml.safe_load_all((INFRA / "vllm" / "vllm-server.yaml").read_text())
-               if d and d.get("kind") == "Deployment")
-    args = dict(a[2:].split("=", 1) for a in dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    dep = next(
+        d
+        for d in yaml.safe_load_all((INFRA / "vllm" / "vllm-server.yaml").read_text())
+        if d and d.get("kind") == "Deployment"
+    )
+    args = dict(
+        a[2:].split("=", 1) for a in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
     assert llm.model == args["served-model-name"]
 
 
 def test_network_namespaces_work_here():
     """Preconditions of test_ray_two_nodes.py, as a failure with the reason rather than a skip."""
     ip = shutil.which("ip")
-    assert ip, "iproute2's `ip` is not on PATH: the two-node Ray test needs it (apt-get install iproute2)"
-    assert os.geteuid() == 0, "the two-node Ray test needs root for `ip netns add` (or CAP_SYS_ADMIN)"
+    assert ip, (
+        "iproute2's `ip` is not on PATH: the two-node Ray test needs it (apt-get install iproute2)"
+    )
+    assert os.geteuid() == 0, (
+        "the two-node Ray test needs root for `ip netns add` (or CAP_SYS_ADMIN)"
+    )
     ns = f"pcchk{uuid.uuid4().hex[:8]}"
-    add = subprocess.run([ip, "netns", "add", ns], capture_output=True, text=True, timeout=30, check=False)
+    add = subprocess.run(
+        [ip, "netns", "add", ns], capture_output=True, text=True, timeout=30, check=False
+    )
     assert add.returncode == 0, f"`ip netns add` is not permitted here: {add.stderr.strip()}"
     try:
-        up = subprocess.run([ip, "netns", "exec", ns, ip, "link", "set", "lo", "up"],
-                            capture_output=True, text=True, timeout=30, check=False)
+        up = subprocess.run(
+            [ip, "netns", "exec", ns, ip, "link", "set", "lo", "up"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert up.returncode == 0, f"`ip netns exec` failed: {up.stderr.strip()}"
-        links = subprocess.run([ip, "netns", "exec", ns, ip, "-o", "link"], capture_output=True, text=True,
-                               timeout=30, check=False).stdout
+        links = subprocess.run(
+            [ip, "netns", "exec", ns, ip, "-o", "link"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
         # only loopback inside: a cluster started there is reachable from nowhere else
         assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
     finally:
         subprocess.run([ip, "netns", "del", ns], check=False, timeout=30)
-    assert ns not in subprocess.run([ip, "netns", "list"], capture_output=True, text=True, check=False).stdout
+    assert (
+        ns
+        not in subprocess.run(
+            [ip, "netns", "list"], capture_output=True, text=True, check=False
+        ).stdout
+    )
 
 
 def test_corpus_root_on_an_object_store_reads_through_fsspec(corpora_root):
@@ -173,8 +229,8 @@ def test_corpus_root_on_an_object_store_reads_through_fsspec(corpora_root):
 
     from dataprep.audio import decode
     from dataprep.core.config import CorpusConfig
-    from dataprep.corpora import read_corpus
     from dataprep.core.sample import SampleRef
+    from dataprep.corpora import read_corpus
 
     src = corpora_root / "esc50_mini"
     bucket = f"memory://polyclap-test-{uuid.uuid4().hex[:8]}/esc50"
@@ -183,10 +239,20 @@ def test_corpus_root_on_an_object_store_reads_through_fsspec(corpora_root):
         if p.is_file():
             fs.pipe(f"{bucket}/{p.relative_to(src)}", p.read_bytes())
     try:
-        remote = [r for r in read_corpus(CorpusConfig(name="esc50", reader="esc50", root=bucket, max_items=3))
-                  if isinstance(r, SampleRef)]
-        local = [r for r in read_corpus(CorpusConfig(name="esc50", reader="esc50", root=str(src), max_items=3))
-                 if isinstance(r, SampleRef)]
+        remote = [
+            r
+            for r in read_corpus(
+                CorpusConfig(name="esc50", reader="esc50", root=bucket, max_items=3)
+            )
+            if isinstance(r, SampleRef)
+        ]
+        local = [
+            r
+            for r in read_corpus(
+                CorpusConfig(name="esc50", reader="esc50", root=str(src), max_items=3)
+            )
+            if isinstance(r, SampleRef)
+        ]
         assert len(remote) == 3 and [r.source_id for r in remote] == [r.source_id for r in local]
         assert all(r.audio.startswith("memory://") for r in remote), [r.audio for r in remote]
         for r, lr in zip(remote, local, strict=True):

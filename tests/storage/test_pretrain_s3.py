@@ -19,7 +19,7 @@ from dataprep.core import storage
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 sys.path.insert(0, str(REPO / "tests" / "jobs"))
-from test_pretrain import TINY
+from test_pretrain import TINY  # noqa: E402  (after the sys.path line above)
 
 
 @pytest.fixture(scope="module")
