@@ -67,3 +67,16 @@ def s3():
 
     with s3_server() as server, s3_environ(server):
         yield server
+
+
+@pytest.fixture(scope="module")
+def local_set(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> Path:
+    """A local shard set of real bundled audio (train: 5 shards, val: 1), written by the loader
+    tests' builder; the object-storage tests copy it into a bucket."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "dataprep"))
+    from test_loader import make_shards
+
+    root = tmp_path_factory.mktemp("s3set")
+    make_shards(corpora_root, root, n_shards=5, limit=60)
+    make_shards(corpora_root, root, n_shards=1, limit=24, split="val")
+    return root

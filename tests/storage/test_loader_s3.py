@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import upload_tree
+from s3_sets import upload_tree
 
 from dataprep.core import storage
 from dataprep.core.config import FeatureConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import upload_tree
+from s3_sets import upload_tree
 
 from dataprep.core import storage
 
