@@ -105,7 +105,9 @@ def test_every_loader_field_reaches_the_loader(tmp_path: Path, corpora_root: Pat
     from dataprep.loader import ShardLoader
 
     make_shards(corpora_root, tmp_path, n_shards=1, limit=4)
-    lc = LoaderConfig(num_workers=3, shuffle_buffer=7, bucket_by_length=True)
+    lc = LoaderConfig(
+        num_workers=3, shuffle_buffer=7, bucket_by_length=True, cache_dir=str(tmp_path / "c")
+    )
     ld = ShardLoader.from_config(
         lc,
         tmp_path / "train",
@@ -131,7 +133,9 @@ def test_every_loader_field_reaches_the_loader(tmp_path: Path, corpora_root: Pat
         "shuffle_buffer",
         "bucket_by_length",
         "sampling",
+        "cache_dir",
     }
+    assert s.cache_dir == str(tmp_path / "c")  # remote shard copies (tests/storage)
     # loader.sampling reaches the loader's draw plan (these hand-made shards have no
     # index.parquet, which a weighted epoch needs; behaviour: tests/dataprep/test_sampling.py)
     weighted = LoaderConfig(sampling={"by": "corpus"})
