@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,68 @@ def local_set(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> P
     make_shards(corpora_root, root, n_shards=5, limit=60)
     make_shards(corpora_root, root, n_shards=1, limit=24, split="val")
     return root
+
+
+# --- the suite's exit does not depend on what a test left behind ----------------------------
+# pytest has printed its summary by pytest_unconfigure; what runs after it (interpreter shutdown
+# joining non-daemon threads, multiprocessing joining children, libraries' atexit hooks) must not
+# hold a CI run hostage. Leftovers are named on stderr (a test that leaks is a bug to fix), child
+# processes still alive are stopped by PID, and if the interpreter has not exited a minute later
+# every thread's stack is dumped and the process exits with the tests' own status.
+_EXIT_STATUS = {"status": 0}
+EXIT_GRACE_S = 60.0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS["status"] = int(exitstatus)
+
+
+def _child_pids() -> list[int]:
+    """Direct children of this process (read from /proc: no dependency, Linux only)."""
+    me, kids = os.getpid(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # field 4 (ppid) follows the parenthesised command name, which may contain spaces
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            kids.append(int(entry))
+    return kids
+
+
+def _exit_watchdog(status: int) -> None:
+    time.sleep(EXIT_GRACE_S)
+    sys.__stderr__.write(
+        f"[conftest] the interpreter did not exit {EXIT_GRACE_S:.0f} s after the summary; "
+        "stacks of every thread follow, then exit with the tests' status\n"
+    )
+    faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+    sys.__stderr__.flush()
+    os._exit(status)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    status = _EXIT_STATUS["status"]
+    threads = [
+        t for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]  # fmt: skip
+    if threads:
+        names = ", ".join(t.name for t in threads)
+        sys.__stderr__.write(f"[conftest] non-daemon threads alive after the suite: {names}\n")
+    for pid in _child_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+            sys.__stderr__.write(f"[conftest] stopping child process {pid} left running: {cmd}\n")
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    threading.Thread(
+        target=_exit_watchdog, args=(status,), name="exit-watchdog", daemon=True
+    ).start()
