@@ -56,7 +56,7 @@ from model.checkpoint import (
 )
 from model.clap import build_model
 from model.config import ExperimentConfig, load_config
-from model.gradcache import cached_step, plain_step
+from model.gradcache import INPUT_KEYS, cached_step, plain_step
 from model.losses import ContrastiveLoss, loss_groups
 from model.tokenizer import (
     TextTokenizer,
@@ -145,6 +145,7 @@ def make_loader(
         rank=rank,
         world_size=world,
         train=train,
+        transcripts=cfg.model.calm.with_transcript,
     )
 
 
@@ -294,10 +295,7 @@ def main() -> None:
             batch = next(batches)
             wait += time.perf_counter() - tw
             audio_s += float(batch["duration_s"].sum())
-            inputs = {
-                k: batch[k].to(device, non_blocking=True)
-                for k in ("mel", "mel_lengths", "ids", "mask")
-            }
+            inputs = {k: batch[k].to(device, non_blocking=True) for k in INPUT_KEYS if k in batch}
             inputs["mel"] = inputs["mel"].to(dtype)  # float16 from the shards -> the engine's dtype
             groups = loss_groups(batch["groups"], batch["labels"], cfg.model.loss)
             inputs["groups"] = groups.to(device, non_blocking=True)

@@ -25,6 +25,12 @@ CALM's alignment proper (``model.calm.enabled``, needs ``text.kind: hf``): the a
 frame features go through ``calm_in`` into the text model's input-embedding space and through
 the (shared, optionally locked) text model itself; its pooled output, projected, is the audio
 embedding. Text embeddings are computed as usual, so both modalities leave the same network.
+With ``model.calm.with_transcript`` the language model reads the acoustic tokens followed by the
+transcript's token embeddings (``tr_ids`` / ``tr_mask``, tokenized by the text tower's own
+tokenizer, its special tokens kept as the separator), CALM's multimodal transformer
+(Sachidananda et al. 2022, arXiv:2202.03587); a row whose ``tr_mask`` is all False is exactly
+the audio-alone path. Which samples get a transcript (never one that would leak the paired text)
+is the loader's rule, ``dataprep.loader.sample.calm_transcript``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,14 @@ class SharedCodebook(nn.Module):
         affinity = feats.float() @ codes.t() / math.sqrt(codes.shape[1])  # [B, N, K]
         affinity = affinity.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
         return sparsemax(affinity) @ codes
+
+
+def pack_valid(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Valid tokens of each row moved to its front in their order, padding after: acoustic
+    tokens padded to the batch's longest clip, then a transcript, read as one contiguous
+    sequence (first-token pooling and absolute positions see what the audio-alone path sees)."""
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    return x.gather(1, order[..., None].expand_as(x)), mask.gather(1, order)
 
 
 class ProjectionMLP(nn.Module):
@@ -158,11 +172,15 @@ class CLAP(nn.Module):
         mel_lengths: Tensor | None = None,
         ids: Tensor | None = None,
         mask: Tensor | None = None,
+        tr_ids: Tensor | None = None,
+        tr_mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         fine = self.codebook is not None
+        if tr_ids is not None and not self.cfg.calm.with_transcript:
+            raise ValueError("tr_ids (a transcript) given but model.calm.with_transcript is off")
         if mel is not None and self.calm_in is not None:
-            self._calm_audio(mel, mel_lengths, out)
+            self._calm_audio(mel, mel_lengths, out, tr_ids, tr_mask)
         elif mel is not None:
             if fine:
                 pooled, frames, fmask = self.audio(mel, mel_lengths, return_frames=True)
@@ -182,9 +200,23 @@ class CLAP(nn.Module):
         out["logit_scale"] = self.logit_scale()
         return out
 
-    def _calm_audio(self, mel: Tensor, mel_lengths: Tensor | None, out: dict[str, Tensor]) -> None:
+    def _calm_audio(
+        self,
+        mel: Tensor,
+        mel_lengths: Tensor | None,
+        out: dict[str, Tensor],
+        tr_ids: Tensor | None = None,
+        tr_mask: Tensor | None = None,
+    ) -> None:
         _, frames, valid = self.audio(mel, mel_lengths, return_frames=True)
-        pooled, _, _ = self.text.impl.encode_embeds(self.calm_in(frames), valid)
+        embeds, emask = self.calm_in(frames), valid
+        if tr_ids is not None:
+            if tr_mask is None or tr_ids.shape != tr_mask.shape or tr_ids.shape[0] != mel.shape[0]:
+                raise ValueError("tr_ids needs a tr_mask of its shape, one row per clip")
+            lm = self.text.impl
+            embeds = torch.cat([embeds, lm.embed_tokens(tr_ids).to(embeds.dtype)], dim=1)
+            embeds, emask = pack_valid(embeds, torch.cat([valid, tr_mask.bool()], dim=1))
+        pooled, _, _ = self.text.impl.encode_embeds(embeds, emask)
         local = (self.frame_proj(frames), valid) if self.codebook is not None else None
         self._finish(self.audio_proj(pooled), local, "audio", out)
 

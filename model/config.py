@@ -136,9 +136,29 @@ class CalmConfig(_Section):
     """CALM's alignment proper (``model.calm``): the audio tower's frame features, projected
     into the input-embedding space of the pretrained text model (``text.kind: hf``), pass
     through that model as its input tokens; the audio embedding is its pooled output (the text
-    tower's pooling). Off: the output-space alignment (separate towers)."""
+    tower's pooling). Off: the output-space alignment (separate towers).
+
+    ``with_transcript`` (CALM's multimodal transformer, Sachidananda et al. 2022,
+    arXiv:2202.03587: "the derived acoustic and lexical tokens representations are input into a
+    multimodal transformer"): the acoustic tokens are followed by the token embeddings of the
+    sample's transcript, and the language model reads both. The loader feeds a transcript only
+    where it cannot leak the paired text (``dataprep.loader.sample.calm_transcript``): on a
+    training draw whose caption is a template that does not quote the words (``a woman speaking
+    German in an angry voice``); every other sample (captions, quoting templates, the transcript
+    itself, paraphrases, crops, validation) goes through audio alone, so that path keeps
+    learning and inference without a transcript stays meaningful."""
 
     enabled: bool = False
+    with_transcript: bool = False
+
+    @model_validator(mode="after")
+    def _transcript_needs_calm(self) -> CalmConfig:
+        if self.with_transcript and not self.enabled:
+            raise ValueError(
+                "model.calm.with_transcript needs model.calm.enabled: true (the transcript's "
+                "tokens join the acoustic tokens inside the language model)"
+            )
+        return self
 
 
 class ModelConfig(_Section):

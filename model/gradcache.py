@@ -10,7 +10,8 @@ Signature::
   ``deepspeed_engine=`` may name the engine explicitly (then the first argument is ignored for
   dispatch except as the forward callable when it is the engine itself).
 - ``batch``: ``{"mel": [B, n_mels, T], "mel_lengths": [B], "ids": [B, L], "mask": [B, L],
-  "groups": [B] (optional)}``, already on the model's device; B may differ per rank.
+  "tr_ids"/"tr_mask": [B, L'] (optional), "groups": [B] (optional)}``, already on the model's
+  device; B may differ per rank.
 - ``loss_fn``: a :class:`model.losses.ContrastiveLoss` (its ``loss_from_features`` is used: the
   cache gathers the embeddings itself), or any callable
   ``f(audio_emb=, text_emb=, logit_scale=, groups=, **other_outputs) -> {"loss": ..., ...}``
@@ -64,6 +65,9 @@ from model.losses import all_gather_no_grad, gather_sizes
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("mel", "mel_lengths", "ids", "mask")
+# The model inputs a step forwards (those present): BATCH_KEYS, and a transcript for CALM's
+# multimodal audio path (model.calm.with_transcript), chunked with its clips like the rest.
+INPUT_KEYS = (*BATCH_KEYS, "tr_ids", "tr_mask")
 SYNC_MODES = ("auto", "coalesce", "boundary", "none")
 
 
@@ -96,11 +100,11 @@ def _is_engine(obj: Any) -> bool:
 
 def _chunks(batch: dict[str, Tensor], chunk_size: int) -> list[dict[str, Tensor]]:
     n = batch["mel"].shape[0]
-    for key in (*BATCH_KEYS, "groups"):
+    for key in (*INPUT_KEYS, "groups"):
         if key in batch and batch[key] is not None and batch[key].shape[0] != n:
             raise ValueError(f"batch[{key!r}] has {batch[key].shape[0]} rows, mel has {n}")
     return [
-        {k: batch[k][i : i + chunk_size] for k in BATCH_KEYS if batch.get(k) is not None}
+        {k: batch[k][i : i + chunk_size] for k in INPUT_KEYS if batch.get(k) is not None}
         for i in range(0, n, chunk_size)
     ]
 
@@ -245,7 +249,7 @@ def plain_step(
         else contextlib.nullcontext()
     )
     with amp:
-        out = engine_or_model(**{k: batch[k] for k in BATCH_KEYS if batch.get(k) is not None})
+        out = engine_or_model(**{k: batch[k] for k in INPUT_KEYS if batch.get(k) is not None})
     out = {k: v.float() for k, v in out.items()}
     terms = loss_fn(**out, groups=batch.get("groups"))
     if engine is None:

@@ -204,6 +204,11 @@ class HFText(nn.Module):
             )
         return self._run({"inputs_embeds": embeds}, mask.bool())
 
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        """The model's input embeddings of token ids ``[B, L]`` -> ``[B, L, H]`` (the word
+        table only: position and type embeddings are added inside the model, as for ids)."""
+        return self.model.get_input_embeddings()(ids)
+
     def _run(self, inputs: dict[str, Tensor], bmask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         kwargs: dict[str, Tensor] = {**inputs, "attention_mask": bmask.long()}
         if self.decoder_only:

@@ -43,7 +43,10 @@ Batch: ``mel`` ``[B, n_mels, T]`` in the features' dtype (float16 by default; ze
 (``texts -> (ids, mask)``; the loader never picks or loads a tokenizer: the model side owns
 that, see ``model/tokenizer.py``), ``groups`` long (stable hash of the sample's ``group``: equal
 ids are never each other's negatives, also across ranks), ``labels`` (each sample's class-label
-tuple, possibly empty), ``keys``, ``texts``, ``duration_s``.
+tuple, possibly empty), ``keys``, ``texts``, ``duration_s``; with ``transcripts`` (CALM's
+multimodal path, ``model.calm.with_transcript``) also ``tr_ids``/``tr_mask``, each sample's
+transcript where :func:`dataprep.loader.sample.calm_transcript` feeds one (else an all-False
+mask row).
 """
 
 from dataprep.core.features import FingerprintMismatch

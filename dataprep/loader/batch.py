@@ -27,6 +27,7 @@ class BatchSpec(Protocol):
     bucket_batches: int
     pad_multiple: int
     drop_last: bool
+    transcripts: bool
 
 
 def shuffled(items: Iterable[Sample], size: int, rng: np.random.Generator) -> Iterator[Sample]:
@@ -101,4 +102,9 @@ def collate(spec: BatchSpec, samples: list[Sample]) -> dict[str, Any]:
     }
     if spec.tokenize is not None:
         batch["ids"], batch["mask"] = spec.tokenize(texts)
+    if spec.transcripts and spec.tokenize is not None:
+        # CALM's multimodal path: the samples' fed transcripts ("" = audio alone: no token)
+        words = [s.get("transcript") or "" for s in samples]
+        batch["tr_ids"], tr_mask = spec.tokenize(words)
+        batch["tr_mask"] = tr_mask & torch.tensor([bool(w) for w in words])[:, None]
     return batch

@@ -55,6 +55,7 @@ class LoaderSpec:
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
     draws: DrawPlan | None = None  # a weighted epoch (loader.sampling); None: each sample once
     cache_dir: str | None = None  # local copies of checked remote shards (read.py)
+    transcripts: bool = False  # CALM with the transcript: tr_ids/tr_mask (sample.calm_transcript)
 
 
 class _EpochDataset(IterableDataset):
@@ -168,6 +169,7 @@ class ShardLoader:
         pin_memory: bool = False,
         sampling: SamplingConfig | None = None,
         cache_dir: str | None = None,
+        transcripts: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
@@ -181,7 +183,7 @@ class ShardLoader:
             num_workers=num_workers, seed=seed, train=train, shuffle_buffer=shuffle_buffer,
             bucket=bucket, bucket_batches=bucket_batches, pad_multiple=pad_multiple,
             drop_last=drop_last, verify=verify, policy=error_policy or ErrorPolicy(), draws=draws,
-            cache_dir=cache_dir,
+            cache_dir=cache_dir, transcripts=transcripts,
         )  # fmt: skip
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
@@ -195,10 +197,11 @@ class ShardLoader:
         cls, config: LoaderConfig, split_dir: str | os.PathLike[str], *,
         features: FeatureConfig, tokenize: Tokenize | None, max_frames: int, batch_size: int,
         pad_multiple: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
-        train: bool = True,
+        train: bool = True, transcripts: bool = False,
     ) -> ShardLoader:  # fmt: skip
         """The loader of a ``loader:`` section. What the model dictates (crop length, padding
-        multiple, tokenization) is passed in by the caller; this module never reads it."""
+        multiple, tokenization, transcripts for CALM) is passed in by the caller; this module
+        never reads it."""
         return cls(
             split_dir, features=features, max_frames=max_frames, batch_size=batch_size,
             tokenize=tokenize, rank=rank, world_size=world_size, num_workers=config.num_workers,
@@ -207,6 +210,7 @@ class ShardLoader:
             pin_memory=torch.cuda.is_available(),  # page-locked batches: async host-to-GPU copies
             sampling=config.sampling,
             cache_dir=config.cache_dir,
+            transcripts=transcripts,
         )  # fmt: skip
 
     def reset(self, epoch: int = 0) -> None:

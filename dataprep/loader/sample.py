@@ -26,6 +26,7 @@ class PrepareSpec(Protocol):
     max_frames: int
     seed: int
     train: bool
+    transcripts: bool  # CALM with the transcript (model.calm.with_transcript): calm_transcript
 
 
 _EXPONENT = {
@@ -97,6 +98,39 @@ def choose_text(meta: dict[str, Any], txt: str | None, draw: int, train: bool) -
     raise ValueError("no text")
 
 
+def calm_transcript(meta: dict[str, Any], text: str) -> str:
+    """The transcript to feed beside the audio (CALM's multimodal path) when the paired
+    ``text`` is ``text``, or "" (audio alone).
+
+    The contrastive target must not be readable from the transcript, or the audio embedding
+    could match its caption by the words alone and the acoustic side would learn nothing. So a
+    transcript goes in only when the paired text is a template caption that does not quote the
+    words (``a woman speaking German in an angry voice``: gender, language, emotion, which the
+    model must still hear, with the words as context as in CALM's emotion task). Never with the
+    transcript itself, its paraphrases or translations (``original``, ``nlpaug:*``, ``llm:*``),
+    a quoting template (``a man says "{transcript}"``), a caption corpus (no transcript), nor a
+    crop (the caller: a transcript stands for all of its audio). The transcript is the corpus's
+    own original text; class names standing in for a missing one (``source: labels``) are not."""
+    if not is_transcript_task((meta.get("attributes") or {}).get("task")):
+        return ""
+    entries = [t for t in meta.get("texts") or () if isinstance(t, dict)]
+    words = next(
+        (
+            str(t["text"]) for t in entries
+            if t.get("kind") == KIND_ORIGINAL and t.get("text")
+            and (t.get("provenance") or {}).get("source") != "labels"
+        ),
+        "",
+    )  # fmt: skip
+    if not words.strip() or words.casefold() in text.casefold():
+        return ""
+    for t in entries:
+        template = str((t.get("provenance") or {}).get("template") or "")
+        if t.get("kind") == KIND_TEMPLATE and t.get("text") == text:
+            return "" if "{transcript}" in template else words
+    return ""
+
+
 def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[str, Any]:
     """Crop to ``max_frames`` and pick the epoch's text.
 
@@ -122,16 +156,21 @@ def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[
                 )
             text = crop_texts[(draw & 0x7FFFFFFF) % len(crop_texts)]
     hop_s = spec.features.hop_length / spec.features.sample_rate_hz
-    return {
+    text = text or choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train)
+    out = {
         "key": d.key,
         "mel": mel,
-        "text": text or choose_text(d.meta, d.txt, draw & 0x7FFFFFFF, spec.train),
+        "text": text,
         "group": stable_hash(d.meta.get("group") or d.key),
         "corpus": str(d.meta.get("corpus") or ""),
         "lang": str(d.meta.get("lang") or ""),
         "labels": tuple(str(x) for x in d.meta.get("labels") or ()),
         "duration_s": float(mel.shape[1] * hop_s),
     }
+    if spec.transcripts:
+        whole = spec.train and mel.shape[1] == frames  # never beside a crop, nor in eval
+        out["transcript"] = calm_transcript(d.meta, text) if whole else ""
+    return out
 
 
 def prepare_sample(

@@ -19,6 +19,7 @@ class Spec:
     max_frames: int = 100
     seed: int = 0
     train: bool = True
+    transcripts: bool = False
 
 
 def _decoded(frames: int, task: str, with_template: bool) -> Decoded:

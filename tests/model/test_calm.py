@@ -1,21 +1,23 @@
-"""CALM's alignment proper (model.calm): acoustic tokens through the pretrained text model.
+"""CALM's alignment proper (model.calm): acoustic tokens through the pretrained text model,
+alone or followed by the transcript's tokens (model.calm.with_transcript).
 
-Models: the project's tiny patch audio tower (model_helpers) and a TINY RANDOM GPT-2 saved to a
-tmp dir by hf_helpers (decoder-only, last-token pooling), dropout on.
+Models: the project's tiny patch audio tower (model_helpers) and TINY RANDOM transformers models
+saved to a tmp dir by hf_helpers — a GPT-2 (decoder-only, last-token pooling) and an XLM-R
+encoder (first-token pooling) — dropout on. Nothing here is pretrained.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hf_helpers import tiny_gpt2
+from hf_helpers import tiny_gpt2, tiny_xlmr
 from model_helpers import N_MELS, tiny_config
 from pydantic import ValidationError
 from test_gradcache import full_batch_backward, grads_of, max_diff
 
 from model.clap import build_model
 from model.config import CalmConfig, LossConfig, ModelConfig, TextEncoderConfig
-from model.gradcache import cached_step
+from model.gradcache import INPUT_KEYS, cached_step
 from model.hf_text import HFTokenizer
 from model.losses import ContrastiveLoss
 
@@ -96,3 +98,99 @@ def test_gradient_cache_exact_with_calm(calm, chunk):
 def test_calm_needs_an_hf_text_model():
     with pytest.raises(ValidationError, match="model.calm.enabled needs model.text.kind=hf"):
         ModelConfig(calm=CalmConfig(enabled=True))
+
+
+TRANSCRIPTS = ["", "the cat sat on the mat", "", "hello there", "one two three", "", "yes"]
+
+
+def _with_transcript(kind: str, tmp_path_factory) -> tuple:
+    maker = tiny_gpt2 if kind == "gpt2" else tiny_xlmr
+    d = maker(tmp_path_factory.mktemp(f"calm_tr_{kind}") / kind)
+    cfg = tiny_config().model_copy(
+        update={
+            "text": TextEncoderConfig(kind="hf", path=str(d), max_len=24, dropout=0.1),
+            "calm": CalmConfig(enabled=True, with_transcript=True),
+            "loss": LossConfig(kind="mga", hard_negative_beta=0.5),
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, N_MELS)
+    tok = HFTokenizer(d)
+    ids, mask = tok.encode_batch(TEXTS, 24)
+    tr_ids, tr_mask = tok.encode_batch(TRANSCRIPTS, 16)
+    # as the loader's collate: a sample without a fed transcript has an all-False row
+    tr_mask &= torch.tensor([bool(t) for t in TRANSCRIPTS])[:, None]
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "mel": torch.randn(7, N_MELS, 40, generator=g),
+        "mel_lengths": torch.tensor([40, 33, 25, 40, 17, 9, 40]),
+        "ids": ids,
+        "mask": mask,
+        "tr_ids": tr_ids,
+        "tr_mask": tr_mask,
+        "groups": torch.arange(7),
+    }
+    return model, batch, cfg
+
+
+@pytest.fixture(scope="module", params=["gpt2", "xlmr"])
+def calm_tr(request, tmp_path_factory):
+    return _with_transcript(request.param, tmp_path_factory)
+
+
+def test_transcript_tokens_join_the_acoustic_tokens(calm_tr):
+    model, b, _ = calm_tr
+    model.eval()
+    audio = {"mel": b["mel"], "mel_lengths": b["mel_lengths"]}
+    with torch.no_grad():
+        alone = model(**audio)["audio_emb"]
+        both = model(**audio, tr_ids=b["tr_ids"], tr_mask=b["tr_mask"])["audio_emb"]
+        other = b["tr_ids"].roll(1, dims=1)  # other words, same mask
+        swapped = model(**audio, tr_ids=other, tr_mask=b["tr_mask"])["audio_emb"]
+    has = b["tr_mask"].any(dim=1)
+    # a row without a transcript is exactly the audio-alone path (its padding is never read) ...
+    torch.testing.assert_close(both[~has], alone[~has], atol=1e-5, rtol=1e-5)
+    # ... a row with one is changed by it, and by which words it holds
+    assert (both[has] - alone[has]).abs().amax(dim=1).min() > 1e-4
+    assert (swapped[has] - both[has]).abs().amax(dim=1).min() > 1e-4
+    model.train()
+    model.zero_grad()
+    model(**audio, tr_ids=b["tr_ids"], tr_mask=b["tr_mask"])["audio_emb"].sum().backward()
+    words = model.text.impl.model.get_input_embeddings().weight.grad
+    assert words[b["tr_ids"][b["tr_mask"]]].abs().sum() > 0  # the transcript's words learn
+    assert model.calm_in.weight.grad.abs().sum() > 0
+
+
+def test_gradient_cache_exact_with_calm_and_transcripts(calm_tr):
+    """gradcache step == one full-batch backward (same chunked forwards, same RNG), dropout on."""
+    model, batch, cfg = calm_tr
+    model.train()
+    loss_fn = ContrastiveLoss(cfg.loss)
+    chunk = 3
+
+    def full() -> None:
+        outs = [
+            model(**{k: batch[k][i : i + chunk] for k in INPUT_KEYS}) for i in range(0, 7, chunk)
+        ]
+        feats = {k: torch.cat([o[k] for o in outs]) for k in outs[0] if outs[0][k].dim() > 0}
+        feats["logit_scale"] = outs[0]["logit_scale"]
+        loss_fn(**feats, groups=batch["groups"])["loss"].backward()
+
+    ref = grads_of(model, full)
+    got = grads_of(model, lambda: cached_step(model, batch, loss_fn, chunk))
+    assert sorted(got) == sorted(ref)
+    assert "text.impl.model." + _word_table(model) in got  # the transcript path is in the step
+    assert max_diff(ref, got) < 1e-5
+
+
+def _word_table(model) -> str:
+    table = model.text.impl.model.get_input_embeddings()
+    return next(n for n, p in model.text.impl.model.named_parameters() if p is table.weight)
+
+
+def test_with_transcript_needs_calm_and_a_transcript_needs_it_on(calm):
+    with pytest.raises(ValidationError, match="with_transcript needs model.calm.enabled"):
+        CalmConfig(with_transcript=True)
+    model, batch, _ = calm  # CALM, audio alone
+    with pytest.raises(ValueError, match="with_transcript is off"):
+        model(mel=batch["mel"], tr_ids=batch["ids"], tr_mask=batch["mask"])
