@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,12 +18,20 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataprep"))
+from conftest import free_port
+from jobrun import (
+    deepspeed,
+    ds_env,
+    launch,
+    losses,
+    metrics,
+    ok,
+    pretrain_args,
+    python,
+    run,
+    single_rank,
+)
 from test_loader import make_shards
-
-import dataprep
-
-REPO = Path(dataprep.__file__).resolve().parents[1]
-DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 TINY = {
     "name": "tiny",
@@ -74,9 +80,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, corpora_root: Path) -> Path
 
 @pytest.fixture(scope="module")
 def env(subprocess_env: dict[str, str]) -> dict[str, str]:
-    e = dict(subprocess_env)
-    e["TORCH_EXTENSIONS_DIR"] = str(REPO / ".venv" / "torch_extensions")  # shm_comm JIT once
-    return e
+    return ds_env(subprocess_env)
 
 
 def _config(tmp: Path, loader: dict[str, object] | None = None, **train: object) -> Path:
@@ -88,71 +92,31 @@ def _config(tmp: Path, loader: dict[str, object] | None = None, **train: object)
     return path
 
 
-def _launch(
-    cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str], *extra: str
-) -> subprocess.Popen:
-    cmd = [
-        str(DEEPSPEED),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
-        "jobs/pretrain.py",
-        "--config",
-        str(cfg),
-        "--shards",
-        str(shards),
-        "--out",
-        str(out),
-        *extra,
-    ]
-    return subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+def _launch(cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str]):
+    return launch(deepspeed(port, *pretrain_args(cfg, shards, out)), env)
 
 
-def _run(*args, timeout: float = 240) -> str:
-    p = _launch(*args)
-    text, _ = p.communicate(timeout=timeout)
-    assert p.returncode == 0, _digest(text)
-    return text
+def _run(cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str]) -> str:
+    return ok(run(deepspeed(port, *pretrain_args(cfg, shards, out)), env, timeout=240))
 
 
-def _digest(text: str) -> str:
-    """Our own error lines first (the launcher's noise pushes them out of a plain tail)."""
-    ours = [ln for ln in text.splitlines() if "pretrain:" in ln or "Error" in ln or "rank0]" in ln]
-    return "\n".join(ours[-30:]) + "\n...\n" + text[-2000:]
+def _single(cfg: Path, shards: Path, out: Path, port: int, env: dict[str, str]):
+    """Plain `python jobs/pretrain.py`: one process, env rendezvous, no launcher."""
+    return run(python(*pretrain_args(cfg, shards, out)), single_rank(env, port), timeout=180)
 
 
-def _losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_for_step(out: Path, step: int, proc, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"run ended before step {step}: {proc.stdout.read()[-3000:]}")
         try:
-            if max(_losses(out), default=0) >= step:
+            if max(losses(out), default=0) >= step:
                 return
         except (FileNotFoundError, json.JSONDecodeError):
             pass
         time.sleep(0.01)
     raise AssertionError(f"step {step} not reached in {timeout}s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -172,23 +136,23 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     )
     ref = tmp_path / "ref"
     _run(cfg, shards, ref, port, env)
-    want = _losses(ref)
+    want = losses(ref)
     assert sorted(want) == list(range(1, 25))
     seq = [want[s] for s in sorted(want)]
     assert sum(seq[-5:]) < sum(seq[:5]) - 0.5, "ZeRO-2 + gradient cache: loss should decrease"
 
     run = tmp_path / "run"
-    p = _launch(cfg, shards, run, _free_port(), env)
+    p = _launch(cfg, shards, run, free_port(), env)
     _wait_for_step(run, 10, p)
     os.killpg(p.pid, signal.SIGKILL)  # the whole job: launcher, ranks, loader workers
     p.wait(timeout=30)
     assert not (run / "final").exists(), "the run finished before it was killed"
     ckpts = sorted((run / "checkpoints").glob("step-*"))
     assert ckpts and all(int(c.name[5:]) < 24 for c in ckpts)
-    text = _run(cfg, shards, run, _free_port(), env)
+    text = _run(cfg, shards, run, free_port(), env)
     assert "resumed from" in text
     assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_last
-    got = _losses(run)
+    got = losses(run)
     assert got == want, "loss sequence after SIGKILL + resume differs from the uninterrupted run"
     a, b = _final_weights(ref), _final_weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -207,7 +171,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, shards: Path, env
     latest = (out / "checkpoints" / "latest").read_text().strip()
     ckpt = out / "checkpoints" / latest
     done = json.loads((ckpt / "complete.json").read_text())
-    assert done["step"] == max(_losses(out)) >= 3 and done["world_size"] == 2
+    assert done["step"] == max(losses(out)) >= 3 and done["world_size"] == 2
     assert {f.name for f in ckpt.glob("trainer_state_rank*")} == {
         "trainer_state_rank0.json",
         "trainer_state_rank1.json",
@@ -229,9 +193,9 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
     cfg = _config(tmp_path, zero_stage=stage, max_steps=30, save_every=1000, warmup_steps=3)
     out = tmp_path / "run"
     text = _run(cfg, shards, out, port, env)
-    losses = [v for _, v in sorted(_losses(out).items())]
-    assert len(losses) == 30
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    seq = [v for _, v in sorted(losses(out).items())]
+    assert len(seq) == 30
+    first, last = sum(seq[:5]) / 5, sum(seq[-5:]) / 5
     assert last < first - 0.1, f"ZeRO-{stage}: loss did not decrease ({first:.3f} -> {last:.3f})"
     assert "Traceback" not in text
     # final export loads and embeds
@@ -251,24 +215,7 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
 
 def test_not_a_shard_set_is_a_clear_error(tmp_path: Path, env) -> None:
     cfg = _config(tmp_path)
-    p = subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(cfg),
-            "--shards",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    p = run(python(*pretrain_args(cfg, tmp_path, tmp_path / "o")), env, timeout=120)
     assert p.returncode == 2
     assert "is not a shard set" in p.stderr and "shards.json" in p.stderr
 
@@ -278,32 +225,7 @@ def test_fingerprint_mismatch_refused(tmp_path: Path, shards: Path, env, port) -
     cfg["features"] = {"n_mels": 80}
     path = tmp_path / "mismatch.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    e = dict(
-        env,
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    p = subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(path),
-            "--shards",
-            str(shards),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        cwd=REPO,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    p = _single(path, shards, tmp_path / "o", port, env)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "feature fingerprint mismatch" in p.stderr and "n_mels: 80 != 64" in p.stderr
 
@@ -315,36 +237,11 @@ def test_time_budget_zero0_single_process_without_launcher(
     """Plain `python jobs/pretrain.py` (one process, env rendezvous), ZeRO-0, stopped by the time
     budget long before max_steps: it checkpoints and exports like a finished run."""
     cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
-    e = dict(
-        env,
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
     out = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(cfg),
-            "--shards",
-            str(shards),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    p = _single(cfg, shards, out, port, env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "time budget of 3 s reached" in p.stderr
-    steps = max(_losses(out))
+    steps = max(losses(out))
     assert 1 <= steps < 100000
     meta = json.loads((out / "final" / "meta.json").read_text())
     assert meta["step"] == steps and meta["zero_stage"] == 0
@@ -358,24 +255,7 @@ def test_time_budget_zero0_single_process_without_launcher(
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
     assert json.loads((ckpt / "complete.json").read_text())["writer"] == "polyclap"
     (ckpt / "extra_optim_states.pt").write_bytes(b"not ours")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(cfg),
-            "--shards",
-            str(shards),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    p = _single(cfg, shards, out, port, env)
     assert p.returncode == 2 and "not resuming from" in p.stderr, p.stderr[-3000:]
     assert "not written by this save: extra_optim_states.pt" in p.stderr
 
@@ -394,35 +274,9 @@ def test_corrupt_shard_is_skipped_and_counted_in_metrics(
     shutil.copytree(shards, root)
     _flip_mel_bytes(next((root / "train").glob("shard-*.tar")))
     cfg = _config(tmp_path, zero_stage=0, max_steps=100000, save_every=100000, time_budget_s=3.0)
-    e = dict(
-        env,
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
     out = tmp_path / "run"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(cfg),
-            "--shards",
-            str(root),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    p = _single(cfg, root, out, port, env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "corrupt shard" in p.stderr and "sha256" in p.stderr
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    last = [r for r in rows if "loss" in r][-1]
+    last = [r for r in metrics(out) if "loss" in r][-1]
     assert last["loader_corrupt_shards"] >= 1 and last["loader_skipped_samples"] > 0

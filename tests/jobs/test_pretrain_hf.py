@@ -9,7 +9,6 @@ the text tower locked except its last layer (LiT), the audio tower with layer-wi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,12 +20,11 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataprep"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 from hf_helpers import tiny_clap
+from jobrun import pretrain_args, python, run, single_rank
 from test_loader import make_shards
 
-import dataprep
 from dataprep.core.config import FeatureConfig
 
-REPO = Path(dataprep.__file__).resolve().parents[1]
 HTSAT = FeatureConfig(preset="htsat")
 
 
@@ -73,34 +71,8 @@ def _config(root: Path, clap: Path, **model) -> Path:
 
 
 def _pretrain(cfg: Path, shards: Path, out: Path, env: dict, port: int):
-    e = dict(
-        env,
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    return subprocess.run(
-        [
-            sys.executable,
-            "jobs/pretrain.py",
-            "--config",
-            str(cfg),
-            "--shards",
-            str(shards),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    e = dict(single_rank(env, port), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return run(python(*pretrain_args(cfg, shards, out)), e, timeout=300)
 
 
 @pytest.mark.slow
@@ -147,15 +119,7 @@ def test_bad_init_and_preset_mismatch_exit_2_before_training(setup, subprocess_e
 
 
 def test_help_lists_the_finetune_and_pretrained_tower_keys(subprocess_env):
-    p = subprocess.run(
-        [sys.executable, "jobs/pretrain.py", "--help"],
-        cwd=REPO,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    p = run(python("jobs/pretrain.py", "--help"), subprocess_env, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     for line in (
         "model.init_from: str | None = None",

@@ -582,90 +582,19 @@ def test_real_build_report_is_deterministic_and_renders_in_chromium(
 def test_ray_job_submit_on_a_loopback_head(
     handmade: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
-    """`ray job submit` as the module docstring shows; the head runs in its own process group and
-    is stopped by killing that group (never a global `ray stop`)."""
-    import signal
-    import tempfile
-    import time
-    import urllib.request
+    """`ray job submit` as the module docstring shows, on a loopback head (tests/rayhead.py)."""
+    from rayhead import BIN, ray_head
 
-    from conftest import free_port
-
-    bin_dir = Path(sys.executable).parent
-    env = dict(subprocess_env, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("RAY_ADDRESS", None)
-    dash = free_port()
-    temp_dir = tempfile.mkdtemp(
-        prefix="rq", dir="/tmp"
-    )  # short: Ray's socket paths are length-limited
-    head = subprocess.Popen(
-        [
-            str(bin_dir / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--num-cpus=2",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert head.poll() is None, f"ray head exited: {head.stdout.read()[-3000:]}"  # type: ignore[union-attr]
-            assert time.time() < deadline, "ray head did not come up"
-            time.sleep(1)
+    env = dict(subprocess_env, RAY_AUTH_MODE="disabled")
+    with ray_head(env) as address:
         out = tmp_path / "report"
         proc = subprocess.run(
-            [
-                str(bin_dir / "ray"),
-                "job",
-                "submit",
-                "--working-dir",
-                ".",
-                "--",
-                "python",
-                "pipelines/quality_report.py",
-                "--shards",
-                str(handmade),
-                "--out",
-                str(out),
-            ],
-            cwd=REPO,
-            env=dict(env, RAY_API_SERVER_ADDRESS=address),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+            [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python",
+             "pipelines/quality_report.py", "--shards", str(handmade), "--out", str(out)],
+            cwd=REPO, env=dict(env, RAY_API_SERVER_ADDRESS=address), capture_output=True,
+            text=True, timeout=600, check=False,
+        )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
         assert "succeeded" in proc.stdout.lower() and "report:" in proc.stdout
         report = json.loads((out / "report.json").read_text())
         assert report == _in_process(handmade)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
