@@ -164,8 +164,7 @@ def main() -> None:
     train_dir, val_dir = split_dirs(cfg.loader.shards)
 
     # ---------------------------------------------------------------- distributed init
-    deepspeed.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = tr.init_distributed()  # gloo on CPU, NCCL on GPUs; env from the launcher
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     accel = get_accelerator()
     if accel.device_name() != "cpu":

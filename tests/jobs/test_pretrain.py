@@ -33,6 +33,8 @@ from jobrun import (
 )
 from test_loader import make_shards
 
+from model.training import SHM_BUFFER
+
 TINY = {
     "name": "tiny",
     "model": {
@@ -119,6 +121,11 @@ def _wait_for_step(out: Path, step: int, proc, timeout: float = 180) -> None:
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
+def _shm_buffers(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce segments of the run on ``port`` (model.training.SHM_BUFFER)."""
+    return list(Path("/dev/shm").glob(f"{SHM_BUFFER}_*_{port}_*"))
+
+
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -141,11 +148,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     seq = [want[s] for s in sorted(want)]
     assert sum(seq[-5:]) < sum(seq[:5]) - 0.5, "ZeRO-2 + gradient cache: loss should decrease"
 
-    run = tmp_path / "run"
-    p = _launch(cfg, shards, run, free_port(), env)
+    run, killed_port = tmp_path / "run", free_port()
+    p = _launch(cfg, shards, run, killed_port, env)
     _wait_for_step(run, 10, p)
     os.killpg(p.pid, signal.SIGKILL)  # the whole job: launcher, ranks, loader workers
     p.wait(timeout=30)
+    assert not _shm_buffers(killed_port), "a killed run left DeepSpeed's /dev/shm buffers"
     assert not (run / "final").exists(), "the run finished before it was killed"
     ckpts = sorted((run / "checkpoints").glob("step-*"))
     assert ckpts and all(int(c.name[5:]) < 24 for c in ckpts)
@@ -198,6 +206,7 @@ def test_zero_stages_train(tmp_path: Path, shards: Path, env, port, stage: int) 
     first, last = sum(seq[:5]) / 5, sum(seq[-5:]) / 5
     assert last < first - 0.1, f"ZeRO-{stage}: loss did not decrease ({first:.3f} -> {last:.3f})"
     assert "Traceback" not in text
+    assert not _shm_buffers(port), "DeepSpeed's 64 MiB /dev/shm buffer per rank outlived the run"
     # final export loads and embeds
     from model.weights import load_for_eval
 

@@ -33,6 +33,7 @@ from model.config import (
 )
 from model.gradcache import BATCH_KEYS, cached_step, plain_step
 from model.losses import ContrastiveLoss
+from model.training import init_distributed
 
 N_MELS, PER_RANK, CHUNK, LR = 16, 6, 4, 0.2
 
@@ -219,7 +220,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.hf_audio:
         use_hf_towers(args.hf_audio, args.hf_text)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    # the trainer's own init (model/training.py): it also unlinks DeepSpeed's /dev/shm buffer
+    init_distributed("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(args.local_rank)
     torch.set_num_threads(1)
