@@ -25,7 +25,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,8 @@ from dataprep.core.features import feature_fingerprint, fingerprint_fields, log_
 from dataprep.core.shards import shard_name, shard_paths
 from dataprep.core.tario import write_tar_atomic
 from dataprep.loader import ShardLoader, iter_shard_texts
-from model.tokenizer import Tokenizer, train_tokenizer
+from model.config import TextEncoderConfig
+from model.tokenizer import Tokenizer, make_tokenize, train_tokenizer
 
 
 def real_mels(corpora: Path, features: FeatureConfig) -> list[tuple[str, np.ndarray]]:
@@ -136,7 +136,7 @@ def ours(
         features=features,
         max_frames=1024,
         batch_size=32,
-        tokenize=partial(tok.encode_batch, max_len=64),
+        tokenize=make_tokenize(tok, TextEncoderConfig(max_len=64)),  # as the trainer
         num_workers=workers,
         drop_last=False,
         pad_multiple=16,

@@ -1,7 +1,7 @@
 """Per-micro-batch corpus and language mix, read through the real loader (issue 17).
 
     python bench/mixing.py --shards outputs/demo/shards [--config configs/demo.yaml]
-        [--epochs 5] [--set loader.sampling.alpha=0.3 ...]
+        [--epochs 5] [--set loader.sampling.by=lang --set loader.sampling.alpha=0.3 ...]
 
 Every rank of ``--world-size`` (default 2, as the demo's deepspeed) reads ``--epochs`` epochs of
 ``<shards>/train`` with the config's micro batch, loader section and model crop length (as

@@ -120,7 +120,8 @@ def resolve_tokenizer(
             log.info("no tokenizer in the shard set: training one into %s", path)
             lt = list(iter_shard_texts(train_dir, langs=True))  # balanced as the draws (issue 17)
             train_tokenizer([t for _, t in lt], path, vocab_size=cfg.model.text.vocab_size,
-                            langs=[g for g, _ in lt], alpha=cfg.loader.sampling.alpha)  # fmt: skip
+                            langs=[g for g, _ in lt], alpha=cfg.loader.sampling.alpha,
+                            lang_tags=cfg.model.text.lang_tags)  # fmt: skip
         dist.barrier()  # every rank: must_train differs between ranks once rank 0 has trained
         return load_tokenizer(cfg.model.text, path), path
     except (FileNotFoundError, ValueError) as err:

@@ -49,7 +49,7 @@ from model.inference import (
     encode_windows,
     transformers_model_type,
 )
-from model.prompts import check_labels, ensemble, normalize, resolve_templates
+from model.prompts import ANY_LANG, check_labels, ensemble, normalize, resolve_templates
 
 log = logging.getLogger(__name__)
 
@@ -332,16 +332,21 @@ class CLAP(
         self, texts: str | Sequence[str], lang: str | Sequence[str] | None = None
     ) -> np.ndarray:
         """Embeddings ``[N, D]`` of texts, tokenized exactly as in training. ``lang`` (one code
-        or one per text) is checked and kept for the caller's bookkeeping: the towers read no
-        language id, the language is in the words (use language templates in ``zero_shot``)."""
+        or one per text): a model trained with language tags (``model.text.lang_tags``) gets
+        the language's ``<lang:xx>`` token first, as in training (an unknown code is an error);
+        otherwise the language is only checked, the towers read it from the words."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("no texts to embed")
         if lang is not None and not isinstance(lang, str) and len(lang) != len(texts):
             raise ValueError(f"{len(lang)} languages for {len(texts)} texts")
+        langs = [lang] * len(texts) if lang is None or isinstance(lang, str) else list(lang)
+        if lang is None and self.cfg is not None and self.cfg.model.text.lang_tags:
+            log.warning("embed_text: no lang given to a model trained with language tags")
         out = []
         for b in range(0, len(texts), self.batch_size):
-            ids, mask = self.tokenize(texts[b : b + self.batch_size])
+            sl = slice(b, b + self.batch_size)
+            ids, mask = self.tokenize(texts[sl], langs=langs[sl])
             emb = self.net.encode_text(ids.to(self.device), mask.to(self.device))
             out.append(emb.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
@@ -357,9 +362,10 @@ class CLAP(
         labels = check_labels(labels)
         temps = resolve_templates(templates, langs)
         per_lang = []
-        for lang_temps in temps.values():
+        for lang, lang_temps in temps.items():
             prompts = [t.format(label) for label in labels for t in lang_temps]
-            per_lang.append(ensemble(self.embed_text(prompts), [len(lang_temps)] * len(labels)))
+            emb = self.embed_text(prompts, lang=None if lang == ANY_LANG else lang)
+            per_lang.append(ensemble(emb, [len(lang_temps)] * len(labels)))
         return normalize(np.mean(np.stack(per_lang), axis=0))
 
     # -- both ----------------------------------------------------------------------------------

@@ -73,6 +73,9 @@ class TextEncoderConfig(_Section):
     # False: no text projection — the audio tower is aligned INTO the text tower's space
     # (CALM with a frozen MiniLM); needs model.embed_dim == the text width (384 for MiniLM).
     project: bool = True
+    # a <lang:xx> token after bos of every text with a known language (CLARA); kind=transformer
+    # only (model.tokenizer: the sentencepiece model holds one piece per language)
+    lang_tags: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +90,13 @@ class TextEncoderConfig(_Section):
             raise ValueError("text.kind=hf needs text.path (a local model directory)")
         if self.kind != "hf" and self.pooling not in ("cls", "mean"):
             raise ValueError(f"text.pooling={self.pooling} needs text.kind=hf")
+        if self.lang_tags and self.kind != "transformer":
+            # a pretrained tower's vocabulary and embedding matrix are its own: new tokens would
+            # start as random rows the locked/low-lr tower never learns; not supported
+            raise ValueError(
+                f"text.lang_tags needs text.kind=transformer (a {self.kind} tower keeps its own "
+                f"pretrained vocabulary; language tags are not added to it)"
+            )
         return self
 
 

@@ -1,7 +1,11 @@
 """Zero-shot prompts: label checks, templates per language, prompt ensembling.
 
 Shared by the inference API (``model.api``) and the evaluation harness
-(``dataprep.evaluation``): one default template set, one ensembling rule.
+(``dataprep.evaluation``): one default template set per task kind and language, one ensembling
+rule. The sound and keyword templates of every language of the bundled corpora follow the
+wording of the training captions (``dataprep/augment/templates/<lang>.yaml``), so a zero-shot
+prompt reads like the captions the model was trained on; the label goes in as given, so pass
+labels in the templates' language (``zero_shot(audio, ["Hund", "Regen"], langs=["de"])``).
 """
 
 from __future__ import annotations
@@ -11,9 +15,48 @@ from typing import Any
 
 import numpy as np
 
-# CLIP-style prompt ensembling; "{}" is the label. The evaluation harness's zero-shot default.
+ANY_LANG = "any"  # the key of one template list given for any language (no language tag)
+DEFAULT_LANGS = ("en",)  # zero-shot languages when none are asked for: labels are usually English
+
+# CLIP-style prompt ensembling; "{}" is the label. Sound events: the zero-shot default.
 DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "en": ("the sound of {}", "a recording of {}", "{} can be heard", "{}"),
+    "de": ("man hört {}", "eine Aufnahme, in der man {} hört", "{}"),
+    "fr": ("on entend {}", "un enregistrement où l'on entend {}", "{}"),
+    "es": ("se oye {}", "una grabación en la que se oye {}", "{}"),
+    "it": ("si sente {}", "una registrazione in cui si sente {}", "{}"),
+    "pt": ("ouve-se {}", "uma gravação em que se ouve {}", "{}"),
+    "nl": ("je hoort {}", "een opname waarin je {} hoort", "{}"),
+    "pl": ("słychać: {}", "nagranie, na którym słychać: {}", "{}"),
+    "ru": ("слышно: {}", "запись, на которой слышно: {}", "{}"),
+    "tr": ("{} duyuluyor", "{} duyulan bir kayıt", "{}"),
+    "ar": ("صوت {}", "يمكن سماع {}", "{}"),
+    "hi": ("आवाज़: {}", "इस रिकॉर्डिंग में सुनाई देता है: {}", "{}"),
+    "zh": ("{}的声音", "可以听到{}", "{}"),
+    "ja": ("{}が聞こえる", "{}が聞こえる録音", "{}"),
+    "sw": ("sauti ya {}", "unaweza kusikia {}", "{}"),
+}
+# Keyword spotting: "{}" is the word as spoken, prompts in the word's language.
+KEYWORD_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "en": ("someone says {}", "the word {}", "{}"),
+    "de": ("jemand sagt {}", "das Wort {}", "{}"),
+    "fr": ("quelqu'un dit {}", "le mot {}", "{}"),
+    "es": ("alguien dice {}", "la palabra {}", "{}"),
+    "zh": ("有人说{}", "词语{}", "{}"),
+    "hi": ("कोई {} कहता है", "शब्द {}", "{}"),
+    "it": ("qualcuno dice la parola «{}»", "{}"),
+    "pt": ("alguém diz a palavra «{}»", "{}"),
+    "nl": ("iemand zegt het woord „{}”", "{}"),
+    "pl": ("ktoś wypowiada słowo „{}”", "{}"),
+    "ru": ("кто-то произносит слово «{}»", "{}"),
+    "tr": ("biri “{}” kelimesini söylüyor", "{}"),
+    "ar": ('شخص ينطق كلمة "{}"', "{}"),
+    "ja": ("誰かが「{}」という単語を言う", "{}"),
+    "sw": ('mtu anatamka neno "{}"', "{}"),
+}
+# Emotion: "{}" is the English adjective of the label (the harness's EMOTION_WORDS).
+EMOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "en": ("a person speaking in a {} voice", "someone sounds {}", "{} speech", "{}"),
 }
 
 
@@ -44,18 +87,20 @@ def check_labels(labels: Sequence[str]) -> list[str]:
 
 
 def resolve_templates(templates: Any, langs: Iterable[str] | None) -> dict[str, tuple[str, ...]]:
-    """``{lang: templates}`` to ensemble: ``templates`` is None (the defaults), a mapping per
-    language, or one list (any language); ``langs`` selects languages of a mapping."""
+    """``{lang: templates}`` to ensemble: ``templates`` is None (:data:`DEFAULT_TEMPLATES` of
+    ``langs``, default :data:`DEFAULT_LANGS`), a mapping per language, or one list (any
+    language); ``langs`` selects languages of a mapping."""
     if isinstance(templates, str):
         templates = [templates]
     if templates is None:
         temps = dict(DEFAULT_TEMPLATES)
+        langs = DEFAULT_LANGS if langs is None else langs
     elif isinstance(templates, Mapping):
         temps = {k: tuple(v) for k, v in templates.items()}
     else:
         if langs is not None:
             raise ValueError("langs selects languages of a {lang: [templates]} mapping")
-        temps = {"any": tuple(templates)}
+        temps = {ANY_LANG: tuple(templates)}
     if langs is not None:
         missing = [lang for lang in langs if lang not in temps]
         if missing:

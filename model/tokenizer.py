@@ -13,15 +13,23 @@ tower config needs, vocabulary checked) and :func:`make_tokenize` (the picklable
 
 Special ids are fixed at training time so the model can rely on them:
 ``pad=0, unk=1, bos=2, eos=3``. A sequence is ``[bos] pieces... [eos]`` then padding.
+
+Language tags (``model.text.lang_tags: true``; CLARA prepends one): the tokenizer is trained with
+one user-defined piece ``<lang:xx>`` per base language code of its texts (:func:`tag_langs`), and
+a tagged sequence is ``[bos] <lang:xx> pieces... [eos]``. The language is the text's own (a
+sample's ``texts[].lang``, else the sample's ``lang``; at inference ``embed_text(lang=...)``);
+a text without a language gets no tag, as in training. :func:`make_tokenize` is the one place
+that decides whether tags are added, for the loader, the evaluator and the API alike. Towers
+with their own vocabulary (``minilm``, ``hf``) refuse the option at config load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -29,12 +37,14 @@ from typing import Any, Protocol
 
 import torch
 
-from dataprep.core.balance import group_probs, quotas
+from dataprep.core.lang import base_lang
 from model.config import TextEncoderConfig
+from model.tokenizer_balance import balanced_sample, kept_chars
 
 log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_TAG = re.compile(r"<lang:([a-z0-9]+)>")
 
 
 class Tokenizer:
@@ -63,6 +73,12 @@ class Tokenizer:
                 f"expected {PAD_ID}/{BOS_ID}/{EOS_ID} (train it with pipelines/train_tokenizer.py)"
             )
         self._sp = sp
+        # base language code -> id of its <lang:xx> piece (empty: trained without tags)
+        self.lang_tags: dict[str, int] = {
+            m.group(1): i
+            for i in range(int(sp.GetPieceSize()))
+            if (m := _TAG.fullmatch(sp.IdToPiece(i)))
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -85,88 +101,57 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._sp.DecodeIds([int(i) for i in ids if int(i) > EOS_ID]))
 
-    def encode_batch(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tag_id(self, lang: str | None) -> int | None:
+        """The id of ``lang``'s tag piece; None for no language; ValueError when the tokenizer
+        has no tag for it (a language its training texts did not have)."""
+        code = base_lang(lang)
+        if code is None:
+            return None
+        if code not in self.lang_tags:
+            raise ValueError(
+                f"tokenizer {self.path} has no language tag for {lang!r} "
+                f"(tags: {sorted(self.lang_tags) or 'none, trained without --lang-tags'})"
+            )
+        return self.lang_tags[code]
+
+    def encode_batch(
+        self, texts: Sequence[str], max_len: int, langs: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids LongTensor[B, max_len], mask BoolTensor[B, max_len])``; mask True on tokens.
 
         Every row is ``bos + pieces + eos`` truncated to ``max_len`` (the eos is kept so the
         model always sees where the text ends) and right-padded with ``pad_id``. A fixed width
-        keeps tensor shapes static across steps.
+        keeps tensor shapes static across steps. ``langs`` (one per text) puts the language's
+        tag piece right after ``bos`` (kept on truncation); None: no tags.
         """
-        if max_len < 2:
-            raise ValueError(f"max_len must be >= 2 (bos + eos), got {max_len}")
+        if langs is not None and len(langs) != len(texts):
+            raise ValueError(f"{len(langs)} languages for {len(texts)} texts")
+        tags = [self.tag_id(x) for x in langs] if langs is not None else [None] * len(texts)
+        if max_len < 2 + any(t is not None for t in tags):
+            raise ValueError(f"max_len must be >= 2 (bos + eos; 3 with a tag), got {max_len}")
         ids = torch.full((len(texts), max_len), PAD_ID, dtype=torch.long)
         # one thread: sentencepiece's batch threading costs more than it saves at batch sizes
         # of a few hundred short captions (measured 4x slower), and workers run in parallel anyway
         pieces = self._sp.Encode(list(texts), out_type=int, num_threads=1)
-        for row, p in enumerate(pieces):
-            seq = [BOS_ID, *p[: max_len - 2], EOS_ID]
+        for row, (p, tag) in enumerate(zip(pieces, tags)):
+            head = [BOS_ID] if tag is None else [BOS_ID, tag]
+            seq = [*head, *p[: max_len - 1 - len(head)], EOS_ID]
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         return ids, ids != PAD_ID
 
 
-_META_PIECES = 4 + 256  # pad/unk/bos/eos + the byte-fallback pieces
-
-
-def _kept_chars(lines: Sequence[str], langs: Sequence[str], vocab_size: int) -> set[str] | None:
-    """The characters the vocabulary can afford as pieces, or None when all fit.
-
-    Sentencepiece needs a piece for every character of its coverage (>= 0.98) plus the meta
-    pieces. Multilingual captions on a small vocabulary exceed that (CJK, Devanagari, Arabic...).
-    With byte fallback the rare characters are still encoded, as bytes, so only some characters
-    (at most half of the non-meta vocabulary) are kept in the training text: first each
-    language's most frequent few (a quarter of the budget shared out, so no language's script is
-    left to bytes alone; issue 17), then the most frequent of the (balanced) text overall.
-    """
-    room = vocab_size - _META_PIECES
-    if room < 8:
-        raise ValueError(
-            f"vocab_size={vocab_size} is too small: byte fallback alone takes {_META_PIECES} pieces"
-        )
-    chars: Counter[str] = Counter()
-    per_lang: dict[str, Counter[str]] = {}
-    for line, lang in zip(lines, langs):
-        chars.update(line)
-        per_lang.setdefault(lang, Counter()).update(line)
-    budget = room // 2
-    if len(chars) <= budget:
-        return None
-    floor = max(1, budget // (4 * len(per_lang)))
-    kept = {c for lang in sorted(per_lang) for c, _ in per_lang[lang].most_common(floor + 1)}
-    for c, _ in chars.most_common():
-        if len(kept) >= budget:
-            break
-        kept.add(c)
-    return kept
-
-
 def lang_tag(lang: str) -> str:
-    """The language-tag token of ``lang`` (CLARA prepends one to a text): ``<lang:xx>``."""
-    return f"<lang:{lang}>"
+    """The language-tag piece of ``lang`` (CLARA prepends one to a text): ``<lang:xx>``, ``xx``
+    the base code (``zh-CN`` -> ``<lang:zh>``)."""
+    code = base_lang(lang)
+    if code is None or not _TAG.fullmatch(f"<lang:{code}>"):
+        raise ValueError(f"no language tag for language code {lang!r}")
+    return f"<lang:{code}>"
 
 
-def balanced_sample(
-    texts: Sequence[str], langs: Sequence[str], alpha: float, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """``texts`` resampled to as many texts, language ``l`` getting a share ``∝ n_l^alpha`` (the
-    loader's temperature sampling): rare languages repeat, frequent ones are subsampled;
-    deterministic for a seed. Returns (texts, their languages)."""
-    import numpy as np
-
-    by_lang: dict[str, list[str]] = {}
-    for t, lang in zip(texts, langs):
-        by_lang.setdefault(lang, []).append(t)
-    want = quotas(group_probs({g: len(v) for g, v in by_lang.items()}, alpha), len(texts))
-    out_t: list[str] = []
-    out_l: list[str] = []
-    for g, n in want.items():
-        pool = by_lang[g]
-        rng = np.random.default_rng([seed, len(pool)])
-        order: list[int] = []
-        while len(order) < n:
-            order += [int(i) for i in rng.permutation(len(pool))[: n - len(order)]]
-        out_t += [pool[i] for i in order]
-        out_l += [g] * len(order)
-    return out_t, out_l
+def tag_langs(langs: Iterable[str | None]) -> list[str]:
+    """The base codes that get a tag piece: every language of the training texts, sorted."""
+    return sorted({c for c in (base_lang(x) for x in langs) if c})
 
 
 def byte_fallback_rate(tok: Tokenizer, texts: Sequence[str]) -> float:
@@ -186,7 +171,7 @@ def train_tokenizer(
     seed_sentencepiece_size: int = 100000,
     langs: Sequence[str] | None = None,
     alpha: float = 1.0,
-    lang_tags: Sequence[str] = (),
+    lang_tags: Sequence[str] | bool = (),
 ) -> dict[str, Any]:
     """Train a unigram model on ``texts`` and write ``out`` (.model) atomically.
 
@@ -200,6 +185,8 @@ def train_tokenizer(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(lang_tags, bool):
+        lang_tags = tag_langs(langs or ()) if lang_tags else ()
     with tempfile.TemporaryDirectory(prefix=".tok-", dir=out.parent) as tmp:
         # sentencepiece reads one sentence per line: newlines inside a text would split it
         texts = list(texts)
@@ -211,7 +198,7 @@ def train_tokenizer(
         lines, line_langs = [t for t, _ in pairs], [lang for _, lang in pairs]
         if alpha < 1.0:
             lines, line_langs = balanced_sample(lines, line_langs, alpha)
-        kept = _kept_chars(lines, line_langs, vocab_size)
+        kept = kept_chars(lines, line_langs, vocab_size)
         if kept is not None:
             log.info(
                 "tokenizer: %d characters kept as pieces over %d language(s) (rest: bytes)",
@@ -239,7 +226,7 @@ def train_tokenizer(
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             normalization_rule_name="nmt_nfkc",
-            user_defined_symbols=[lang_tag(x) for x in lang_tags],
+            user_defined_symbols=sorted({lang_tag(x) for x in lang_tags}),
             num_threads=1,  # deterministic output; training is fast at our sizes
             minloglevel=2,
         )
@@ -298,7 +285,8 @@ class TextTokenizer(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-Tokenize = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+# (texts, langs=None) -> (ids, mask): see make_tokenize
+Tokenize = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -341,10 +329,25 @@ def load_tokenizer(text: TextEncoderConfig, path: str | os.PathLike[str] | None)
             f"tokenizer {path} has {tok.vocab_size} pieces > "
             f"model.text.vocab_size={text.vocab_size}"
         )
+    if text.lang_tags and not tok.lang_tags:
+        raise ValueError(
+            f"model.text.lang_tags is on but tokenizer {path} has no <lang:xx> pieces: train it "
+            f"with `pipelines/train_tokenizer.py --lang-tags` (or let jobs/pretrain.py train one)"
+        )
     return tok
 
 
+def _encode(
+    tok: TextTokenizer, max_len: int, tagged: bool, texts: Sequence[str],
+    langs: Sequence[str | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    if tagged:
+        return tok.encode_batch(texts, max_len, langs)  # type: ignore[call-arg]
+    return tok.encode_batch(texts, max_len)
+
+
 def make_tokenize(tok: TextTokenizer, text: TextEncoderConfig) -> Tokenize:
-    """``texts -> (ids [B, L], mask [B, L])`` with ``L = text.max_len``; picklable, so the
-    loader's worker processes can receive it."""
-    return partial(tok.encode_batch, max_len=text.max_len)
+    """``(texts, langs=None) -> (ids [B, L], mask [B, L])`` with ``L = text.max_len``: the one
+    place language tags are added (``text.lang_tags``; ``langs`` is ignored without them).
+    Picklable, so the loader's worker processes can receive it."""
+    return partial(_encode, tok, text.max_len, bool(text.lang_tags))

@@ -44,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pairs = [p for s in splits for p in iter_shard_texts(root / s, langs=True)]
         langs, texts = [lang for lang, _ in pairs], [t for _, t in pairs]
-        tags = sorted({x for x in langs if x}) if args.lang_tags else []
         summary = train_tokenizer(
             texts, args.out, vocab_size=args.vocab_size, langs=langs, alpha=args.alpha,
-            lang_tags=tags,
+            lang_tags=args.lang_tags,
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         print(f"train_tokenizer: {err}", file=sys.stderr)

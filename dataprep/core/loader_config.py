@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dataprep.core.section import Section
 
@@ -49,6 +49,23 @@ class SamplingConfig(Section):
         if v is not None and v < 1:
             raise ValueError(f"epoch_samples must be >= 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _weighting_needs_groups(self) -> SamplingConfig:
+        # by: none reads every sample once: a set alpha, weight or epoch size would be ignored
+        if self.by == "none":
+            given = {
+                "alpha": self.alpha != 1.0,
+                "corpus_weights": bool(self.corpus_weights),
+                "lang_weights": bool(self.lang_weights),
+                "epoch_samples": self.epoch_samples is not None,
+            }
+            if any(given.values()):
+                raise ValueError(
+                    f"{', '.join(k for k, on in given.items() if on)} set with by: none (every "
+                    f"sample once, no weighting): set by: lang, corpus or corpus_lang"
+                )
+        return self
 
 
 class LoaderConfig(Section):

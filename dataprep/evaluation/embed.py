@@ -67,17 +67,26 @@ class Embedder:
         return out.astype(np.float32)
 
     @torch.no_grad()
-    def text(self, texts: Sequence[str]) -> np.ndarray:
+    def text(
+        self, texts: Sequence[str], langs: str | Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """``[N, D]`` of texts; ``langs`` (one code, or one per text) is each text's language,
+        tagged as in training when the model uses language tags (model.tokenizer)."""
         if not texts:
             raise ValueError("no text to embed")
+        per_text = [langs] * len(texts) if langs is None or isinstance(langs, str) else langs
         embs = []
         for b in range(0, len(texts), self.batch_size):
-            ids, mask = self.tokenize(list(texts[b : b + self.batch_size]))
+            batch_langs = list(per_text[b : b + self.batch_size])
+            ids, mask = self.tokenize(list(texts[b : b + self.batch_size]), langs=batch_langs)
             e = self.model.encode_text(ids.to(self.device), mask.to(self.device))
             embs.append(e.float().cpu().numpy())
         return np.concatenate(embs).astype(np.float32)
 
-    def class_embeddings(self, prompts_per_class: Sequence[Sequence[str]]) -> np.ndarray:
-        """Prompt ensembling: the mean of a class's prompt embeddings, renormalized."""
+    def class_embeddings(
+        self, prompts_per_class: Sequence[Sequence[str]], lang: str | None = None
+    ) -> np.ndarray:
+        """Prompt ensembling: the mean of a class's prompt embeddings, renormalized; ``lang``
+        is the prompts' language."""
         flat = [p for ps in prompts_per_class for p in ps]
-        return ensemble(self.text(flat), [len(ps) for ps in prompts_per_class])
+        return ensemble(self.text(flat, lang), [len(ps) for ps in prompts_per_class])

@@ -69,7 +69,7 @@ def _zero_shot_preds(
         if lang not in temps:
             continue
         prompts = [[t.format(names(lang, c)) for t in temps[lang]] for c in classes]
-        per_lang[lang] = emb.class_embeddings(prompts)
+        per_lang[lang] = emb.class_embeddings(prompts, lang)
     if not per_lang:
         raise TaskError(f"no templates for languages {langs}; have {sorted(temps)}")
     out = {lang: _argmax_or_wrong(audio @ ce.T, ok) for lang, ce in per_lang.items()}
@@ -138,7 +138,7 @@ def task_keyword_spotting(
             [t.format(task.class_names.get(lang, {}).get(c, spoken[c])) for t in temps[tl]]
             for c in classes
         ]
-        ce = emb.class_embeddings(prompts)
+        ce = emb.class_embeddings(prompts, tl)
         pred = _argmax_or_wrong(audio[idx] @ ce.T, ok[idx])
         y = np.asarray([classes.index(lab) for lab in labels])
         acc = M.accuracy_per_item(y, pred)
@@ -166,7 +166,7 @@ def task_retrieval(
             captions.append(c)
             owner.append(i)
     audio, ok = _audio(emb, items)
-    text = emb.text(captions)
+    text = emb.text(captions, [items[o].lang for o in owner])  # a caption's language: its clip's
     out: dict[str, M.Estimate] = {}
     for direction in task.directions:
         if direction == "t2a":

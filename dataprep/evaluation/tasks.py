@@ -31,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dataprep.core.config import ConfigError, CorpusConfig
 from dataprep.corpora import validate_corpora
-from model.prompts import DEFAULT_TEMPLATES  # one zero-shot default for the API and the harness
+
+# one owner of the default prompts for the API and the harness: model/prompts.py
+from model.prompts import DEFAULT_TEMPLATES, EMOTION_TEMPLATES, KEYWORD_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,19 +41,6 @@ TaskType = Literal[
     "zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"
 ]
 
-# Prompt templates per language; "{}" is the class name. Averaging several templates per
-# class (CLIP's prompt ensembling) makes zero-shot accuracy less sensitive to one wording.
-EMOTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "en": ("a person speaking in a {} voice", "someone sounds {}", "{} speech", "{}"),
-}
-KWS_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "en": ("someone says {}", "the word {}", "{}"),
-    "de": ("jemand sagt {}", "das Wort {}", "{}"),
-    "fr": ("quelqu'un dit {}", "le mot {}", "{}"),
-    "es": ("alguien dice {}", "la palabra {}", "{}"),
-    "zh": ("有人说{}", "词语{}", "{}"),
-    "hi": ("कोई {} कहता है", "शब्द {}", "{}"),
-}
 # CREMA-D / RAVDESS label names -> the adjective used in prompts
 EMOTION_WORDS = {
     "anger": "angry", "angry": "angry", "disgust": "disgusted", "fear": "fearful",
@@ -110,8 +99,10 @@ class TaskConfig(_Model):
         if self.type == "emotion":
             return EMOTION_TEMPLATES
         if self.type == "keyword_spotting":
-            return KWS_TEMPLATES
-        return DEFAULT_TEMPLATES
+            return KEYWORD_TEMPLATES  # each language's keywords with its own templates
+        # zero-shot: English, and each language the task names its classes in
+        langs = ["en", *(x for x in self.class_names if x in DEFAULT_TEMPLATES and x != "en")]
+        return {x: DEFAULT_TEMPLATES[x] for x in langs}
 
 
 class TaskFile(_Model):

@@ -40,13 +40,14 @@ a skipped corrupt sample cannot desynchronize the collectives of a training step
 
 Batch: ``mel`` ``[B, n_mels, T]`` in the features' dtype (float16 by default; zero beyond
 ``mel_lengths``), ``mel_lengths`` long, ``ids``/``mask`` from the injected ``tokenize`` callable
-(``texts -> (ids, mask)``; the loader never picks or loads a tokenizer: the model side owns
-that, see ``model/tokenizer.py``), ``groups`` long (stable hash of the sample's ``group``: equal
-ids are never each other's negatives, also across ranks), ``labels`` (each sample's class-label
-tuple, possibly empty), ``keys``, ``texts``, ``duration_s``; with ``transcripts`` (CALM's
-multimodal path, ``model.calm.with_transcript``) also ``tr_ids``/``tr_mask``, each sample's
-transcript where :func:`dataprep.loader.sample.calm_transcript` feeds one (else an all-False
-mask row).
+(``(texts, langs=text_langs) -> (ids, mask)``; the loader never picks or loads a tokenizer nor
+decides on language tags: the model side owns that, see ``model/tokenizer.py``), ``groups``
+long (stable hash of the sample's ``group``: equal ids are never each other's negatives, also
+across ranks), ``labels`` (each sample's class-label tuple, possibly empty), ``keys``, ``texts``,
+``text_langs`` (each text's own language, the source of a language tag), ``duration_s``; with
+``transcripts`` (CALM's multimodal path, ``model.calm.with_transcript``) also
+``tr_ids``/``tr_mask``, each sample's transcript where
+:func:`dataprep.loader.sample.calm_transcript` feeds one (else an all-False mask row).
 """
 
 from dataprep.core.features import FingerprintMismatch

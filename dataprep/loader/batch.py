@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,8 +11,9 @@ import torch
 from dataprep.core.config import FeatureConfig
 
 Sample = dict[str, Any]
-# texts -> (ids LongTensor[B, L], mask BoolTensor[B, L]); picklable (sent to worker processes)
-Tokenize = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+# (texts, langs=<one code per text>) -> (ids LongTensor[B, L], mask BoolTensor[B, L]); picklable
+# (sent to worker processes); model.tokenizer.make_tokenize builds it and decides on lang tags
+Tokenize = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class BatchSpec(Protocol):
@@ -98,10 +99,11 @@ def collate(spec: BatchSpec, samples: list[Sample]) -> dict[str, Any]:
         "corpora": [s["corpus"] for s in samples],
         "langs": [s["lang"] for s in samples],
         "texts": texts,
+        "text_langs": [s["text_lang"] for s in samples],
         "duration_s": torch.tensor([s["duration_s"] for s in samples], dtype=torch.float32),
     }
     if spec.tokenize is not None:
-        batch["ids"], batch["mask"] = spec.tokenize(texts)
+        batch["ids"], batch["mask"] = spec.tokenize(texts, langs=batch["text_langs"])
     if spec.transcripts and spec.tokenize is not None:
         # CALM's multimodal path: the samples' fed transcripts ("" = audio alone: no token)
         words = [s.get("transcript") or "" for s in samples]

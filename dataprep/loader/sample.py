@@ -131,6 +131,15 @@ def calm_transcript(meta: dict[str, Any], text: str) -> str:
     return ""
 
 
+def text_lang(meta: dict[str, Any], text: str) -> str:
+    """The language of the chosen text: its own ``texts[].lang``, else the sample's (the rule of
+    tokenizer training, ``read._texts``); a template caption may differ from the audio's."""
+    for t in meta.get("texts") or ():
+        if isinstance(t, dict) and t.get("text") == text and t.get("lang"):
+            return str(t["lang"])
+    return str(meta.get("lang") or "")
+
+
 def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[str, Any]:
     """Crop to ``max_frames`` and pick the epoch's text.
 
@@ -161,6 +170,7 @@ def prepare(spec: PrepareSpec, epoch: int, d: Decoded, repeat: int = 0) -> dict[
         "key": d.key,
         "mel": mel,
         "text": text,
+        "text_lang": text_lang(d.meta, text),  # the language tag's source (model.tokenizer)
         "group": stable_hash(d.meta.get("group") or d.key),
         "corpus": str(d.meta.get("corpus") or ""),
         "lang": str(d.meta.get("lang") or ""),

@@ -16,7 +16,6 @@ import logging
 import shutil
 import tarfile
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,8 @@ from dataprep.loader import (
     epoch_segments,
     iter_shard_texts,
 )
-from model.tokenizer import Tokenizer, train_tokenizer
+from model.config import TextEncoderConfig
+from model.tokenizer import Tokenizer, make_tokenize, train_tokenizer
 
 FEATURES = FeatureConfig()
 
@@ -144,7 +144,8 @@ def tokenizer(
 
 
 def _loader(root: Path, tok: Tokenizer | None = None, **kw) -> ShardLoader:
-    tokenize = partial(tok.encode_batch, max_len=64) if tok is not None else None
+    # as the trainer builds it (make_tokenize: the loader passes each text's language)
+    tokenize = make_tokenize(tok, TextEncoderConfig(max_len=64)) if tok is not None else None
     args = {"features": FEATURES, "max_frames": 128, "batch_size": 4, "tokenize": tokenize}
     return ShardLoader(root / "train", **{**args, "seed": 3, **kw})
 

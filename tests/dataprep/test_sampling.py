@@ -135,6 +135,13 @@ def test_bad_sampling_input_is_refused_before_training(split: Path, tmp_path: Pa
         loader(split, SamplingConfig(by="corpus", corpus_weights={"nope": 2.0}))
     with pytest.raises(ValidationError, match="weights must be > 0"):
         SamplingConfig(by="lang", lang_weights={"en": 0.0})
+    # by: none would silently ignore a weighting: refused, naming what was set
+    for kw in ({"alpha": 0.3}, {"lang_weights": {"en": 2.0}}, {"epoch_samples": 10}):
+        with pytest.raises(ValidationError, match=f"{next(iter(kw))} set with by: none"):
+            SamplingConfig(**kw)
+    cfg.write_text("loader: {sampling: {alpha: 0.5, corpus_weights: {esc50: 2}}}\n")
+    with pytest.raises(ConfigError, match="alpha, corpus_weights set with by: none"):
+        load_config(cfg)
     # a multiplier moves the share; unweighted (by: none) and eval loaders read each sample once
     base = open_plan(ShardSet.open(split), SamplingConfig(by="lang"), 0).probs
     up = open_plan(ShardSet.open(split), SamplingConfig(by="lang", lang_weights={"en": 3.0}), 0)
@@ -163,3 +170,36 @@ def test_quality_report_sampling_section_matches_the_loader(split: Path) -> None
     assert section["by_corpus"]["commonvoice"]["speakers"] > 1
     plain = sampling_section(split.parent, SamplingConfig())  # by none: the data's shares
     assert all(r["draw_share"] == r["data_share"] for r in plain["by_lang"].values())
+
+
+def test_language_tags_follow_each_chosen_texts_language(split: Path, tmp_path: Path) -> None:
+    """The loader tells the tokenizer each chosen text's own language (an English template
+    caption of German speech is English); with ``model.text.lang_tags`` that language's tag
+    follows bos in every row, as make_tokenize adds it at evaluation and inference."""
+    from dataprep.loader import iter_shard_texts
+    from model.config import TextEncoderConfig
+    from model.tokenizer import BOS_ID, Tokenizer, make_tokenize, train_tokenizer
+
+    pairs = list(iter_shard_texts(split, langs=True))
+    train_tokenizer([t for _, t in pairs], tmp_path / "t.model", vocab_size=600,
+                    langs=[g for g, _ in pairs], lang_tags=True)  # fmt: skip
+    tok = Tokenizer(tmp_path / "t.model")
+    tokenize = make_tokenize(tok, TextEncoderConfig(lang_tags=True, max_len=32))
+    langs_of: dict[str, set[str]] = {}
+    for g, t in pairs:
+        langs_of.setdefault(t, set()).add(g)
+    ld = loader(split, SamplingConfig(by="lang", alpha=0.5), tokenize=tokenize)
+    rows = other = 0
+    for batch in ld.iter_epoch():
+        for i, (text, lang, audio_lang) in enumerate(
+            zip(batch["texts"], batch["text_langs"], batch["langs"])
+        ):
+            assert lang in langs_of[text], (text, lang)
+            assert batch["ids"][i, 0] == BOS_ID
+            if lang:
+                assert batch["ids"][i, 1] == tok.tag_id(lang)
+            else:  # a text without a language: no tag
+                assert int(batch["ids"][i, 1]) not in tok.lang_tags.values()
+            rows += 1
+            other += bool(lang and audio_lang and lang != audio_lang)
+    assert rows >= 20 and other >= 1  # some caption's language is not its audio's

@@ -175,10 +175,10 @@ class Oracle:
     def audio(self, items):  # type: ignore[no-untyped-def]
         return self._onehot([self.audio_axis[it.source_id] for it in items])
 
-    def text(self, texts):  # type: ignore[no-untyped-def]
+    def text(self, texts, langs=None):  # type: ignore[no-untyped-def]
         return self._onehot([self.text_axis[t] for t in texts])
 
-    def class_embeddings(self, prompts_per_class):  # type: ignore[no-untyped-def]
+    def class_embeddings(self, prompts_per_class, lang=None):  # type: ignore[no-untyped-def]
         return self._onehot(list(range(len(prompts_per_class))))  # classes arrive sorted
 
 
@@ -255,6 +255,52 @@ def test_few_shot_keyword_spotting_per_language(sets, tmp_path: Path, corpora_ro
         Defaults(n_boot=20),
     )  # type: ignore[arg-type]
     assert set(plain) == {"accuracy"}
+
+
+def test_default_prompts_are_each_languages_own(sets, corpora_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """issue 17: without task templates, keyword spotting prompts each language's words with
+    that language's templates (model/prompts.py), zero-shot adds the languages of class_names;
+    each prompt set is embedded with its language (the source of a language tag)."""
+    import yaml
+
+    from model.prompts import DEFAULT_TEMPLATES, KEYWORD_TEMPLATES
+
+    bundled = {
+        yaml.safe_load(p.read_text(encoding="utf-8"))["lang"]
+        for p in (REPO / "dataprep" / "augment" / "templates").glob("[a-z][a-z].yaml")
+    }
+    assert len(bundled) >= 15 and bundled <= set(DEFAULT_TEMPLATES) & set(KEYWORD_TEMPLATES)
+    calls: list = []
+
+    class Recorder(Oracle):
+        def class_embeddings(self, prompts_per_class, lang=None):  # type: ignore[no-untyped-def]
+            calls.append((lang, prompts_per_class))
+            return super().class_embeddings(prompts_per_class, lang)
+
+    cfg, cache, esc, _ = sets
+    kws = CorpusConfig(
+        name="kws", reader="speechcommands", root=str(corpora_root / "kws_mini"),
+        options={"languages": ["en", "hi", "zh"]},
+    )  # fmt: skip
+    items = load_eval_set(cfg, kws, cache).items
+    rec = Recorder({it.source_id: 0 for it in items}, {}, 16)
+    task = TaskConfig(name="k", type="keyword_spotting", corpus=kws)
+    runner.task_keyword_spotting(task, items, rec, Defaults(n_boot=10))  # type: ignore[arg-type]
+    assert [lang for lang, _ in calls] == ["en", "hi", "zh"]
+    for lang, prompts in calls:
+        temps = KEYWORD_TEMPLATES[lang]
+        word = prompts[0][-1]  # the bare "{}" template: the word as spoken
+        assert prompts[0] == [t.format(word) for t in temps], lang
+    calls.clear()
+    names = {"de": {"dog": "Hund"}, "ja": {"dog": "犬"}}
+    task = TaskConfig(name="z", type="zero_shot", corpus=esc_cfg(esc), class_names=names)
+    rec = Recorder({it.source_id: 0 for it in esc.items}, {}, 32)
+    runner.task_zero_shot(task, esc.items, rec, Defaults(n_boot=10))  # type: ignore[arg-type]
+    by_lang = dict(calls)
+    assert sorted(by_lang) == ["de", "en", "ja"]
+    dog = sorted({it.labels[0] for it in esc.items}).index("dog")
+    assert by_lang["de"][dog] == [t.format("Hund") for t in DEFAULT_TEMPLATES["de"]]
+    assert by_lang["ja"][dog] == [t.format("犬") for t in DEFAULT_TEMPLATES["ja"]]
 
 
 def esc_cfg(es):  # type: ignore[no-untyped-def]

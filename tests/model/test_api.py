@@ -116,7 +116,7 @@ def test_labels_and_templates_are_checked(m, corpora_root):
     with pytest.raises(ValueError, match="langs selects languages of a"):
         m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], templates=["a {}"], langs=["en"])
     with pytest.raises(ValueError, match="no templates for languages"):
-        m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], langs=["fr"])
+        m.zero_shot(_clips(corpora_root)[:1], ["dog", "rain"], langs=["xx"])
 
 
 def test_no_trim_and_long_audio_windows(m, corpora_root):
@@ -266,3 +266,63 @@ def test_save_pretrained_round_trip_without_pickles(tiny_polyclap, corpora_root,
     with pytest.raises(ModelDirError, match="choose a new or empty one"):
         m.save_pretrained(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_language_tags_survive_save_and_from_pretrained(corpora_root, tmp_path):
+    """A TINY RANDOM polyclap model with a sentencepiece text tower and ``lang_tags`` (the
+    tokenizer trained on the bundled Common Voice sentences with one tag per language): the API
+    puts the language's tag after bos, as the loader does in training; an export keeps it."""
+    import csv
+
+    from dataprep.core.config import FeatureConfig
+    from model.clap import build_model
+    from model.config import ExperimentConfig
+    from model.inference import Preprocessing
+    from model.prompts import DEFAULT_TEMPLATES, ensemble, normalize
+    from model.tokenizer import Tokenizer, make_tokenize, train_tokenizer
+
+    texts, langs = [], []
+    for tsv in sorted((corpora_root / "commonvoice_mini").glob("*/validated.tsv")):
+        with open(tsv, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                texts.append(row["sentence"])
+                langs.append(tsv.parent.name)
+    train_tokenizer(texts, tmp_path / "tok.model", vocab_size=600, langs=langs, lang_tags=True)
+    tok = Tokenizer(tmp_path / "tok.model")
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": "tagged",
+            "loader": {"shards": str(tmp_path)},
+            "model": {
+                "embed_dim": 32,
+                "audio": {"dim": 32, "depth": 1, "heads": 2, "max_frames": 256},
+                "text": {"vocab_size": 600, "dim": 32, "depth": 1, "heads": 2, "max_len": 24,
+                         "lang_tags": True},
+            },
+        }
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 64)
+    pre = Preprocessing(FeatureConfig(), AudioConfig(), 10.0, 0.0, 256)
+    m = CLAP(net, pre, make_tokenize(tok, cfg.model.text), cfg=cfg, tokenizer=tok, device="cpu")
+    m.save_pretrained(tmp_path / "export")
+    back = CLAP.from_pretrained(tmp_path / "export", device="cpu")
+    assert back.tokenizer.lang_tags == tok.lang_tags and "zh" in tok.lang_tags  # zh-CN -> zh
+    ids, _ = back.tokenize(["ein Hund bellt", "狗叫"], langs=["de", "zh-CN"])
+    assert ids[:, 1].tolist() == [tok.lang_tags["de"], tok.lang_tags["zh"]]
+    de = back.embed_text(["ein Hund bellt"], lang="de")
+    np.testing.assert_allclose(de, m.embed_text(["ein Hund bellt"], lang="de"), atol=1e-6)
+    assert not np.allclose(de, back.embed_text(["ein Hund bellt"], lang="ru"))  # the tag counts
+    with pytest.raises(ValueError, match="no language tag for 'xx'"):
+        back.embed_text(["?"], lang="xx")
+    # zero-shot defaults: each asked language's own templates, embedded with its tag
+    labels = ["Hund", "Regen"]
+    want = []
+    for lang in ("de", "ru"):
+        temps = DEFAULT_TEMPLATES[lang]
+        emb = back.embed_text([t.format(x) for x in labels for t in temps], lang=lang)
+        want.append(ensemble(emb, [len(temps)] * len(labels)))
+    got = back.class_embeddings(labels, langs=["de", "ru"])
+    np.testing.assert_allclose(got, normalize(np.mean(np.stack(want), axis=0)), atol=1e-6)
+    en = back.class_embeddings(["dog", "rain"])  # no langs: English templates
+    np.testing.assert_allclose(en, back.class_embeddings(["dog", "rain"], langs=["en"]), atol=1e-6)

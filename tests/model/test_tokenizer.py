@@ -178,3 +178,64 @@ def test_language_tags_are_single_pieces(tmp_path: Path, sentences: list[str]) -
         assert len([i for i in ids if tok.decode([i]).strip()]) == 1, ids
         assert byte_fallback_rate(tok, [lang_tag(lang)]) == 0.0
     assert tok.decode(tok.encode(lang_tag("de") + " hallo")).startswith("<lang:de>")
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory, sentences: list[str]) -> Tokenizer:
+    """A tokenizer trained as jobs/pretrain.py trains one with ``model.text.lang_tags``: one tag
+    piece per base language of the texts (``zh-CN`` and ``zh`` share ``<lang:zh>``)."""
+    out = tmp_path_factory.mktemp("tagged") / "sp.model"
+    langs = ["de", "sw", "zh-CN", "zh"] * (len(sentences) // 4) + ["de"] * (len(sentences) % 4)
+    train_tokenizer(sentences, out, vocab_size=400, langs=langs, lang_tags=True)
+    return Tokenizer(out)
+
+
+def test_language_tags_come_first_and_round_trip(tagged: Tokenizer) -> None:
+    from model.config import TextEncoderConfig
+    from model.tokenizer import make_tokenize
+
+    assert sorted(tagged.lang_tags) == ["de", "sw", "zh"]
+    tokenize = make_tokenize(tagged, TextEncoderConfig(lang_tags=True, max_len=24))
+    texts = ["hallo Welt", "habari ya asubuhi", "你好世界", "no language"]
+    ids, mask = tokenize(texts, langs=["de", "sw", "zh-CN", ""])
+    assert ids[:, 0].tolist() == [BOS_ID] * 4
+    assert ids[:3, 1].tolist() == [tagged.lang_tags[x] for x in ("de", "sw", "zh")]
+    assert ids[3, 1].item() not in tagged.lang_tags.values()  # no language: no tag, as in training
+    for row, text in zip(ids[:3], texts):
+        n = int((row != PAD_ID).sum())
+        assert row[n - 1] == EOS_ID and tagged.decode(row[2 : n - 1].tolist()) == text
+    # the tag survives truncation, the eos too; the same texts untagged differ by the tag only
+    short, _ = tokenize(["hallo Welt " * 20], langs=["de"])
+    assert short[0, 1] == tagged.lang_tags["de"] and short[0, -1] == EOS_ID
+    plain, _ = make_tokenize(tagged, TextEncoderConfig(max_len=24))(texts, langs=["de"] * 4)
+    assert plain[0, 1:].tolist()[:5] == ids[0, 2:7].tolist()  # langs ignored without lang_tags
+    assert pickle.loads(pickle.dumps(tokenize))(texts[:1], langs=["de"])[0].equal(ids[:1])
+    with pytest.raises(ValueError, match=r"no language tag for 'fr'.*tags: \['de', 'sw', 'zh'\]"):
+        tokenize(["bonjour"], langs=["fr"])
+    with pytest.raises(ValueError, match="1 languages for 2 texts"):
+        tokenize(["a", "b"], langs=["de"])
+
+
+def test_language_tag_config_is_checked(tmp_path: Path, sentences: list[str], tagged) -> None:
+    from pydantic import ValidationError
+
+    from model.config import TextEncoderConfig, load_config
+    from model.tokenizer import lang_tag, load_tokenizer
+
+    for kind in ("minilm", "hf"):
+        with pytest.raises(ValidationError, match="text.lang_tags needs text.kind=transformer"):
+            TextEncoderConfig(kind=kind, path="x", lang_tags=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {text: {kind: minilm, lang_tags: true}}\n")
+    from dataprep.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lang_tags needs text.kind=transformer"):
+        load_config(cfg)
+    plain = tmp_path / "plain.model"
+    train_tokenizer(sentences, plain, vocab_size=400)
+    with pytest.raises(ValueError, match=r"has no <lang:xx> pieces.*--lang-tags"):
+        load_tokenizer(TextEncoderConfig(lang_tags=True), plain)
+    assert load_tokenizer(TextEncoderConfig(lang_tags=True), tagged.path).lang_tags
+    assert lang_tag("pt_BR") == "<lang:pt>"
+    with pytest.raises(ValueError, match="no language tag for language code ''"):
+        lang_tag("")
