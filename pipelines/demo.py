@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(shards / "tokenizer.model"),
                 "--vocab-size",
                 str(text_cfg.vocab_size),
+                *(["--lang-tags"] if text_cfg.lang_tags else []),  # as jobs/pretrain.py would
             ],
             timings,
             env,
