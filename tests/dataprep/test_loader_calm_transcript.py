@@ -88,7 +88,7 @@ def test_prepare_pairs_each_draw_with_its_transcript_or_none():
     assert "transcript" not in prepare(Spec(transcripts=False), 0, _decoded(80))
 
 
-def _tokenize(texts):
+def _tokenize(texts, langs=None):
     ids = torch.tensor([[len(t), len(t.split())] for t in texts])
     return ids, torch.ones(len(texts), 2, dtype=torch.bool)  # "" is not empty for every tokenizer
 
@@ -97,7 +97,8 @@ def _tokenize(texts):
 def test_collate_gives_transcript_tokens_and_masks_rows_without_one(on: bool):
     samples = [
         {"key": str(i), "mel": np.zeros((64, 50), np.float16), "text": "t", "group": i,
-         "corpus": "c", "lang": "en", "labels": (), "duration_s": 0.5, "transcript": w}
+         "corpus": "c", "lang": "en", "text_lang": "en", "labels": (), "duration_s": 0.5,
+         "transcript": w}
         for i, w in enumerate([WORDS, "", "hello"])
     ]  # fmt: skip
     batch = collate(Spec(tokenize=_tokenize, transcripts=on), samples)

@@ -134,7 +134,7 @@ class _Oracle:
         out[np.arange(len(items)), [self.axis[it.source_id] for it in items]] = 1
         return out
 
-    def class_embeddings(self, prompts_per_class):  # type: ignore[no-untyped-def]
+    def class_embeddings(self, prompts_per_class, lang=None):  # type: ignore[no-untyped-def]
         return np.eye(len(prompts_per_class), self.dim, dtype=np.float32)
 
 
