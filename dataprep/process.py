@@ -25,6 +25,7 @@ from dataprep.core.sample import (
     MEL,
     META,
     TEXT,
+    WAVE,
     Reject,
     SampleMeta,
     SampleRef,
@@ -85,8 +86,10 @@ class SampleProcessor:
         augment: bool = True,
         eval_index: Any | None = None,
         split_of: Any | None = None,
+        keep_wave: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.keep_wave = keep_wave  # samples also hold WAVE (in memory only), for curation
         self.fcfg = cfg.features
         self.bcfg = cfg.build
         self.fingerprint = features.feature_fingerprint(self.fcfg)
@@ -252,6 +255,8 @@ class SampleProcessor:
         sample[TEXT] = texts[0]["text"] if texts else ""
         if self.bcfg.audio.keep_audio:
             sample[AUDIO] = _flac_bytes(wave, self.fcfg.sample_rate_hz)
+        if self.keep_wave:
+            sample[WAVE] = wave
         return sample
 
     def _views(self, sample: dict[str, Any], seg: Any) -> list[dict[str, Any]]:

@@ -14,26 +14,45 @@ Stages: scan (one Ray task per corpus: metadata + header durations, never decodi
 shard: decode, normalize, filter, dedup/decontaminate, augment, log-mel, atomic tar) ->
 finalize (cross-shard duplicates, index.parquet, rejects.parquet, shards.json, build.json).
 Rerunning the same command resumes: finished shards are verified by sha256 and kept.
+
+CLAP-score curation (``build.curation``): a scoring model (a polyclap export ``final/`` or a
+transformers ``ClapModel`` directory) scores every (audio, text) pair of the curated splits in
+scorer actors (the model loaded once per actor, on CPU or one GPU each) and drops samples whose
+primary text scores below ``min_score`` or below the ``percentile``-th percentile of their
+corpus: rejects.parquet rows with reason ``clap_score_low`` and the score; kept samples carry
+``stats.clap_score``; ``<split>/scores.parquet`` holds every scored pair. For example::
+
+    python pipelines/build_shards.py --config configs/demo.yaml --out DIR \\
+        build.curation.model=outputs/demo/run/final build.curation.percentile=20
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from dataprep.build.plan import BuildError, check_inputs
 from dataprep.core import storage
-from dataprep.core.config import ConfigError
+from dataprep.core.config import ConfigError, CurationConfig
 from model.config import load_config  # the whole file is validated, as every entry point does
 
 log = logging.getLogger("polyclap.build")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    keys = "\n".join(
+        f"  build.curation.{k} = {f.default!r}: {f.description}"
+        for k, f in CurationConfig.model_fields.items()
+    )
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"CLAP-score curation keys (as overrides or in the YAML's build: section):\n{keys}",
     )
     p.add_argument("--config", required=True, help="experiment YAML (sections features/build/...)")
     p.add_argument(
@@ -42,6 +61,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     p.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
     return p.parse_args(argv)
+
+
+def scorer_factory(cfg: Any) -> Any:
+    """The curation scorer factory (None when ``build.curation`` is off), checked by loading the
+    model once here on CPU: a bad directory is one line and exit 2, before Ray starts."""
+    c = cfg.build.curation
+    if not c:
+        return None
+    from model.inference import ModelDirError
+    from model.scoring import ClapScorerFactory
+
+    if not Path(c.model).is_dir():
+        raise ConfigError(f"build.curation.model={c.model}: not a local model directory")
+    factory = ClapScorerFactory.from_config(c)
+    try:
+        dataclasses.replace(factory, device="cpu")()
+    except (ModelDirError, OSError, ValueError, KeyError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"build.curation.model={c.model}: not a polyclap export or a transformers "
+            f"ClapModel directory ({msg})"
+        ) from None
+    return factory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         # Reader names and options are typed per reader: a typo fails here, before Ray starts.
         out = check_inputs(cfg, args.out)
+        factory = scorer_factory(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -61,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        record = build_on_ray(cfg, out, num_cpus=args.num_cpus)
+        record = build_on_ray(cfg, out, num_cpus=args.num_cpus, scorer_factory=factory)
     except (BuildError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -74,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         total, rej, text_rej, time.perf_counter() - t0,
     )  # fmt: skip
     for split, c in sorted(record["counts"].items()):
+        if "clap_score_cuts" in c:
+            low = c["reject_reasons"].get("clap_score_low", 0)
+            print(f"curation[{split}]: {low} samples below the CLAP-score cut (clap_score_low), "
+                  f"percentile cuts {c['clap_score_cuts']}")  # fmt: skip
         print(
             f"shards[{split}]: {storage.join(out, split)} ({c['samples']} samples, "
             f"{c['rejects']} inputs rejected, {c.get('text_rejects', 0)} generated texts rejected)"

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from dataprep import dedup
+from dataprep import curation, dedup
 from dataprep.build import manifest, remote
 from dataprep.build.finalize import (
     finalize_build,
@@ -60,9 +60,73 @@ def _eval_fingerprint_task(cfg_json: str, corpus: CorpusConfig) -> tuple[list[An
 
 
 @ray.remote
+class _ScorerActor:
+    """The curation model, loaded once per actor by the injected factory (the entry script
+    builds it: ``dataprep`` never imports ``model``); shard tasks send it batches of pairs."""
+
+    def __init__(self, factory: Any, num_threads: float) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_threads)))  # fixed threads: stable float sums
+        self.score = factory()
+
+    def ready(self) -> bool:
+        return True
+
+    def score_batch(self, waves: list[Any], sample_rate: int, texts: list[list[str]]) -> Any:
+        return self.score(waves, sample_rate, texts)
+
+
+class _ActorScore:
+    """A :data:`dataprep.curation.ScoreFn` that asks a scorer actor (inside a shard task)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def __call__(self, waves: list[Any], sample_rate: int, texts: list[list[str]]) -> Any:
+        return ray.get(self.actor.score_batch.remote(waves, sample_rate, texts))
+
+
+def start_scorers(cfg: DataConfig, factory: Any) -> list[Any]:
+    """``build.curation.num_actors`` scorer actors, each with its model loaded (CPU, or one GPU
+    each with ``device: cuda``). Started and awaited before any shard task, so the tasks that
+    wait on them can never hold the resources an actor still needs."""
+    c = cfg.build.curation
+    if factory is None:
+        raise BuildError("build.curation.model is set but no scorer was injected (the entry "
+                         "script pipelines/build_shards.py builds it from the config)")  # fmt: skip
+    res = ray.cluster_resources()
+    spare = res.get("CPU", 0) - c.num_actors * c.num_cpus
+    if spare < cfg.build.shards.num_cpus_per_task:
+        raise BuildError(
+            f"build.curation reserves {c.num_actors} x {c.num_cpus} CPUs for its scorer actors; "
+            f"{spare:g} of the cluster's {res.get('CPU', 0):g} are left, fewer than one shard "
+            f"task needs ({cfg.build.shards.num_cpus_per_task:g}): lower curation.num_cpus or "
+            f"num_actors, or give the build more CPUs (--num-cpus)"
+        )
+    gpus = 1 if c.device == "cuda" else 0
+    if gpus and res.get("GPU", 0) < c.num_actors:
+        raise BuildError(
+            f"build.curation.device=cuda needs {c.num_actors} GPUs, the cluster has "
+            f"{res.get('GPU', 0):g}"
+        )
+    opts = {"num_cpus": c.num_cpus, "num_gpus": gpus, "max_restarts": 1, "max_task_retries": 2}
+    actors = [_ScorerActor.options(**opts).remote(factory, c.num_cpus) for _ in range(c.num_actors)]
+    try:
+        ray.get([a.ready.remote() for a in actors])
+    except ray.exceptions.RayActorError as e:
+        for a in actors:
+            ray.kill(a)
+        raise BuildError(f"the curation model {c.model} did not load in its actor: {e}") from None
+    log.info("curation: %d scorer actor(s) loaded %s on %s", len(actors), c.model, c.device)
+    return actors
+
+
+@ray.remote
 def _shard_task(
-    cfg_json: str, out: str, task: ShardTask, manifest_path: str, eval_index: Any
-) -> dict[str, Any]:
+    cfg_json: str, out: str, task: ShardTask, manifest_path: str, eval_index: Any,
+    scorer: Any = None,
+) -> dict[str, Any]:  # fmt: skip
     logging.basicConfig(level=logging.INFO)
     cfg = DataConfig.model_validate_json(cfg_json)
     # One task per reserved CPU: torch's intra-op pool would otherwise start a thread per core
@@ -75,7 +139,8 @@ def _shard_task(
         manifest_path = str(remote.local_manifest(out, work))
     rows = manifest.read_manifest_range(manifest_path, task.start, task.stop)
     node_id = ray.get_runtime_context().get_node_id()
-    summary = build_shard(cfg, work, task, rows, eval_index, node_id=node_id)
+    score = _ActorScore(scorer) if scorer is not None else None
+    summary = build_shard(cfg, work, task, rows, eval_index, node_id=node_id, score=score)
     if storage.is_remote(out):
         remote.publish_shard(work, out, task.split, task.name)
     return summary
@@ -129,12 +194,18 @@ def _max_inflight(cfg: DataConfig) -> int:
 
 
 def execute(
-    cfg: DataConfig, out: str | Path, manifest_path: Path, todo: list[ShardTask], index: Any
-) -> None:
-    """Run the shard tasks, a bounded number in flight, logging progress as they finish."""
+    cfg: DataConfig, out: str | Path, manifest_path: Path, todo: list[ShardTask], index: Any,
+    scorer_factory: Any = None,
+) -> None:  # fmt: skip
+    """Run the shard tasks, a bounded number in flight, logging progress as they finish.
+    With ``build.curation`` on, the tasks of the curated splits score through scorer actors
+    (``scorer_factory`` loads the model in each)."""
     cfg_json = DataConfig.view(cfg).model_dump_json()
     index_ref = ray.put(index)
     opts = {"num_cpus": cfg.build.shards.num_cpus_per_task, "max_retries": SHARD_TASK_RETRIES}
+    cur = cfg.build.curation
+    curated = bool(cur) and any(t.split in cur.splits for t in todo)
+    actors = start_scorers(cfg, scorer_factory) if curated else []
     limit = _max_inflight(cfg)
     progress = BuildProgress(len(todo))
     queue, pending = list(todo), []
@@ -142,9 +213,11 @@ def execute(
         while queue or pending:
             while queue and len(pending) < limit:
                 task = queue.pop(0)
+                on = actors and task.split in cur.splits
+                scorer = actors[len(queue) % len(actors)] if on else None
                 pending.append(
                     _shard_task.options(**opts).remote(
-                        cfg_json, str(out), task, str(manifest_path), index_ref
+                        cfg_json, str(out), task, str(manifest_path), index_ref, scorer
                     )
                 )
             ready, pending = ray.wait(pending, num_returns=1)
@@ -152,6 +225,8 @@ def execute(
                 progress.update(ray.get(ref))
     finally:
         progress.close()
+        for a in actors:
+            ray.kill(a)
 
 
 def corpus_roots(cfg: DataConfig) -> dict[str, str]:
@@ -208,9 +283,13 @@ def _todo(out: str | Path, work: Path, plan: Plan) -> list[ShardTask]:
     return todo
 
 
-def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
+def run_build(
+    cfg: DataConfig, out: str | os.PathLike[str], scorer_factory: Any = None
+) -> dict[str, Any]:
     """Scan, plan, execute and finalize a shard set under ``out`` (a local folder or an
-    ``s3://``/``gs://`` URI: staged in local scratch, see :mod:`.remote`). Returns the record."""
+    ``s3://``/``gs://`` URI: staged in local scratch, see :mod:`.remote`). Returns the record.
+    ``scorer_factory``: a picklable callable returning a :data:`dataprep.curation.ScoreFn`
+    (needed with ``build.curation.model``; the entry script builds it)."""
     out = storage.location(out)
     is_remote = isinstance(out, str)
     work = remote.workdir(cfg, out) if is_remote else out
@@ -241,21 +320,27 @@ def run_build(cfg: DataConfig, out: str | os.PathLike[str]) -> dict[str, Any]:
     with _timed(timings, "eval_index_s"):
         index, eval_rejects = eval_index(cfg, work)
     with _timed(timings, "execute_s"):
-        execute(cfg, out, manifest_path, todo, index)
+        execute(cfg, out, manifest_path, todo, index, scorer_factory)
     with _timed(timings, "finalize_s"):
         if is_remote:
             remote.pull_parts(out, work, plan.shards)
-        counts, parts = finalize_build(work, plan, scan_rejects, cfg.build.dedup)
+        counts, parts = finalize_build(
+            work, plan, scan_rejects, cfg.build.dedup, cfg.build.curation
+        )
         card = write_dataset_card(work, plan.splits(), cfg.build.audio.keep_audio)
+        scores = [p for s in plan.splits() if (p := work / s / curation.SCORES).is_file()]
     record = _record(cfg, plan, counts, parts, timings, len(todo), eval_rejects)
     atomic.atomic_write_json(work / shards.BUILD_JSON, record)
     if is_remote:
-        remote.publish_final(work, out, plan.splits(), card)
+        remote.publish_final(work, out, plan.splits(), card, *scores)
     return record
 
 
 def build_on_ray(
-    cfg: DataConfig, out: str | os.PathLike[str], num_cpus: int | None = None
+    cfg: DataConfig,
+    out: str | os.PathLike[str],
+    num_cpus: int | None = None,
+    scorer_factory: Any = None,
 ) -> dict[str, Any]:
     """:func:`run_build` on Ray: inside ``ray job submit`` (``RAY_ADDRESS`` set) it joins that
     cluster, otherwise it starts an embedded local Ray with ``num_cpus``; shut down afterwards.
@@ -272,6 +357,6 @@ def build_on_ray(
         init_kwargs.update(include_dashboard=False, num_cpus=num_cpus)
     ray.init(**init_kwargs)
     try:
-        return run_build(cfg, out)
+        return run_build(cfg, out, scorer_factory)
     finally:
         ray.shutdown()

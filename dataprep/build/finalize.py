@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from dataprep import dedup
+from dataprep import curation, dedup
 from dataprep.build.manifest import REJECT_SCHEMA, write_table
 from dataprep.build.plan import Plan, ShardTask
 from dataprep.core import atomic, shards
-from dataprep.core.config import DedupConfig
+from dataprep.core.config import CurationConfig, DedupConfig
 from dataprep.core.sample import hf_features, reject_counts
 
 PARTS = ".parts"
@@ -102,14 +102,25 @@ def finalize_split(
     parts: list[dict[str, Any]],
     scan_rejects: list[dict[str, str]],
     excluded: dict[str, str],
+    curated: curation.Finalized | None = None,
 ) -> dict[str, Any]:
-    """Write one split's tables, ``wids-index.json`` and (last) ``shards.json``; its counts."""
-    index_rows = [r for p in parts for r in p["index"] if r["key"] not in excluded]
-    split_excluded = sorted(k for p in parts for r in p["index"] if (k := r["key"]) in excluded)
+    """Write one split's tables, ``wids-index.json`` and (last) ``shards.json``; its counts.
+    ``excluded``: cross-shard duplicates; ``curated``: the curation's percentile exclusions
+    (a key excluded for both is listed once, as a duplicate) and its score rows."""
+    cur = curated.excluded if curated is not None else {}
+    drop = excluded.keys() | cur.keys()
+    index_rows = [r for p in parts for r in p["index"] if r["key"] not in drop]
+    split_excluded = sorted(k for p in parts for r in p["index"] if (k := r["key"]) in drop)
     reject_rows = [*scan_rejects, *(r for p in parts for r in p["rejects"])]
-    reject_rows += _duplicate_rows(split_excluded, excluded)
+    reject_rows += _duplicate_rows([k for k in split_excluded if k in excluded], excluded)
+    reject_rows += [
+        row for k in split_excluded if k not in excluded and (row := cur.get(k)) is not None
+    ]
     write_table(out / split / shards.INDEX, index_rows)
     write_table(out / split / shards.REJECTS, reject_rows, REJECT_SCHEMA)
+    if curated is not None and split in curated.rows:
+        rows = curated.rows[split]
+        write_table(out / split / curation.SCORES, rows, curation.SCORES_SCHEMA)
     entries = [p["entry"] for p in parts]
     # wids (indexed random access) reads this index; urls are relative to the index file.
     wids = {
@@ -131,12 +142,20 @@ def finalize_split(
 
 
 def finalize_build(
-    out: Path, plan: Plan, scan_rejects: list[dict[str, str]], dedup_cfg: DedupConfig
+    out: Path,
+    plan: Plan,
+    scan_rejects: list[dict[str, str]],
+    dedup_cfg: DedupConfig,
+    curation_cfg: CurationConfig | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Cross-shard dedup over every part, then each split's files: ``(counts, parts)``."""
+    """Curation's percentile cut and cross-shard dedup over every part, then each split's
+    files: ``(counts, parts)``. Keys the curation excludes take no part in dedup, so a kept
+    copy of a clip is never excluded as the duplicate of a curated-out one."""
     parts = [read_part(out, t) for t in plan.shards]
+    curated = curation.finalize_scores(parts, curation_cfg) if curation_cfg else None
+    gone = curated.excluded if curated is not None else {}
     ordered = [
-        p
+        {**p, "fingerprints": [r for r in p["fingerprints"] if r["key"] not in gone]}
         for t, p in sorted(
             zip(plan.shards, parts), key=lambda tp: (_SPLIT_RANK[tp[0].split], tp[0].name)
         )
@@ -152,7 +171,9 @@ def finalize_build(
         split_parts = [p for t, p in zip(plan.shards, parts) if t.split == split]
         # Reader rejects belong to no split; they are listed once, with the first split's.
         first = scan_rejects if split == splits[0] else []
-        counts[split] = finalize_split(out, split, split_parts, first, excluded)
+        counts[split] = finalize_split(out, split, split_parts, first, excluded, curated)
+        if curated is not None and split in curation_cfg.splits:
+            counts[split]["clap_score_cuts"] = curated.cuts
     return counts, parts
 
 

@@ -21,6 +21,7 @@ from dataprep.core import atomic, features, shards, storage
 from dataprep.core.config import ConfigError, DataConfig, check_out
 from dataprep.core.configfile import config_to_dict
 from dataprep.core.sample import SPLITS
+from dataprep.curation import model_digest
 from dataprep.process import assign_split
 
 PLAN_JSON = "plan.json"
@@ -168,11 +169,16 @@ def build_signature(cfg: DataConfig) -> dict[str, Any]:
     b.pop("scratch", None)  # where a remote out is staged: not part of what is built
     b["shards"].pop("num_cpus_per_task", None)
     b["shards"].pop("max_parallel_tasks", None)
+    cur = b.pop("curation")
+    sig = {"feature_fingerprint": features.feature_fingerprint(cfg.features)}
+    if cfg.build.curation:  # off: the signature of a build made before curation existed
+        for k in ("batch_size", "device", "num_actors", "num_cpus"):  # how, not what
+            cur.pop(k)
+        cur["model_digest"] = model_digest(cur["model"])
+        b["curation"] = cur
     blob = json.dumps(b, sort_keys=True)
-    return {
-        "feature_fingerprint": features.feature_fingerprint(cfg.features),
-        "build_config_sha256": hashlib.sha256(blob.encode()).hexdigest()[:16],
-    }
+    sig["build_config_sha256"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return sig
 
 
 def plan_sha256(plan: Plan) -> str:

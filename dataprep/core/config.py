@@ -233,6 +233,56 @@ class ShardConfig(Section):
     max_parallel_tasks: int | None = None
 
 
+class CurationConfig(Section):
+    """CLAP-score curation (DataComp's CLIP-score filter, for audio): a model scores every
+    (audio, text) pair of the curated splits with the cosine of their embeddings.
+
+    ``model``: a local polyclap export (``final/``) or transformers ``ClapModel`` directory
+    (None: off). A sample is decided on its primary text's score: below ``min_score`` it is
+    dropped in its shard task; below the ``percentile``-th percentile of its group's scores
+    (``per``: each corpus, or all of the curated splits together) it is excluded when the
+    build is finalized, when every score is known (dataprep/curation.py). Both: the higher
+    cut wins. Neither: scores are only recorded (stats.clap_score, <split>/scores.parquet).
+    """
+
+    model: str | None = Field(
+        default=None, description="scoring model dir: polyclap export or ClapModel (None: off)"
+    )
+    min_score: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="drop a sample whose cosine is below this"
+    )
+    percentile: float | None = Field(
+        default=None, gt=0.0, lt=100.0, description="drop the lowest p % of each group"
+    )
+    per: Literal["corpus", "all"] = Field(
+        default="corpus", description="the group a percentile is taken over"
+    )
+    splits: tuple[Literal["train", "val", "test"], ...] = Field(
+        default=("train",), description="splits scored and curated (others: untouched)"
+    )
+    batch_size: int = Field(default=16, ge=1, description="samples per scorer call and batch")
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="cuda: each scorer actor reserves one GPU"
+    )
+    num_actors: int = Field(default=1, ge=1, description="scorer actors; each loads the model")
+    num_cpus: float = Field(
+        default=1.0, gt=0.0, description="CPUs reserved per actor (its torch threads)"
+    )
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> CurationConfig:
+        if self.model is None and (self.min_score is not None or self.percentile is not None):
+            raise ValueError(
+                "curation.min_score/percentile need curation.model (the scoring model directory)"
+            )
+        if self.model is not None and not self.splits:
+            raise ValueError("curation.splits is empty: name the splits to score")
+        return self
+
+    def __bool__(self) -> bool:
+        return self.model is not None
+
+
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -262,6 +312,7 @@ class BuildConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     splits: SplitConfig = SplitConfig()
     shards: ShardConfig = ShardConfig()
+    curation: CurationConfig = CurationConfig()
     seed: int = 0
 
     @field_validator("corpora")

@@ -18,6 +18,9 @@ MEL = "mel.npy"
 META = "json"
 TEXT = "txt"
 AUDIO = "flac"
+# The normalized waveform, held in memory by a sample only while the build scores it
+# (dataprep/curation.py); never a member of a tar (tario refuses to encode it).
+WAVE = "__wave__"
 SAMPLE_MEMBERS = (MEL, META, TEXT)
 
 # Text kinds stored in ``texts[*].kind``.

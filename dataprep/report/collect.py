@@ -17,6 +17,7 @@ from dataprep.core.config import SamplingConfig
 from dataprep.core.sample import SPLITS, is_text_reject
 from dataprep.core.shards import BUILD_JSON, INDEX, REJECTS, read_shards_json
 from dataprep.core.tario import iter_shard
+from dataprep.report.curation import curation_section
 from dataprep.report.stats import Partial, summarize_samples
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ def assemble(
             {"source": r["source"], "detail": r["detail"]} for r in hit[:EXAMPLES]
         ]
     report["rejects"] = rej
+    report["curation"] = curation_section(shards_dir, splits)
     report["shards"] = shards_section(shards_dir, splits)
     report["problems"] = sorted(problems)
     report["sampling"] = sampling_section(shards_dir, sampling or SamplingConfig())

@@ -22,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from dataprep.report import curation
+
 # section id -> title; the order of the page
 SECTIONS = (
     ("overview", "Overview"),
@@ -32,6 +34,7 @@ SECTIONS = (
     ("augmentation", "Augmentation"),
     ("duplicates", "Duplicates and evaluation overlap"),
     ("rejects", "Rejects"),
+    ("curation", "CLAP-score curation"),
     ("shards", "Shard balance"),
     ("outliers", "Outliers (listen to these first)"),
 )
@@ -43,6 +46,7 @@ PLOTS = {
     "text": ("text_hists",),
     "augmentation": ("text_kinds",),
     "rejects": ("reject_reasons",),
+    "curation": ("clap_scores",),
     "shards": ("shard_bytes",),
 }
 _STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -145,6 +149,7 @@ def plots(r: dict[str, Any]) -> dict[str, str]:
             labels.append(f"{split}/{e['name']}")
             values.append(e["bytes"] / 1e6)
     out["shard_bytes"] = _bar(labels, values, "shard sizes", "MB")
+    out["clap_scores"] = _png(curation.plot(r["curation"], plt))
     return out
 
 
@@ -173,6 +178,9 @@ _FILTERS = {
     "example_rows": lambda ex: [[k, x["source"], x["detail"]] for k, xs in ex.items() for x in xs],
     "outlier_row": lambda x: [x["key"], x["corpus"], x["source"], x["value"]],
     "shard_row": lambda kv: _shard_row(*kv),
+    "decision_rows": lambda kv: [[kv[0], d, n] for d, n in sorted(kv[1].items())],
+    "kind_rows": lambda kv: [[kv[0], f, *[s[c] for c in STAT_COLS[1:]]] for f, s in kv[1].items()],
+    "lowest_row": lambda x: [x["key"], x["corpus"], x["score"], x["text"]],
 }
 
 
