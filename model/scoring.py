@@ -10,12 +10,16 @@ each with its own preprocessing: the build's waveform is resampled to the model'
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dataprep.core.config import ConfigError
 from model.api import CLAP
+from model.inference import ModelDirError
 
 
 class ClapPairScorer:
@@ -30,7 +34,8 @@ class ClapPairScorer:
     ) -> list[list[float]]:
         if not waves:
             return []
-        audio = self.clap.embed_audio(list(waves), sample_rate=sample_rate)
+        # copies: arrays from Ray's object store are read-only, torch wants writable ones
+        audio = self.clap.embed_audio([np.array(w) for w in waves], sample_rate=sample_rate)
         flat = [t for ts in texts for t in ts]
         text = self.clap.embed_text(flat) if flat else np.zeros((0, audio.shape[1]), np.float32)
         out: list[list[float]] = []
@@ -59,3 +64,23 @@ class ClapScorerFactory:
     @classmethod
     def from_config(cls, curation: Any) -> ClapScorerFactory:
         return cls(str(curation.model), curation.device, curation.batch_size)
+
+
+def checked_factory(curation: Any) -> ClapScorerFactory | None:
+    """The factory for ``build.curation`` (None when it is off), checked by loading the model
+    once here on CPU, so a bad directory is one :class:`ConfigError` line (the entry scripts
+    exit 2) before Ray starts or anything is written."""
+    if not curation:
+        return None
+    if not Path(curation.model).is_dir():
+        raise ConfigError(f"build.curation.model={curation.model}: not a local model directory")
+    factory = ClapScorerFactory.from_config(curation)
+    try:
+        dataclasses.replace(factory, device="cpu")()
+    except (ModelDirError, OSError, ValueError, KeyError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"build.curation.model={curation.model}: not a polyclap export or a transformers "
+            f"ClapModel directory ({msg})"
+        ) from None
+    return factory

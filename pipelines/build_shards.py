@@ -29,17 +29,15 @@ corpus: rejects.parquet rows with reason ``clap_score_low`` and the score; kept 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from dataprep.build.plan import BuildError, check_inputs
 from dataprep.core import storage
 from dataprep.core.config import ConfigError, CurationConfig
 from model.config import load_config  # the whole file is validated, as every entry point does
+from model.scoring import checked_factory
 
 log = logging.getLogger("polyclap.build")
 
@@ -63,29 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def scorer_factory(cfg: Any) -> Any:
-    """The curation scorer factory (None when ``build.curation`` is off), checked by loading the
-    model once here on CPU: a bad directory is one line and exit 2, before Ray starts."""
-    c = cfg.build.curation
-    if not c:
-        return None
-    from model.inference import ModelDirError
-    from model.scoring import ClapScorerFactory
-
-    if not Path(c.model).is_dir():
-        raise ConfigError(f"build.curation.model={c.model}: not a local model directory")
-    factory = ClapScorerFactory.from_config(c)
-    try:
-        dataclasses.replace(factory, device="cpu")()
-    except (ModelDirError, OSError, ValueError, KeyError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(
-            f"build.curation.model={c.model}: not a polyclap export or a transformers "
-            f"ClapModel directory ({msg})"
-        ) from None
-    return factory
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -95,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         # Reader names and options are typed per reader: a typo fails here, before Ray starts.
         out = check_inputs(cfg, args.out)
-        factory = scorer_factory(cfg)
+        factory = checked_factory(cfg.build.curation)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

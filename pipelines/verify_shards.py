@@ -75,10 +75,12 @@ def repair(out: Path | str, broken: dict[str, list[str]], config: str, overrides
     from dataprep.build.plan import BuildError, check_inputs
     from dataprep.core.config import ConfigError
     from model.config import load_config  # the whole experiment file, as build_shards reads it
+    from model.scoring import checked_factory
 
     try:
         cfg = load_config(config, overrides)
         check_inputs(cfg, str(out))
+        factory = checked_factory(cfg.build.curation)  # a curated shard is rebuilt with it
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -90,7 +92,7 @@ def repair(out: Path | str, broken: dict[str, list[str]], config: str, overrides
     from dataprep.build.executor import build_on_ray
 
     try:
-        build_on_ray(cfg, out)
+        build_on_ray(cfg, out, scorer_factory=factory)
     except (BuildError, storage.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
