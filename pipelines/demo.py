@@ -59,14 +59,15 @@ def _have_llm_extra() -> bool:
 def _llm_note(enabled: bool) -> str:
     if enabled:
         return (
-            "LLM caption stage: on (the [llm] extra is installed): a sample of AudioCaps clips "
-            f"through the embedded llama.cpp server, {LLM_CONFIG}; accepted and rejected LLM "
-            "captions with their reasons are in the llm_report"
+            "LLM caption stage: on (the [llm] extra is installed): a sample of AudioCaps, ESC-50 "
+            f"and CREMA-D clips through the embedded llama.cpp server, {LLM_CONFIG}; accepted "
+            "and rejected LLM captions with their reasons are in the llm_report"
         )
     return (
         "LLM caption stage: off (the [llm] extra is not installed; `make demo` installs only the "
-        "base dependencies). To see accepted and rejected LLM captions with their reasons: "
-        "pip install '.[llm]' and rerun the demo"
+        "base dependencies: llama-cpp-python is source-only on PyPI and compiles for minutes). "
+        "To see accepted and rejected LLM captions with their reasons: pip install '.[llm]' "
+        "and rerun the demo"
     )
 
 

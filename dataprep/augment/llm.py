@@ -76,7 +76,16 @@ __all__ = ["ChatClient", "DiskCache", "EmbeddedServer", "LLMAugmenter", "LLMErro
 log = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "templates" / "llm_prompts.yaml"
-PROMPT_IDS = {"paraphrase": "paraphrase_v1", "caption": "caption_v1", "translate": "translate_v1"}
+PROMPT_IDS = {"paraphrase": "paraphrase_v2", "caption": "caption_v2", "translate": "translate_v2"}
+# The reply's shape as a JSON schema. llama.cpp's server (embedded) turns it into a grammar, so a
+# small model can only answer {"caption": "..."}: with the bare json_object mode SmolLM2-135M
+# invented keys ({"title": ..., "description": {...}}) and 5 of 13 demo requests were retries.
+# An external server gets the portable {"type": "json_object"} (vLLM, OpenAI).
+CAPTION_SCHEMA = {
+    "type": "object",
+    "properties": {"caption": {"type": "string"}},
+    "required": ["caption"],
+}
 
 
 # -- the augmenter -----------------------------------------------------------------------------
@@ -137,12 +146,24 @@ class LLMAugmenter:
                 )
         return out
 
-    def _messages(self, job: Job) -> tuple[str, list[dict[str, str]]]:
+    def _messages(self, job: Job) -> tuple[str, list[dict[str, str]], str]:
+        """``(prompt id, chat messages, the prompt's own text)``: the worked examples are chat
+        turns (a user request, the assistant's JSON reply) before the real request, which a
+        135M model follows far better than an example inside the instruction; the prompt text
+        (instruction and examples, without the source) is what an echo is checked against."""
         pid = PROMPT_IDS[job.task]
         p = self.prompts[pid]
         language = self.en.languages.get(job.target_lang, job.target_lang)
-        user = p["user"].format(text=job.text, language=language, facts=job.facts)
-        return pid, [{"role": "system", "content": p["system"]}, {"role": "user", "content": user}]
+        fields = {"text": job.text, "language": language, "facts": job.facts}
+        messages = [{"role": "system", "content": p["system"]}]
+        own = [p["system"]]
+        for ex in p.get("examples") or ():
+            ask = p["user"].format(**{**fields, **ex["input"]})
+            reply = json.dumps({"caption": ex["caption"]}, ensure_ascii=False)
+            messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": reply}]
+            own += [ask, reply]
+        messages.append({"role": "user", "content": p["user"].format(**fields)})
+        return pid, messages, " ".join(own)
 
     def _ask(self, job: Job) -> tuple[dict[str, Any], str | None, val.Verdict]:
         """One job through cache or server, validated; :class:`LLMError` when the server fails.
@@ -150,7 +171,7 @@ class LLMAugmenter:
         All attempts of the job share the client's one retry budget; a reply that is not the
         JSON asked for moves to the next seed (a new cache key), a transport failure does not.
         """
-        pid, messages = self._messages(job)
+        pid, messages, own_text = self._messages(job)
         base_params = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         inp = {"messages": messages}
         source = job.text or job.facts
@@ -164,7 +185,11 @@ class LLMAugmenter:
                 body = {
                     "model": self.cfg.model,
                     "messages": messages,
-                    "response_format": {"type": "json_object"},
+                    "response_format": (
+                        {"type": "json_object", "schema": CAPTION_SCHEMA}
+                        if self.cfg.server == "embedded"
+                        else {"type": "json_object"}
+                    ),
                     **params,
                 }
                 entry = {
@@ -177,7 +202,7 @@ class LLMAugmenter:
                 self.cache.put(key, entry)
             caption, verdict = val.validate(
                 entry["content"], source, job.target_lang, self.cfg, job.task,
-                messages[0]["content"], copies=job.copies,
+                own_text, copies=job.copies,
             )  # fmt: skip
             if verdict.reason == "llm_malformed_json":
                 raise BadReply((entry, caption, verdict))

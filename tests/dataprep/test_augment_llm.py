@@ -126,12 +126,40 @@ def test_accepted_paraphrase_has_provenance_and_request_format(
     assert entry["text"] == GOOD and entry["lang"] == "en"
     assert entry["kind"] == "llm:smollm2-135m-instruct"
     prov = entry["provenance"]
-    assert prov["model"] == "smollm2-135m-instruct" and prov["template"] == "paraphrase_v1"
+    assert prov["model"] == "smollm2-135m-instruct" and prov["template"] == "paraphrase_v2"
     assert prov["params"]["temperature"] == 0.7 and "seed" in prov["params"] and prov["time"]
     assert prov["source"] == SOURCE_META["texts"][0]["text"] and prov["checks"]["similarity"] > 0.55
     (body,) = server.bodies
     assert body["response_format"] == {"type": "json_object"}
     assert SOURCE_META["texts"][0]["text"] in body["messages"][-1]["content"]
+
+
+def test_worked_examples_are_chat_turns_and_an_echoed_example_is_a_copy(
+    server: Scripted, tmp_path: Path
+) -> None:
+    from dataprep.augment.llm import LLMAugmenter
+
+    # the embedded backend's request shape, sent to the scripted server (no llama.cpp here)
+    cfg = _cfg(server.url, tmp_path, server="embedded").llm
+    aug = LLMAugmenter(cfg, seed=1, base_url=server.url)
+    texts = SOURCE_META["texts"]
+    try:
+        (entry,), _ = aug.augment(dict(SOURCE_META), list(texts))
+        (body,) = server.bodies
+        roles = [m["role"] for m in body["messages"]]
+        assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+        assert json.loads(body["messages"][2]["content"]) == {
+            "caption": "twice, a cat can be heard meowing"
+        }
+        schema = body["response_format"]["schema"]  # the grammar: {"caption": "..."} only
+        assert body["response_format"]["type"] == "json_object"
+        assert schema["required"] == ["caption"] and entry["text"] == GOOD
+        server.script = lambda body, n: (200, caption("running water pours into a sink"), 0.0)
+        aug.cache = type(aug.cache)(None)
+        out, rejects = aug.augment(dict(SOURCE_META), list(texts))
+        assert out == [] and rejects[0][0] == "llm_copy" and "echoes" in rejects[0][1]
+    finally:
+        aug.close()
 
 
 def test_http_500_is_retried_then_succeeds(server: Scripted, tmp_path: Path) -> None:
@@ -394,7 +422,7 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
         llm_out = [e for e in out if e["kind"].startswith("llm:")]
         n_llm += len(llm_out)
         for e in llm_out:
-            assert e["provenance"]["template"] in ("paraphrase_v1", "caption_v1", "translate_v1")
+            assert e["provenance"]["template"] in ("paraphrase_v2", "caption_v2", "translate_v2")
         assert all(r.reason in known and r.stage == "augment" for r in rej), rej
     assert n_llm + sum(len(r) for r in rejects) >= 5  # every request ended as a text or a reject
     # Rerun: all from the cache, no server started, same texts.
