@@ -22,7 +22,7 @@ import pytest
 from dataprep.augment import TextAugmenter
 from dataprep.augment.llm import llm_available
 from dataprep.augment.llm_server import LINGER_S, _alive
-from dataprep.augment.validate import lost_content_words, numbers_of
+from dataprep.augment.validate import emotions_of, lost_content_words, numbers_of
 from dataprep.core.config import AugmentConfig, LLMConfig
 
 GOOD = "a dog can be heard barking two times while a man talks"
@@ -238,6 +238,7 @@ def test_not_an_openai_response_is_retried(server: Scripted, tmp_path: Path) -> 
         (caption("a dog barks three times while a man talks"), "llm_number_change"),
         (caption("a dog meows twice while a man talks"), "llm_content_change"),
         (caption("a dog barks twice at a cat while a man talks"), "llm_invented_detail"),
+        (caption("a dog barks twice while a man talks angrily"), "llm_invented_detail"),
         (caption("the quarterly stock market report was published twice"), "llm_semantic_drift"),
         (caption("dog"), "llm_length"),
         # LID: Spanish at 0.44, under the wrong-language bar; English tools cannot check it
@@ -359,6 +360,10 @@ def test_numbers_and_content_words() -> None:
     assert numbers_of("zwei Hunde, 3 Katzen", False) == numbers_of("two dogs, 3 cats", False)
     assert lost_content_words("a car passes by and honks", "an automobile goes past, honking") == []
     assert lost_content_words("a dog barks", "a dog meows") == ["barks"]
+    # how a speaker's facts are said (the caption prompt's example) is not an invented detail
+    assert lost_content_words("a woman speaks in an angry voice", "an angry woman speaks") == []
+    assert emotions_of("speaks english with anger in a sad voice") == {"anger", "sadness"}
+    assert emotions_of("emotion: anger") == {"anger"} and emotions_of("a dog barks") == set()
 
 
 def test_embedded_without_extra_is_skipped_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
