@@ -5,7 +5,10 @@
 
 --checkpoint takes an export (``final/``: model.safetensors + config.json), a run directory,
 or a DeepSpeed checkpoint directory this project wrote (its marker's checksums verified, its
-files read weights-only). Nothing is unpickled: an old ``model.pt`` export is refused.
+files read weights-only), or an export synced to a bucket (``s3://.../final``, ``train.sync_to``:
+downloaded to ``$POLYCLAP_CACHE``, checksums checked, safetensors only; give --out). Task corpus
+roots may be ``s3://``, ``gs://`` or ``http(s)://`` too. Nothing is unpickled: an old
+``model.pt`` export is refused.
 Columns: the checkpoint, the same architecture with seeded random weights (``random-init``,
 the floor every number must beat), and ``--compare`` when given. Evaluation
 audio is read with the corpus readers and featurized by the training code with the model's
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dataprep.core import storage
     from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
     from dataprep.core.config import ConfigError
     from dataprep.evaluation.runner import Column, evaluate, markdown_table
@@ -57,10 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     from model.clap import build_model
     from model.weights import load_for_eval
 
+    def where(loc: str) -> str:
+        return loc if storage.is_remote(loc) else str(Path(loc).resolve())
+
+    if storage.is_remote(args.checkpoint) and not args.out:
+        print(f"evaluate: --checkpoint {args.checkpoint} is remote: give --out", file=sys.stderr)
+        return 2
     try:
         task_file = load_tasks(args.tasks, args.only)
         model, cfg, tok = load_for_eval(args.checkpoint, args.device)
-        columns = [Column("checkpoint", model, cfg, tok, str(Path(args.checkpoint).resolve()))]
+        columns = [Column("checkpoint", model, cfg, tok, where(args.checkpoint))]
         if not args.no_random_init:
             # Seeded: the floor is the same numbers on every run.
             torch.manual_seed(task_file.defaults.seed)
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.compare:
             pm, pcfg, ptok = load_for_eval(args.compare, args.device)
-            columns.append(Column("previous", pm, pcfg, ptok, str(Path(args.compare).resolve())))
+            columns.append(Column("previous", pm, pcfg, ptok, where(args.compare)))
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError, OSError) as e:
         # one line: a state_dict mismatch spans several lines; keep them, joined
         print(

@@ -3,9 +3,10 @@
     python jobs/predict.py --model outputs/demo/run/final --labels "dog barking,rain,siren" \\
         [--templates "the sound of {}|{}"] [--top-k 3] --out preds.csv PATH...
 
-PATH: audio files, folders (searched recursively for audio files) or manifests (``.jsonl``:
-one object per line with ``audio_filepath``/``audio``/``path``; ``.csv``/``.tsv`` with such a
-column; ``.txt``/``.lst``: one path per line; relative paths are relative to the manifest).
+PATH: audio files (local or ``s3://``/``gs://``/``http(s)://``), folders (searched recursively
+for audio files) or manifests, local or remote (``.jsonl``: one object per line with
+``audio_filepath``/``audio``/``path``; ``.csv``/``.tsv`` with such a column; ``.txt``/``.lst``:
+one path per line; relative paths are relative to the manifest).
 ``--out`` ending in ``.jsonl`` writes JSON lines, anything else CSV. Columns: ``file``, then
 ``label_i``/``score_i`` for the top-k classes (``score`` = zero-shot probability), ``error``.
 A file that cannot be read or is empty is a row with its ``error`` (``reason: detail``) and no
@@ -51,39 +52,40 @@ class InputError(ValueError):
     """An argument or input listing that cannot be used (one line, exit 2)."""
 
 
-def _manifest_paths(manifest: Path) -> Iterator[str]:
-    base = manifest.parent
-    text = manifest.read_text(encoding="utf-8")
-    if manifest.suffix in (".jsonl", ".json"):
+def _manifest_paths(manifest: str) -> Iterator[str]:
+    from dataprep.core import storage  # a manifest may be local or in a bucket / on a server
+
+    base, suffix = storage.parent(manifest), Path(manifest).suffix
+    text = storage.read_bytes(manifest).decode("utf-8")
+    if suffix in (".jsonl", ".json"):
         rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-    elif manifest.suffix in (".csv", ".tsv"):
-        rows = list(
-            csv.DictReader(text.splitlines(), delimiter="\t" if manifest.suffix == ".tsv" else ",")
-        )
+    elif suffix in (".csv", ".tsv"):
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
     else:
         rows = [{"path": ln.strip()} for ln in text.splitlines() if ln.strip()]
     for i, row in enumerate(rows, 1):
         key = next((k for k in PATH_KEYS if isinstance(row, dict) and row.get(k)), None)
         if key is None:
             raise InputError(f"{manifest}:{i}: no audio path column (one of {PATH_KEYS})")
-        p = Path(str(row[key]))
-        yield str(p if p.is_absolute() or "://" in str(p) else base / p)
+        p = str(row[key])
+        yield p if Path(p).is_absolute() or "://" in p else str(storage.join(base, p))
 
 
 def list_inputs(paths: list[str]) -> list[str]:
-    """Files as given (even unreadable ones: they become error rows), folders expanded to
-    their audio files (sorted), manifests expanded to the paths they list."""
+    """Files as given (even unreadable ones: they become error rows; ``s3://``, ``gs://``,
+    ``http(s)://`` ones are streamed), folders expanded to their audio files (sorted),
+    manifests (local or remote) expanded to the paths they list."""
     out: list[str] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        if "://" not in raw and p.is_dir():
             out.extend(
                 str(f)
                 for f in sorted(p.rglob("*"))
                 if f.is_file() and f.suffix.lower() in AUDIO_EXTS
             )
-        elif p.suffix.lower() in MANIFEST_EXTS and p.is_file():
-            out.extend(_manifest_paths(p))
+        elif p.suffix.lower() in MANIFEST_EXTS and ("://" in raw or p.is_file()):
+            out.extend(_manifest_paths(raw))
         else:
             out.append(raw)
     return out
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from dataprep.core.features import FingerprintMismatch
+    from dataprep.core.storage import StorageError
     from model import CLAP
     from model.api import ModelDirError
     from model.hf_common import HFLoadError
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
         OSError,
+        StorageError,
     ) as err:
         print(
             "predict: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),

@@ -36,6 +36,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 from tqdm.auto import tqdm
 
+from dataprep.core import storage
 from dataprep.core.decode import AudioError
 from dataprep.core.features import feature_fingerprint, make_featurizer
 from dataprep.core.waveform import feature_windows, load_waveform, mel_windows
@@ -111,7 +112,13 @@ class CLAP(
         cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
     ) -> CLAP:
         """A polyclap export or a transformers ClapModel directory (local; see the module
-        docstring). ``device``, ``batch_size``, ``progress`` are passed on."""
+        docstring), or an export synced to a bucket (``model.sync.pull``: cached, checked).
+        ``device``, ``batch_size``, ``progress`` are passed on."""
+        if storage.is_remote(pretrained_model_name_or_path):
+            from model.sync import pull
+
+            cache = kwargs.pop("cache_dir", None)
+            pretrained_model_name_or_path = pull(str(pretrained_model_name_or_path), cache)
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             raise ModelDirError(

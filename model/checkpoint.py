@@ -11,6 +11,9 @@ Layout under a run's ``out`` directory::
     final/                          the export (``model.weights``): model.safetensors, config.json,
                                     tokenizer.model, meta.json
 
+With ``train.sync_to`` set, rank 0 copies each committed checkpoint and the final export to the
+bucket (``model.sync``: files first, ``synced.json`` last).
+
 A checkpoint directory without ``complete.json`` (a save interrupted by SIGKILL) is never
 loaded; ``latest`` only moves after the commit marker exists.
 
@@ -41,6 +44,8 @@ import torch
 import torch.distributed as dist
 
 from dataprep.core.atomic import atomic_write_bytes, atomic_write_json, sha256_file
+from dataprep.core.storage import StorageError
+from model.sync import sync_checkpoint, sync_target
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +163,21 @@ def save_checkpoint(
         )
         atomic_write_bytes(root / LATEST, tag.encode())
         _prune(root, keep_last, keep=tag)
+        _sync(ckpt, sync_target(cfg))
     _barrier()
     log.info("saved checkpoint %s", ckpt)
     return ckpt
+
+
+def _sync(ckpt: Path, sync_to: str | None) -> None:
+    """``train.sync_to``: the committed checkpoint to the bucket (model/sync.py). A failed sync
+    does not stop training: the local checkpoint is whole and the next save syncs again."""
+    if not sync_to:
+        return
+    try:
+        sync_checkpoint(ckpt, sync_to)
+    except (StorageError, OSError) as err:
+        log.error("checkpoint %s not synced to %s (training goes on): %s", ckpt, sync_to, err)
 
 
 def verify_checkpoint(ckpt: Path) -> dict[str, Any]:

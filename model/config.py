@@ -234,6 +234,20 @@ class TrainConfig(_Section):
     tensorboard: bool = True
     val_batches: int = 0  # per rank for the periodic validation (0: the whole val split)
     finetune: FinetuneConfig = FinetuneConfig()  # locks, per-tower lr/wd, layer-wise LR decay
+    # s3:// or gs:// prefix: every checkpoint and the final export are copied there after each
+    # save (model/sync.py: files first, synced.json last); None: local only
+    sync_to: str | None = None
+
+    @model_validator(mode="after")
+    def _sync_to_is_a_bucket(self) -> TrainConfig:
+        if self.sync_to is not None:
+            from dataprep.core.storage import StorageError, check_writable
+
+            try:
+                check_writable(self.sync_to)
+            except StorageError as err:
+                raise ValueError(f"train.sync_to: {err}") from None
+        return self
 
 
 _MOVED = "moved to {}: the loader's settings live in the loader: section"

@@ -34,6 +34,7 @@ from unittest import mock
 import torch
 from safetensors.torch import load_file, save_file
 
+from dataprep.core import storage
 from dataprep.core.atomic import atomic_write_json
 from model.checkpoint import (
     CHECKPOINTS,
@@ -45,6 +46,7 @@ from model.checkpoint import (
     latest_checkpoint,
     verify_checkpoint,
 )
+from model.sync import pull, push_dir, sync_target
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +206,14 @@ def export_checkpoint(ckpt: Path, dest: Path, meta: dict[str, Any] | None = None
 
 
 def export_final(out: Path, ckpt: Path, meta: dict[str, Any]) -> Path:
-    """Rank 0 at the end of training: ``<out>/final`` from the run's last checkpoint."""
-    return export_checkpoint(ckpt, out / FINAL, meta)
+    """Rank 0 at the end of training: ``<out>/final`` from the run's last checkpoint, then
+    copied to ``<train.sync_to>/final`` when set (a failed upload raises: the run's product did
+    not reach where the config sends it)."""
+    dest = export_checkpoint(ckpt, out / FINAL, meta)
+    sync_to = sync_target(json.loads((ckpt / CONFIG).read_text()))
+    if sync_to:
+        push_dir(dest, str(storage.join(sync_to, FINAL)))
+    return dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +245,9 @@ def resolve(path: Path) -> Path:
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], Path]:
-    """``(fp32 state dict, the resolved directory)``; safetensors or weights-only loads only."""
-    d = resolve(Path(path))
+    """``(fp32 state dict, the resolved directory)``; safetensors or weights-only loads only.
+    An ``s3://``/``gs://`` path is a synced export (``model.sync.pull``: cached, checked)."""
+    d = resolve(pull(str(path)) if storage.is_remote(path) else Path(path))
     sd = load_file(str(d / WEIGHTS)) if (d / WEIGHTS).is_file() else consolidated_state_dict(d)
     return sd, d
 

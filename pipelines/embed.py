@@ -5,8 +5,11 @@
     python pipelines/embed.py --model DIR --config configs/demo.yaml --corpus esc50 --out DIR
 
 Shards: the samples' stored features (the shard set's feature fingerprint must be the model's;
-else exit 2 naming both), one Ray task per shard. Corpus: the configured corpus's audio files
-through the inference path (``model.api``: decode, normalize, no trim), one task per chunk.
+else exit 2 naming both), one Ray task per shard. ``--shards`` and ``--model`` may be ``s3://``,
+``gs://`` (``--model``: an export synced by ``train.sync_to``) or, for shards, ``http(s)://``:
+a remote shard is fetched and checked against its ``shards.json`` sha256. Corpus: the
+configured corpus's audio files through the inference path (``model.api``: decode, normalize,
+no trim), one task per chunk.
 The model is loaded once per Ray worker (an actor). Writes ``<out>/embeddings.parquet`` (one row
 per sample key: ``key, corpus, split, source, text, embedding``), ``<out>/errors.parquet``
 (inputs that could not be embedded, with the reason) and ``<out>/index.json`` (model path and
@@ -42,11 +45,14 @@ class Worker:
         torch.set_num_threads(1)
         self.m = CLAP.from_pretrained(model, device=device, batch_size=batch_size, progress=False)
 
-    def shard(self, split: str, tar: str) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    def shard(
+        self, split: str, tar: str, sha256: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         from dataprep.core.sample import MEL, META, TEXT
-        from dataprep.core.tario import iter_shard
 
-        samples = list(iter_shard(tar))
+        samples, bad = _read_shard(tar, sha256)
+        if bad:
+            return [], [bad]
         if not samples:
             return [], []
         emb = self.m.embed_features([s[MEL] for s in samples])
@@ -83,12 +89,38 @@ class Worker:
         return rows, [{"source": e.name, "reason": e.reason, "detail": e.detail} for e in errors]
 
 
+def _read_shard(tar: str, sha256: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A shard's samples; a remote one is fetched once and checked against its shards.json
+    sha256 (a mismatch is an error row, not a crash: the other shards complete)."""
+    import io
+
+    from dataprep.core import storage
+    from dataprep.core.tario import decode_members, iter_shard, iter_tar_range
+
+    if not storage.is_remote(tar):
+        return list(iter_shard(tar)), {}
+    data, digest = storage.fetch(tar)
+    if sha256 and digest != sha256:
+        return [], {"source": tar, "reason": "corrupt_shard", "detail": "sha256 differs from "
+                    "shards.json (corrupt or modified)"}  # fmt: skip
+    return [decode_members(k, m) for _, k, m in iter_tar_range(io.BytesIO(data))], {}
+
+
+def where(loc: str) -> str:
+    """A local path made absolute, a URI as given (the index records where its input was)."""
+    from dataprep.core import storage
+
+    return loc if storage.is_remote(loc) else str(Path(loc).resolve())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", required=True, help="polyclap export (final/) or ClapModel dir")
-    p.add_argument("--shards", default=None, help="shard set root (train/ val/ test/)")
+    p.add_argument(
+        "--shards", default=None, help="shard set root (train/ val/ test/): a folder or a URI"
+    )
     p.add_argument("--split", action="append", default=None, help="splits to embed (default all)")
     p.add_argument("--config", default=None, help="experiment YAML naming the corpus (--corpus)")
     p.add_argument("--corpus", default=None, help="a corpus of the config's build.corpora")
@@ -102,25 +134,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _shard_jobs(args: argparse.Namespace, features: Any) -> list[tuple[str, tuple[Any, ...]]]:
-    import json
 
+    from dataprep.core import storage
     from dataprep.core.features import check_fingerprint
     from dataprep.core.sample import SPLITS
-    from dataprep.core.shards import BUILD_JSON, shard_paths
+    from dataprep.core.shards import BUILD_JSON, SHARDS_JSON, shard_paths
+    from dataprep.loader.shardset import ShardSet
 
-    root = Path(args.shards)
-    build = root / BUILD_JSON
-    if not build.is_file():
+    root = storage.location(args.shards)
+    build = storage.join(root, BUILD_JSON)
+    if not storage.exists(build):
         raise ValueError(f"{root}: no {BUILD_JSON} (not a shard set root)")
-    record = json.loads(build.read_text())
+    record = storage.read_json(build)
     check_fingerprint(
         features,
         record.get("feature_fingerprint"),
         where=str(build),
         fields=record.get("feature_fields"),
     )
-    splits = args.split or [s for s in SPLITS if (root / s).is_dir()]
-    jobs = [("shard", (s, str(t))) for s in splits for t in shard_paths(root / s)]
+    if not storage.is_remote(root):
+        splits = args.split or [s for s in SPLITS if (root / s).is_dir()]
+        jobs = [("shard", (s, str(t))) for s in splits for t in shard_paths(root / s)]
+    else:  # the listing is checked against shards.json up front, as the training loader does
+        splits = args.split or [
+            s for s in SPLITS if storage.exists(storage.join(root, s, SHARDS_JSON))
+        ]
+        sets = {s: ShardSet.open(storage.join(root, s)) for s in splits}
+        jobs = [
+            ("shard", (s, str(ss.path(n)), ss.record(n).sha256))
+            for s, ss in sets.items()
+            for n, _ in ss.shards
+        ]
     if not jobs:
         raise ValueError(f"{root}: no shards in splits {splits}")
     return jobs
@@ -187,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from dataprep.core.features import FingerprintMismatch, feature_fingerprint
+    from dataprep.core.storage import StorageError
     from model import CLAP
     from model.api import ModelDirError
     from model.hf_common import HFLoadError
@@ -206,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
         OSError,
+        StorageError,
     ) as err:
         print(
             "embed: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
@@ -213,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     info = {
-        "model": str(Path(args.model).resolve()),
+        "model": where(args.model),
         "model_kind": m.kind,
         "model_fingerprint": m.fingerprint(),
         "embed_dim": m.embed_dim,
         "feature_fingerprint": feature_fingerprint(m.pre.features),
-        "source": str(Path(args.shards).resolve())
+        "source": where(args.shards)
         if args.shards
         else f"{Path(args.config).resolve()}#{args.corpus}",
     }

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--shards", required=True, help="shard set root (holds <split>/shards.json, build.json)"
+        "--shards",
+        required=True,
+        help="shard set root (holds <split>/shards.json, build.json): a folder or an s3://, "
+        "gs://, http(s):// URI",
     )
     p.add_argument("--out", required=True, help="output directory for report.html and report.json")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataprep.core.atomic import atomic_write_bytes, atomic_write_json
     from dataprep.core.config import ConfigError
+    from dataprep.core.storage import StorageError
     from dataprep.report.collect import ReportError, assemble, shard_jobs, summarize_shard
     from dataprep.report.render import render_html
     from dataprep.report.stats import Partial
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobs = shard_jobs(args.shards)
         sampling = load_config(args.config).loader.sampling if args.config else None
-    except (ReportError, ConfigError) as e:
+    except (ReportError, ConfigError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from dataprep.core import storage
 from dataprep.core.atomic import sha256_file
 from dataprep.core.sample import SPLITS
 from dataprep.core.tario import decode_members, iter_tar_range
+
+log = logging.getLogger(__name__)
 
 SHARDS_JSON = "shards.json"
 INDEX = "index.parquet"
@@ -48,6 +51,29 @@ def read_shards_json(split_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{split_dir} is not a finished shard set: {SHARDS_JSON} is missing "
             f"(build it with `python pipelines/build_shards.py --config ...`)"
         ) from None
+
+
+def check_listing(split_dir: str | os.PathLike[str], sizes: dict[str, int | None]) -> None:
+    """A remote split is listed once before use (``sizes``: shard name -> the bytes shards.json
+    records, None when unrecorded): a shard that shards.json names but the bucket lacks, or
+    holds with another size, is a broken upload or a wrong prefix, refused up front (ValueError
+    naming the URI) rather than skipped shard by shard. Used by the loader and the report."""
+    found = storage.listing(split_dir)
+    if not found and storage.scheme(split_dir) in ("http", "https"):
+        # a static server without index pages (a CDN, a bucket website): nothing to compare;
+        # every shard is still checked against its sha256 while it streams
+        log.info("%s: the server lists no files; shards are checked by sha256 only", split_dir)
+        return
+    bad = [
+        f"{name} {'missing' if name not in found else f'{found[name]} bytes'}"
+        for name, size in sizes.items()
+        if name not in found or (None not in (size, found[name]) and found[name] != size)
+    ]
+    if bad:
+        raise ValueError(
+            f"{split_dir}: the listing disagrees with shards.json for {len(bad)} of "
+            f"{len(sizes)} shard(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        )
 
 
 def train_val_splits(root: str | os.PathLike[str]) -> tuple[Path | str, Path | str | None]:

@@ -229,9 +229,10 @@ def exists(loc: Location) -> bool:
     return bool(call(loc, lambda: fs.exists(path), "stat"))
 
 
-def listing(loc: Location) -> dict[str, int]:
+def listing(loc: Location) -> dict[str, int | None]:
     """``{file name: size}`` directly under a folder (fresh, never the cached listing);
-    ``{}`` when the folder does not exist."""
+    ``{}`` when the folder does not exist. Over ``http(s)://`` the names come from the server's
+    index page, without sizes (None), and ``{}`` when it serves none."""
     if not is_remote(loc):
         d = local(loc)
         return {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()} if d.is_dir() else {}
@@ -241,7 +242,9 @@ def listing(loc: Location) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     return {
-        basename(e["name"]): int(e.get("size") or 0) for e in entries if e.get("type") == "file"
+        basename(e["name"]): None if e.get("size") is None else int(e["size"])
+        for e in entries
+        if e.get("type") == "file"
     }
 
 

@@ -270,8 +270,12 @@ def iter_tar_range(
 
 
 def iter_tar_members(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {ext: bytes})`` of every sample of the tar at ``path``."""
-    with open(path, "rb") as f:
+    """``(key, {ext: bytes})`` of every sample of the tar at ``path`` (a local file, or a remote
+    object fetched once: ``core.storage``)."""
+    from dataprep.core import storage
+
+    remote = storage.is_remote(path)
+    with io.BytesIO(storage.read_bytes(path)) if remote else open(path, "rb") as f:
         for _, key, members in iter_tar_range(f):
             yield key, members
 

@@ -18,6 +18,7 @@ from dataprep.core.config import FeatureConfig
 from dataprep.core.features import check_fingerprint, feature_fingerprint
 from dataprep.core.sample import META
 from dataprep.core.shards import BUILD_JSON, read_shards_json
+from dataprep.core.shards import check_listing as check_split_listing
 from dataprep.core.tario import first_member, iter_tar_files, split_member
 
 log = logging.getLogger("dataprep.loader")
@@ -74,20 +75,9 @@ class ShardSet:
 
 
 def check_listing(split_dir: str | Path, records: dict[str, ShardRecord]) -> None:
-    """A remote set is listed once before use: a shard that shards.json names but the bucket
-    lacks (or holds with another size) is a broken upload or a wrong prefix, refused up front
-    rather than skipped shard by shard. (Locally a missing shard is a counted skip.)"""
-    found = storage.listing(split_dir)
-    bad = [
-        f"{r.name} {'missing' if r.name not in found else f'{found[r.name]} bytes'}"
-        for r in records.values()
-        if r.name not in found or (r.size_bytes is not None and found[r.name] != r.size_bytes)
-    ]
-    if bad:
-        raise ValueError(
-            f"{split_dir}: the listing disagrees with shards.json for {len(bad)} of "
-            f"{len(records)} shard(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
-        )
+    """A remote set's listing against shards.json, up front (``core.shards.check_listing``).
+    (Locally a missing shard is a counted skip.)"""
+    check_split_listing(split_dir, {r.name: r.size_bytes for r in records.values()})
 
 
 def _build_fields(build: dict[str, Any]) -> dict[str, Any] | None:

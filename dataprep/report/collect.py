@@ -7,15 +7,23 @@ No Ray here (DESIGN: Ray lives in pipelines/ and dataprep/build/executor.py); th
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
+from dataprep.core import storage
 from dataprep.core.balance import NO_LANG, stratum_shares
 from dataprep.core.config import SamplingConfig
 from dataprep.core.sample import SPLITS, is_text_reject
-from dataprep.core.shards import BUILD_JSON, INDEX, REJECTS, read_shards_json
+from dataprep.core.shards import (
+    BUILD_JSON,
+    INDEX,
+    REJECTS,
+    SHARDS_JSON,
+    check_listing,
+    read_shards_json,
+)
 from dataprep.core.tario import iter_shard
 from dataprep.report.curation import curation_section
 from dataprep.report.stats import Partial, summarize_samples
@@ -28,31 +36,58 @@ class ReportError(ValueError):
     """The directory is not a shard set the report can read."""
 
 
-def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
-    """``(split, tar path, excluded keys)`` for every shard of every finished split, in order."""
-    root = Path(shards_dir)
+def _splits(root: str | Path) -> list[str]:
+    """The splits under a shard-set root: the standard ones present, then (locally) any other
+    folder holding a shards.json. Remote: the standard splits whose shards.json exists."""
+    if storage.is_remote(root):
+        return [s for s in SPLITS if storage.exists(storage.join(root, s, SHARDS_JSON))]
+    root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root} is not a directory")
-    jobs = []
-    splits = [s for s in SPLITS if (root / s).is_dir()] + sorted(
+    return [s for s in SPLITS if (root / s).is_dir()] + sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and p.name not in SPLITS and (p / "shards.json").is_file()
+        if p.is_dir() and p.name not in SPLITS and (p / SHARDS_JSON).is_file()
     )
-    for split in splits:
+
+
+def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
+    """``(split, tar path, excluded keys)`` for every shard of every finished split, in order.
+    ``shards_dir`` may be a URI (``core.storage``): its listing is checked against each
+    shards.json first (a missing or resized object is a ReportError naming it)."""
+    root = storage.location(shards_dir)
+    jobs = []
+    for split in _splits(root):
+        split_dir = storage.join(root, split)
         try:
-            meta = read_shards_json(root / split)
+            meta = read_shards_json(split_dir)
         except FileNotFoundError:
             log.warning("%s/%s has no shards.json (unfinished split); skipped", root, split)
             continue
+        if storage.is_remote(split_dir):
+            try:
+                check_listing(split_dir, {e["name"]: e.get("bytes") for e in meta["shards"]})
+            except ValueError as err:
+                raise ReportError(str(err)) from None
         exclude = sorted(meta.get("exclude", []))
         for entry in meta["shards"]:
-            jobs.append((split, str(root / split / entry["name"]), exclude))
+            jobs.append((split, str(storage.join(split_dir, entry["name"])), exclude))
     if not jobs:
         raise ReportError(
             f"{root}: no finished split (<split>/shards.json) found — is this a shard set?"
         )
     return jobs
+
+
+def _table(loc: str | Path, columns: list[str] | None = None) -> Any:
+    """A parquet file (local or remote) as a pyarrow table; None when it does not exist."""
+    import pyarrow.parquet as pq
+
+    if not storage.exists(loc):
+        return None
+    if storage.is_remote(loc):
+        return pq.read_table(io.BytesIO(storage.read_bytes(loc)), columns=columns)
+    return pq.read_table(loc, columns=columns)
 
 
 def summarize_shard(split: str, tar: str, exclude: list[str]) -> tuple[Partial, list[str]]:
@@ -65,19 +100,19 @@ def summarize_shard(split: str, tar: str, exclude: list[str]) -> tuple[Partial, 
             if sample["__key__"] in skip:
                 continue  # a cross-shard duplicate excluded by the builder: not in the data set
             p.add(sample, split)
+    except storage.StorageError:
+        raise  # the endpoint, not the shard: no report with shards silently missing
     except Exception as e:  # noqa: BLE001 - a corrupt tar must not stop the report; it is listed instead
         problems.append(f"{Path(tar).parent.name}/{Path(tar).name}: {type(e).__name__}: {e}")
     return p, problems
 
 
 def rejects_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
     rows: list[dict[str, Any]] = []
     for split in splits:
-        path = Path(shards_dir) / split / REJECTS
-        if path.is_file():
-            for r in pq.read_table(path).to_pylist():
+        table = _table(storage.join(storage.location(shards_dir), split, REJECTS))
+        if table is not None:
+            for r in table.to_pylist():
                 rows.append({**r, "split": split})
     by_reason: dict[str, int] = {}
     text_by_reason: dict[str, int] = {}
@@ -117,7 +152,7 @@ def rejects_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]
 def shards_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in splits:
-        meta = read_shards_json(Path(shards_dir) / split)
+        meta = read_shards_json(storage.join(storage.location(shards_dir), split))
         entries = [
             {"name": e["name"], "samples": e["samples"], "bytes": e["bytes"]}
             for e in meta["shards"]
@@ -148,10 +183,10 @@ def shards_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
 
 
 def build_section(shards_dir: str | Path) -> dict[str, Any]:
-    p = Path(shards_dir) / BUILD_JSON
-    if not p.is_file():
+    p = storage.join(storage.location(shards_dir), BUILD_JSON)
+    if not storage.exists(p):
         return {"present": False}
-    b = json.loads(p.read_text())
+    b = storage.read_json(p)
     cfg = b.get("config") or {}
     return {
         "present": True,
@@ -174,13 +209,11 @@ def sampling_section(shards_dir: str | Path, sampling: SamplingConfig) -> dict[s
     """Per language and per corpus of the train split: samples, hours, speakers, the data's
     share, the configured multiplier and the expected share of training draws under
     ``loader.sampling`` (:func:`dataprep.core.balance.stratum_shares`, what the loader draws)."""
-    import pyarrow.parquet as pq
-
-    path = Path(shards_dir) / "train" / INDEX
-    if not path.is_file():
-        return {}
     cols = ["corpus", "lang", "duration", "speaker"]
-    t = pq.read_table(path, columns=cols).to_pydict()
+    table = _table(storage.join(storage.location(shards_dir), "train", INDEX), cols)
+    if table is None:
+        return {}
+    t = table.to_pydict()
     strata: dict[tuple[str, str], int] = {}
     for c, lang in zip(t["corpus"], t["lang"]):
         key = (str(c or ""), str(lang or NO_LANG))
@@ -225,7 +258,9 @@ def assemble(
     rej = rejects_section(shards_dir, splits)
     rows = rej.pop("_rows")
     report: dict[str, Any] = {
-        "shards_dir": str(Path(shards_dir).resolve()),
+        "shards_dir": str(shards_dir)
+        if storage.is_remote(shards_dir)
+        else str(Path(shards_dir).resolve()),
         "splits": splits,
         "build": build_section(shards_dir),
     }

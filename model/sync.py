@@ -1,0 +1,150 @@
+"""Checkpoints and exports synced to a bucket (``train.sync_to``), and exports pulled back.
+
+Layout under ``train.sync_to: s3://my-runs/demo`` (``gs://`` alike)::
+
+    checkpoints/step-00000100/<every file of the local checkpoint>
+    checkpoints/step-00000100/synced.json   written last: names and sha256 of every file above
+    checkpoints/latest                      the newest synced checkpoint's name (after its marker)
+    final/<every file of the export>
+    final/synced.json                       written last
+
+Atomic from the reader's view: each object commits whole or not at all
+(:func:`dataprep.core.storage.upload`), and ``synced.json`` is uploaded only after every file it
+names; a re-sync of the same name deletes the marker first. A prefix without ``synced.json`` is
+an upload in progress or an interrupted one, never loaded. Files under a prefix that its marker
+does not name (left by an earlier sync) are ignored.
+
+Uploads run on rank 0 after the checkpoint's commit marker, inside the save, so the other ranks
+wait at the save's last barrier (a save is finished when its copy is in the bucket). The bucket
+keeps every synced checkpoint (``train.keep_last`` prunes local copies only): a lifecycle rule
+expires old ones. :func:`pull` downloads an export (safetensors only: a prefix without
+``model.safetensors`` or with a pickled file is refused) to a local cache and checks every
+file's sha256 against the marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import time
+from pathlib import Path
+from typing import Any
+
+from dataprep.core import storage
+from dataprep.core.atomic import atomic_write_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+SYNCED = "synced.json"
+WRITER = "polyclap"
+CACHE_ENV = "POLYCLAP_CACHE"  # where pulled exports live (default ~/.cache/polyclap/models)
+# what torch/pickle writes: never downloaded from a bucket (evaluation loads safetensors only)
+PICKLED = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+def push_dir(src: Path, uri: str) -> dict[str, Any]:
+    """Every file under ``src`` to the same relative key under ``uri``, then ``synced.json``."""
+    src = Path(src)
+    files = {
+        p.relative_to(src).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(src.rglob("*"))
+        if p.is_file() and p.name != SYNCED
+    }
+    marker = storage.join(uri, SYNCED)
+    storage.remove(marker)  # a re-sync of this name: incomplete until its marker is back
+    t0 = time.perf_counter()
+    for rel in files:
+        storage.upload(src / rel, storage.join(uri, *rel.split("/")))
+    meta = {"writer": WRITER, "source": str(src), "time": time.time(), "files": files}
+    storage.write_json(marker, meta)
+    size = sum(f["bytes"] for f in files.values())
+    log.info(
+        "synced %s to %s (%d files, %.1f MB, %.1fs)",
+        src, uri, len(files), size / 1e6, time.perf_counter() - t0,
+    )  # fmt: skip
+    return meta
+
+
+def sync_checkpoint(ckpt: Path, sync_to: str) -> None:
+    """A committed checkpoint directory to ``<sync_to>/checkpoints/<tag>``, then ``latest``."""
+    root = storage.join(sync_to, ckpt.parent.name)
+    push_dir(ckpt, str(storage.join(root, ckpt.name)))
+    storage.write_bytes(storage.join(root, "latest"), ckpt.name.encode())
+
+
+def sync_target(cfg: Any) -> str | None:
+    """``train.sync_to`` of an ExperimentConfig (or of its config.json's tree), None if unset."""
+    if isinstance(cfg, dict):
+        return (cfg.get("train") or {}).get("sync_to")
+    return getattr(getattr(cfg, "train", None), "sync_to", None)
+
+
+def _cache_dir(uri: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "polyclap" / "models"
+    return Path(root) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _marker(uri: str) -> tuple[str, dict[str, Any]]:
+    """The synced prefix (``uri`` or a run's ``uri/final``) and its marker."""
+    for prefix in (uri, str(storage.join(uri, "final"))):
+        try:
+            meta = storage.read_json(storage.join(prefix, SYNCED))
+        except FileNotFoundError:
+            continue
+        except ValueError as err:
+            raise storage.StorageError(f"{prefix}/{SYNCED}: not JSON ({err})") from None
+        if not isinstance(meta, dict) or meta.get("writer") != WRITER:
+            raise storage.StorageError(f"{prefix}/{SYNCED}: not written by polyclap; refused")
+        return prefix, meta
+    raise FileNotFoundError(
+        f"{uri}: no {SYNCED} here nor under final/ (not a synced export, or its upload is "
+        f"unfinished: train.sync_to writes {SYNCED} last)"
+    )
+
+
+def _checked_files(prefix: str, files: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise storage.StorageError(
+            f"{prefix}: not an export (no model.safetensors in {SYNCED}): only safetensors "
+            f"exports are loaded from a bucket (a synced DeepSpeed checkpoint is for resuming: "
+            f"download it and run jobs/export.py)"
+        )
+    for rel in files:
+        norm = posixpath.normpath(rel)
+        if rel.startswith("/") or norm.startswith("..") or norm != rel:
+            raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
+        if rel.lower().endswith(PICKLED):
+            raise storage.StorageError(
+                f"{prefix}/{rel}: a pickled file in a synced export is never downloaded; refused"
+            )
+    return files
+
+
+def pull(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A synced export (``<sync_to>/final`` or the ``sync_to`` root itself) as a local directory
+    in the cache, every file's sha256 checked against ``synced.json``; files already cached
+    with the right digest are not downloaded again."""
+    uri = str(storage.location(uri))
+    prefix, meta = _marker(uri)
+    files = _checked_files(prefix, meta.get("files"))
+    dest = _cache_dir(prefix, cache_dir)
+    fetched = 0
+    for rel, rec in files.items():
+        target = dest / rel
+        if target.is_file() and sha256_file(target) == rec.get("sha256"):
+            continue
+        remote = storage.join(prefix, *rel.split("/"))
+        data, digest = storage.fetch(remote)
+        if digest != rec.get("sha256"):
+            raise storage.StorageError(
+                f"{remote}: sha256 differs from {SYNCED} (changed or corrupt since synced)"
+            )
+        atomic_write_bytes(target, data)
+        fetched += 1
+    for p in sorted(dest.rglob("*")):  # left by an older sync: a stale file would be read
+        if p.is_file() and p.relative_to(dest).as_posix() not in files:
+            p.unlink()
+    log.info("%s: %d of %d files downloaded to %s", prefix, fetched, len(files), dest)
+    return dest
