@@ -7,6 +7,7 @@ the packaged MiniLM text tower) written by the production ``model.weights.write_
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures.s3 import forget_filesystems
 from s3_sets import upload_tree
 
 from dataprep.core import storage
@@ -205,3 +207,122 @@ def test_evaluate_bad_remote_checkpoints_exit_2_naming_the_uri(s3_module, tmp_pa
         assert main([*argv, "--tasks", tasks]) == 2
         lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate:")]
         assert len(lines) == 1 and want in lines[0], lines
+
+
+# ------------------------------------------------------------------ quality report, embed ---
+def _in_process(root: str | Path) -> dict:
+    """The report as pipelines/quality_report.py assembles it, its Ray map done in-process."""
+    from dataprep.report.collect import assemble, shard_jobs, summarize_shard
+    from dataprep.report.stats import Partial
+
+    merged, problems = Partial(), []
+    for split, tar, exclude in shard_jobs(root):
+        part, probs = summarize_shard(split, tar, exclude)
+        merged.merge(part)
+        problems += probs
+    return json.loads(json.dumps(assemble(root, merged, problems)))
+
+
+@pytest.fixture(scope="module")
+def report_set(local_set: Path, tmp_path_factory) -> Path:
+    """The shard set plus the build records the report reads: rejects and index parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dataprep.build.manifest import REJECT_SCHEMA
+    from dataprep.core.sample import Reject
+
+    root = tmp_path_factory.mktemp("report") / "set"
+    shutil.copytree(local_set, root)
+    rejects = [
+        Reject("esc50:a.wav", "decode", "not_audio", "no audio stream", "esc50").as_row(),
+        Reject("cv:b.mp3", "filters", "too_short", "0.2 s", "commonvoice").as_row(),
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), root / "train" / "rejects.parquet"
+    )
+    index = {
+        "corpus": ["esc50", "esc50", "audiocaps"],
+        "lang": ["en", None, "en"],
+        "duration": [1.0, 2.5, 4.0],
+        "speaker": [None, "s1", "s2"],
+    }
+    pq.write_table(pa.table(index), root / "train" / "index.parquet")  # fmt: skip
+    return root
+
+
+def test_quality_report_over_a_bucket_equals_the_local_one(s3_module, report_set):
+    uri = s3_module.bucket("report-set") + "/set"
+    upload_tree(report_set, uri)
+    local, remote = _in_process(report_set), _in_process(uri)
+    assert remote.pop("shards_dir") == uri and local.pop("shards_dir") == str(report_set)
+    assert remote == local
+    assert remote["rejects"]["total"] == 2 and remote["sampling"]["by_lang"]
+    assert remote["build"]["present"] and remote["shards"]["train"]["count"] == 5
+
+
+def test_quality_report_bad_remote_sets_exit_2_naming_the_uri(
+    s3_module, report_set, tmp_path, capsys, monkeypatch
+):
+    from pipelines.quality_report import main
+
+    root = s3_module.bucket("report-bad")
+    upload_tree(report_set, f"{root}/short")
+    storage.remove(f"{root}/short/train/shard-000003.tar")
+    storage.write_bytes(f"{root}/none/train/shard-000000.tar", b"x")
+    cases = [
+        (f"{root}/none", f"{root}/none: no finished split"),
+        (f"{root}/short", f"{root}/short/train: the listing disagrees with shards.json"),
+    ]
+    for uri, want in cases:
+        assert main(["--shards", uri, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], err
+    monkeypatch.setattr(storage, "BACKOFF_S", (0.05, 0.1))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    forget_filesystems()
+    try:
+        assert main(["--shards", f"{root}/short", "--out", str(tmp_path / "r")]) == 2
+    finally:
+        monkeypatch.undo()
+        forget_filesystems()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{root}/short/train/shards.json: storage unreachable" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_embed_worker_over_a_bucket_equals_local(bucket_set, local_set, synced, export, capsys):
+    """pipelines/embed.py's shard jobs and its Ray worker class, called directly (no Ray):
+    the same rows from the bucket as from the local copy; a flipped byte is an error row."""
+    from pipelines.embed import Worker, _shard_jobs, main
+
+    def rows(shards: str, model: str) -> tuple[list, list]:
+        from model import CLAP
+
+        m = CLAP.from_pretrained(model, device="cpu", progress=False)
+        w = Worker(model, "cpu", 16)
+        got, bad = [], []
+        for _, job in _shard_jobs(argparse.Namespace(shards=shards, split=None), m.pre.features):
+            r, e = w.shard(*job)
+            got += r
+            bad += e
+        return sorted(got, key=lambda r: r["key"]), bad
+
+    want, _ = rows(str(local_set), str(export))
+    got, bad = rows(bucket_set, f"{synced}/final")
+    assert not bad and len(got) == len(want) == 84
+    for a, b in zip(got, want):
+        assert {k: v for k, v in a.items() if k != "embedding"} == {
+            k: v for k, v in b.items() if k != "embedding"
+        }
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
+    name = f"{bucket_set}/train/shard-000002.tar"
+    data = bytearray(storage.read_bytes(name))
+    data[len(data) // 2] ^= 1
+    flipped = name.replace("/demo/", "/flipped/")
+    storage.write_bytes(flipped, bytes(data))
+    sha = json.loads(storage.read_bytes(f"{bucket_set}/train/shards.json"))["shards"][2]["sha256"]
+    r, e = Worker(str(export), "cpu", 16).shard("train", flipped, sha)
+    assert not r and e[0]["source"] == flipped and e[0]["reason"] == "corrupt_shard"
+    assert main(["--model", str(export), "--shards", f"{bucket_set}/nothing", "--out", "x"]) == 2
+    assert f"{bucket_set}/nothing: no build.json" in capsys.readouterr().err
