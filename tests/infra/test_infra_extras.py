@@ -117,6 +117,7 @@ def test_storage_doc_example_is_a_valid_config(tmp_path):
     assert any(r.startswith("s3://") for r in roots) and any(r.startswith("gs://") for r in roots)
     # the example builds straight into a bucket and trains from it (issue 18)
     assert cfg.build.out.startswith("s3://") and cfg.loader.shards == cfg.build.out
+    assert cfg.train.sync_to.startswith("s3://")  # checkpoints and exports synced to a bucket
     assert cfg.build.augment.llm.server == "external" and cfg.build.augment.llm
 
 

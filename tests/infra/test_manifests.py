@@ -280,6 +280,52 @@ def test_kuberay_rayjob_runs_build_shards_with_a_valid_config():
     assert len(images) == 1  # head and workers run the same code
 
 
+def _entry_config(cmd: list[str]):
+    """The config an example command line runs: ``--config FILE`` plus its ``key=value``
+    overrides (and ``--shards``/``--out`` as the entry scripts map them), through load_config:
+    an unknown key in an example is a ConfigError here, so the examples cannot rot."""
+    from model.config import load_config
+
+    overrides = [a for a in cmd[cmd.index("--config") + 2 :] if "=" in a and "/" not in a[:1]]
+    for flag, key in (("--shards", "loader.shards"), ("--out", "train.out")):
+        if flag in cmd:
+            overrides.append(f"{key}={cmd[cmd.index(flag) + 1]}")
+    return load_config(REPO / cmd[cmd.index("--config") + 1], overrides)
+
+
+@checks("infra/ray/kuberay-rayjob-s3.yaml")
+def test_kuberay_rayjob_builds_into_a_bucket_with_credentials_from_a_secret():
+    secret, job = _docs(INFRA / "ray/kuberay-rayjob-s3.yaml")
+    assert secret["kind"] == "Secret" and job["kind"] == "RayJob"
+    spec = job["spec"]["rayClusterSpec"]
+    _check_ray_cluster_spec(spec, "RayJob s3")
+    cmd = job["spec"]["entrypoint"].split("&&")[-1].split()
+    assert cmd[:2] == ["python", "pipelines/build_shards.py"]
+    cfg = _entry_config(cmd)
+    assert cfg.build.out.startswith("s3://") and cfg.build.scratch
+    for g in _ray_groups(spec):
+        c = _container(g["template"])
+        assert cfg.build.scratch in {m["mountPath"] for m in c["volumeMounts"]}
+        env = {e["name"]: e for e in c["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # botocore's env chain
+            ref = env[key]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": secret["metadata"]["name"], "key": key}
+            assert key in secret["stringData"]
+
+
+def test_sbatch_examples_name_existing_config_keys():
+    """Every ``sbatch infra/slurm/pretrain.sbatch ...`` example in the script's header (a bucket
+    one among them) loads through the trainer's config path."""
+    lines = (INFRA / "slurm/pretrain.sbatch").read_text().splitlines()
+    examples = [
+        ln.lstrip("# ").split()
+        for ln in lines
+        if ln.lstrip("# ").startswith("sbatch infra/slurm/pretrain.sbatch") and "..." not in ln
+    ]
+    cfgs = [_entry_config(cmd) for cmd in examples]
+    assert any(c.loader.shards.startswith("s3://") and c.train.sync_to for c in cfgs), examples
+
+
 @checks("infra/vllm/vllm-server.yaml")
 def test_vllm_server_matches_the_llm_config():
     from dataprep.core.config import LLMConfig
