@@ -27,6 +27,12 @@ from model.sync import SYNCED, pull, push_dir
 CLIP = "esc50_mini/audio/1-248616-A-0.wav"
 
 
+@pytest.fixture(autouse=True)
+def _model_cache(monkeypatch, tmp_path) -> None:
+    """Pulled exports go to the test's tmp dir, never to ~/.cache."""
+    monkeypatch.setenv("POLYCLAP_CACHE", str(tmp_path / "model-cache"))
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
     from model.clap import build_model

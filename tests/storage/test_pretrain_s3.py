@@ -46,8 +46,13 @@ def _config(tmp: Path, **train: object) -> Path:
 
 
 @pytest.mark.slow
-def test_two_steps_from_the_bucket_under_deepspeed(bucket_set, env, tmp_path, port):
-    cfg = _config(tmp_path, max_steps=2, save_every=2)
+def test_two_steps_from_the_bucket_under_deepspeed(
+    s3_module, bucket_set, env, tmp_path, port, monkeypatch
+):
+    """Also the production save path with train.sync_to: both ranks save, rank 0 uploads the
+    checkpoint and the final export; the export loads back from the bucket, checked."""
+    sync = s3_module.bucket("pretrain-runs") + "/tiny"
+    cfg = _config(tmp_path, max_steps=2, save_every=2, sync_to=sync)
     out = tmp_path / "run"
     cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "jobs/pretrain.py",
            "--config", str(cfg), "--shards", bucket_set, "--out", str(out)]  # fmt: skip
@@ -58,6 +63,26 @@ def test_two_steps_from_the_bucket_under_deepspeed(bucket_set, env, tmp_path, po
     assert sorted(r["step"] for r in rows if "loss" in r) == [1, 2]
     assert (out / "final").is_dir()
     assert list((tmp_path / "cache").glob("*.tar"))  # checked shards kept in the local cache
+    # the checkpoint in the bucket: every local file, by sha256, marker and latest last
+    from dataprep.core.atomic import sha256_file
+
+    local_ckpt = out / "checkpoints" / "step-00000002"
+    want = {f.relative_to(local_ckpt).as_posix(): sha256_file(f)
+            for f in local_ckpt.rglob("*") if f.is_file()}  # fmt: skip
+    marker = storage.read_json(f"{sync}/checkpoints/step-00000002/synced.json")
+    assert {k: v["sha256"] for k, v in marker["files"].items()} == want
+    assert "complete.json" in want and any(k.endswith("model_states.pt") for k in want)
+    assert storage.read_bytes(f"{sync}/checkpoints/latest") == b"step-00000002"
+    # the export: loaded from the bucket, the same weights as the local one
+    import torch
+
+    from model.weights import load_for_eval
+
+    monkeypatch.setenv("POLYCLAP_CACHE", str(tmp_path / "model-cache"))
+    remote, _, _ = load_for_eval(f"{sync}/final")
+    local, _, _ = load_for_eval(out / "final")
+    a, b = remote.state_dict(), local.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _pretrain(shards: str, env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess:
