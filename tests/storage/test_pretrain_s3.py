@@ -32,7 +32,8 @@ def bucket_set(s3_module, local_set: Path) -> str:
 @pytest.fixture(scope="module")
 def env(subprocess_env, s3_module) -> dict[str, str]:
     e = {**subprocess_env, **s3_module.env}
-    e["TORCH_EXTENSIONS_DIR"] = str(REPO / ".venv" / "torch_extensions")
+    # a compiled DeepSpeed op the caller already has (its env) is reused, else built under .venv
+    e.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))
     return e
 
 
