@@ -36,7 +36,6 @@ import torch
 from huggingface_hub import ModelHubMixin
 from tqdm.auto import tqdm
 
-from dataprep.core import storage
 from dataprep.core.decode import AudioError
 from dataprep.core.features import feature_fingerprint, make_featurizer
 from dataprep.core.waveform import feature_windows, load_waveform, mel_windows
@@ -51,6 +50,7 @@ from model.inference import (
     transformers_model_type,
 )
 from model.prompts import ANY_LANG, check_labels, ensemble, normalize, resolve_templates
+from model.sync import local_copy
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,8 @@ class CLAP(
         cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any
     ) -> CLAP:
         """A polyclap export or a transformers ClapModel directory (local; see the module
-        docstring), or an export synced to a bucket (``model.sync.pull``: cached, checked).
-        ``device``, ``batch_size``, ``progress`` are passed on."""
-        if storage.is_remote(pretrained_model_name_or_path):
-            from model.sync import pull
-
-            cache = kwargs.pop("cache_dir", None)
-            pretrained_model_name_or_path = pull(str(pretrained_model_name_or_path), cache)
-        path = Path(pretrained_model_name_or_path)
+        docstring) or a synced export's URI (model.sync); device, batch_size, progress go on."""
+        path = local_copy(pretrained_model_name_or_path, kwargs.pop("cache_dir", None))
         if not path.is_dir():
             raise ModelDirError(
                 f"{path}: not a local directory (nothing is downloaded at run time: fetch it "

@@ -122,6 +122,11 @@ def _checked_files(prefix: str, files: Any) -> dict[str, dict[str, Any]]:
     return files
 
 
+def local_copy(loc: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> Path:
+    """A local model directory as a Path; a remote URI pulled first (:func:`pull`)."""
+    return pull(str(loc), cache_dir) if storage.is_remote(loc) else Path(loc)
+
+
 def pull(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A synced export (``<sync_to>/final`` or the ``sync_to`` root itself) as a local directory
     in the cache, every file's sha256 checked against ``synced.json``; files already cached
