@@ -25,7 +25,6 @@ from dataprep.core.decode import AudioError, Decoded, decode  # noqa: F401  (re-
 from dataprep.core.sample import SampleRef
 from dataprep.core.waveform import (  # noqa: F401  (re-exported: the stage's public names)
     CLIP_LEVEL,
-    MAX_POLYPHASE_FACTOR,
     MAX_SAMPLE_RATE_HZ,
     MIN_SAMPLE_RATE_HZ,
     SILENT_LUFS,

@@ -4,11 +4,10 @@
   Byte-identical copies and lossless re-encodes (WAV -> FLAC) of the same audio collide.
 * Near: :func:`audio_fingerprint`, a Haitsma-Kalker style binary fingerprint: one 32-bit word
   per 80 ms hop whose bits are the signs of the time-difference of the energy-difference of 33
-  log-spaced bands between 300 and 3000 Hz. Signs of energy differences do not change with
-  gain; bands in Hz and frames in seconds do not change with the sample rate; lossy codecs
-  flip a few bits only. 10 s of audio is 125 words (500 bytes, 1,000 hex characters).
-  Window/hop were chosen on fixture clips: MP3 re-encodes >= 0.87 similar, unrelated clips
-  <= 0.74, ~0.15 ms of CPU per audio-second.
+  mel bands between 300 and 3000 Hz, taken from the power mel of the default log-mel features
+  (:func:`mel_fingerprint`: a build on those features reuses its own mel, no second FFT).
+  Signs of energy differences do not change with gain; the analysis runs at 16 kHz whatever
+  the input rate; lossy codecs flip a few bits only. 10 s of audio is 122 words.
   :func:`fingerprint_similarity` is the best bit agreement over small time shifts (1.0 =
   identical, ~0.5 for unrelated audio).
 * :class:`DedupIndex` answers "which earlier item is this a copy of" in feeding order, so a
@@ -27,19 +26,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
-from dataprep.core.config import AudioConfig, CorpusConfig
+from dataprep.core.config import AudioConfig, CorpusConfig, FeatureConfig
+from dataprep.core.features import LogMel
 from dataprep.core.sample import Reject, SampleRef, ref_source, sample_key
+from dataprep.core.waveform import resample
 
-FP_HOP_S = 0.08
-FP_WINDOW_S = 0.256  # 2048 samples at 8 kHz: no zero-padding waste in the FFT
-FP_MIN_RATE_HZ = 8000  # analysis rate floor (Nyquist 4 kHz > FP_F_MAX_HZ)
+FP_HOP_FRAMES = 8  # one word per 80 ms (8 mel frames of 10 ms)
+FP_WINDOW_FRAMES = 25  # each word's band energies summed over 250 ms of mel frames
 FP_BANDS = 33  # 33 band energies -> 32 difference bits per frame
 FP_F_MIN_HZ = 300.0
 FP_F_MAX_HZ = 3000.0
 FP_GATE_DB = -40.0  # frames this far below the loudest one carry no bits
 FP_MAX_SHIFT = 4  # frames (320 ms) of misalignment tolerated by the similarity
+# The fingerprint's analysis is the power mel of the default log-mel features: 16 kHz, 25-ms
+# windows every 10 ms, 64 HTK bands to 8 kHz, of which exactly 33 are centred in 300-3000 Hz.
+# A build on these features fingerprints the mel it computes anyway (no second FFT); any other
+# feature config gets the same fingerprint from audio_fingerprint(), so fingerprints never
+# depend on the features a build chose.
+FP_MEL = FeatureConfig(
+    preset="logmel", sample_rate_hz=16000, n_fft=400, win_length=400, hop_length=160,
+    n_mels=64, f_min_hz=0.0, f_max_hz=8000.0, mel_scale="htk",
+)  # fmt: skip
+_MEL_FIELDS = ("preset", "sample_rate_hz", "n_fft", "win_length", "hop_length", "n_mels")
+_MEL_FIELDS += ("f_min_hz", "f_max_hz", "mel_scale")
 
 
 def pcm_sha1(wave: np.ndarray) -> str:
@@ -47,37 +57,51 @@ def pcm_sha1(wave: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(wave, dtype="<f4").tobytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=16)
-def _fp_plan(sample_rate_hz: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
-    """(window, hop, n_fft, band edge bins, window function) for one sample rate."""
-    win = round(FP_WINDOW_S * sample_rate_hz)
-    hop = round(FP_HOP_S * sample_rate_hz)
-    n_fft = 1 << (win - 1).bit_length()
-    top = min(FP_F_MAX_HZ, sample_rate_hz / 2.0)
-    edges_hz = np.geomspace(FP_F_MIN_HZ, top, FP_BANDS + 1)
-    edges = np.round(edges_hz * n_fft / sample_rate_hz).astype(np.int64)
-    return win, hop, n_fft, edges, np.hanning(win).astype(np.float32)
+def shares_fingerprint_mel(cfg: FeatureConfig) -> bool:
+    """Whether the featurizer of ``cfg`` computes :data:`FP_MEL`'s power mel (``LogMel.power``),
+    so :func:`mel_fingerprint` of it is :func:`audio_fingerprint` of the same audio."""
+    return all(getattr(cfg, k) == getattr(FP_MEL, k) for k in _MEL_FIELDS)
+
+
+@functools.lru_cache(maxsize=1)
+def _fp_bands() -> slice:
+    """The FP_MEL bands centred in [FP_F_MIN_HZ, FP_F_MAX_HZ] (HTK mel scale)."""
+    top = 2595.0 * np.log10(1.0 + FP_MEL.f_max_hz / 700.0)
+    centres = 700.0 * (10.0 ** (np.linspace(0.0, top, FP_MEL.n_mels + 2)[1:-1] / 2595.0) - 1.0)
+    inside = np.flatnonzero((centres >= FP_F_MIN_HZ) & (centres <= FP_F_MAX_HZ))
+    assert inside.size == FP_BANDS, inside.size
+    return slice(int(inside[0]), int(inside[-1]) + 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _fp_featurizer() -> LogMel:
+    return LogMel(FP_MEL)
 
 
 def audio_fingerprint(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
-    """uint32 array, one word per hop (empty for audio shorter than ~2 windows)."""
+    """uint32 array, one word per 80 ms hop (empty for audio shorter than ~0.33 s): the
+    :func:`mel_fingerprint` of ``wave``'s FP_MEL power mel (resampled to 16 kHz first)."""
     x = np.asarray(wave, dtype=np.float32).reshape(-1)
-    # The bands stop at 3 kHz: halve the rate (1-2-1 low-pass, keep every other sample) while
-    # it stays >= 8 kHz. Half the FFT work per second of audio, and every input rate lands on
-    # a similar analysis rate.
-    while sample_rate_hz % 2 == 0 and sample_rate_hz // 2 >= FP_MIN_RATE_HZ and x.size >= 3:
-        x = x[:-2:2] * np.float32(0.25) + x[1:-1:2] * np.float32(0.5) + x[2::2] * np.float32(0.25)
-        sample_rate_hz //= 2
-    win, hop, n_fft, edges, window = _fp_plan(sample_rate_hz)
-    if x.size < win + hop:
+    if sample_rate_hz != FP_MEL.sample_rate_hz:
+        x = resample(x, sample_rate_hz, FP_MEL.sample_rate_hz)
+    return mel_fingerprint(_fp_featurizer().power(x))
+
+
+def mel_fingerprint(power_mel: np.ndarray) -> np.ndarray:
+    """The fingerprint words of an FP_MEL power mel ``[64, frames]``.
+
+    Each word: the band energies of 33 mel bands (300-3000 Hz) summed over a 250-ms window,
+    the sign of the time difference of their band-to-band differences (32 bits). Signs of
+    energy differences do not change with gain; lossy codecs flip a few bits only.
+    """
+    bands = np.asarray(power_mel, dtype=np.float32)[_fp_bands()]
+    t = bands.shape[1]
+    if t < FP_WINDOW_FRAMES + FP_HOP_FRAMES:
         return np.zeros(0, dtype=np.uint32)
-    n = 1 + (x.size - win) // hop
-    frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop][:n] * window
-    # scipy's pocketfft keeps float32 (complex64); numpy's took 3.5x longer here.
-    spec = scipy.fft.rfft(frames, n=n_fft)[:, edges[0] : edges[-1]]
-    # Band energies: squares of the interleaved (re, im) floats summed per contiguous bin range.
-    sq = np.square(spec.view(np.float32))
-    energy = np.add.reduceat(sq, 2 * (edges[:-1] - edges[0]), axis=1)  # [n, 33]
+    # Window sums from one cumulative sum: [33, n] energies every FP_HOP_FRAMES frames.
+    csum = np.concatenate([np.zeros((FP_BANDS, 1)), np.cumsum(bands, axis=1, dtype=np.float64)], 1)
+    starts = np.arange(0, t - FP_WINDOW_FRAMES + 1, FP_HOP_FRAMES)
+    energy = (csum[:, starts + FP_WINDOW_FRAMES] - csum[:, starts]).T  # [n, 33]
     band_diff = energy[:, :-1] - energy[:, 1:]  # [n, 32]
     bits = (band_diff[1:] - band_diff[:-1]) > 0  # [n-1, 32]
     packed = np.ascontiguousarray(np.packbits(bits, axis=1, bitorder="little"))
@@ -86,7 +110,7 @@ def audio_fingerprint(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     # unrelated sparse clips look alike): mask them as word 0 = "unknown".
     total = energy.sum(axis=1)
     peak = float(total.max())
-    loud = total >= peak * 10.0 ** (FP_GATE_DB / 10.0) if peak > 0 else np.zeros(n, bool)
+    loud = total >= peak * 10.0 ** (FP_GATE_DB / 10.0) if peak > 0 else np.zeros(len(total), bool)
     words[~(loud[1:] & loud[:-1])] = 0
     return words
 

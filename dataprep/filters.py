@@ -147,14 +147,22 @@ def check_text(
     return None
 
 
-def resolve_language(ref: SampleRef, text: str | None) -> tuple[str | None, str | None]:
+def resolve_language(
+    ref: SampleRef, text: str | None, cfg: FilterConfig | None = None
+) -> tuple[str | None, str | None]:
     """``(language for the sample, detected language worth comparing or None)``.
 
     The corpus's language wins; the detector fills it in when missing and is passed on as the
     second value only when confident enough to contradict the corpus (long text, high score).
+    The detector runs only where its answer decides something: a missing corpus language, or a
+    text long enough for a mismatch verdict that ``cfg.lang_mismatch`` does not ignore.
     """
     body = (text or "").strip()
     if not body:
+        return ref.lang, None
+    if ref.lang is not None and (
+        len(body) < LANG_MIN_CHARS or (cfg is not None and cfg.lang_mismatch == "ignore")
+    ):
         return ref.lang, None
     detected, conf = detect_language(body)
     if ref.lang is None:

@@ -97,6 +97,7 @@ class SampleProcessor:
         # where the corpora (or the checkout holding them) live.
         self.roots = {c.name: CorpusRoot(c.root) for c in self.bcfg.corpora}
         self.logmel = features.make_featurizer(self.fcfg)
+        self.fp_from_mel = dedup.shares_fingerprint_mel(self.fcfg)
         self.eval_index = eval_index
         dc = self.bcfg.dedup
         self.local_index = (
@@ -127,7 +128,7 @@ class SampleProcessor:
         """Normalized text, the sample's language, the detected language worth comparing
         (None when the detector is not confident enough to contradict the corpus), flags."""
         text = text_mod.normalize_text(ref.text, ref.lang) if ref.text else None
-        lang, detected = filters.resolve_language(ref, text)
+        lang, detected = filters.resolve_language(ref, text, self.bcfg.filters)
         return text, lang, detected, list(filters.text_flags(ref, detected, self.bcfg.filters))
 
     # -- one input --------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class SampleProcessor:
     ) -> tuple[dict[str, Any], Reject | None]:
         key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
         pcm = dedup.pcm_sha1(seg.wave)
-        fp = dedup.audio_fingerprint(seg.wave, self.fcfg.sample_rate_hz)
+        fp, mel = self._fingerprint(seg.wave)
         rej = self._dedup_reject(ref, key, pcm, fp)
         if rej is not None:
             return {}, rej
@@ -240,17 +241,28 @@ class SampleProcessor:
             meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
         if not meta["texts"] and self.bcfg.filters.require_text:
             return {}, filters.no_text_reject(ref)
-        return self._pack(key, meta, seg.wave), None
+        return self._pack(key, meta, seg.wave, mel), None
 
     def _source_uri(self, ref: SampleRef) -> str:
         root = self.roots.get(ref.corpus)
         rel = root.relative_uri(ref.audio) if root is not None else None
         return ref.audio if rel is None else rel  # outside every root (evaluation): as given
 
-    def _pack(self, key: str, meta: SampleMeta, wave: np.ndarray) -> dict[str, Any]:
+    def _fingerprint(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The audio fingerprint and, on the default features, the mel it was read from (the
+        fingerprint reads the power mel the features take their log of: one FFT, not two)."""
+        if not self.fp_from_mel:
+            return dedup.audio_fingerprint(wave, self.fcfg.sample_rate_hz), None
+        power = self.logmel.power(wave)
+        return dedup.mel_fingerprint(power), self.logmel.from_power(power)
+
+    def _pack(
+        self, key: str, meta: SampleMeta, wave: np.ndarray, mel: np.ndarray | None = None
+    ) -> dict[str, Any]:
         # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
         meta = canonical_meta(meta)
-        sample: dict[str, Any] = {"__key__": key, MEL: self.logmel(wave), META: meta}
+        mel = self.logmel(wave) if mel is None else mel
+        sample: dict[str, Any] = {"__key__": key, MEL: mel, META: meta}
         texts = meta["texts"]
         sample[TEXT] = texts[0]["text"] if texts else ""
         if self.bcfg.audio.keep_audio:

@@ -129,6 +129,11 @@ class LogMel:
         return 1 + n_samples // self.hop_length
 
     def __call__(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.from_power(self.power(wave))
+
+    def power(self, wave: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The power mel ``[n_mels, frames]`` (float32) before the log: what the audio
+        fingerprint (``dataprep.dedup.mel_fingerprint``) reads, so it needs no FFT of its own."""
         x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
         if x.ndim != 1:
             raise ValueError(f"LogMel expects a mono 1-D waveform, got shape {tuple(x.shape)}")
@@ -138,8 +143,11 @@ class LogMel:
             x = torch.nn.functional.pad(x, (0, min_len - n))
         with torch.no_grad():
             mel = self._mel(x)
-        mel = torch.log(mel + self.cfg.log_offset)
-        mel = mel[:, : self.n_frames(n)]
+        return mel[:, : self.n_frames(n)].numpy()
+
+    def from_power(self, power: np.ndarray) -> np.ndarray:
+        """log(power + offset) in ``cfg.dtype``: the features of :meth:`power`'s output."""
+        mel = torch.log(torch.from_numpy(power) + self.cfg.log_offset)
         return mel.numpy().astype(self._dtype)
 
 

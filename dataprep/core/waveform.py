@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import scipy.signal
+import soxr
 import torch
-import torchaudio
 
 from dataprep.core.config import AudioConfig
 from dataprep.core.decode import AudioError, decode
@@ -36,7 +36,6 @@ SILENT_LUFS = -70.0  # BS.1770 absolute gate: quieter audio is not gain-normaliz
 # 16 kHz is not sound; a header claiming GHz rates is corrupt): reason ``bad_sample_rate``.
 MIN_SAMPLE_RATE_HZ = 1000
 MAX_SAMPLE_RATE_HZ = 1_000_000
-MAX_POLYPHASE_FACTOR = 1000  # see resample(): larger reduced ratios use soxr
 CLIP_LEVEL = 0.999  # |x| at or above this counts as a clipped sample (int16 full scale = 0.99997)
 
 
@@ -87,32 +86,20 @@ def loudness_lufs(wave: np.ndarray, sample_rate_hz: int) -> float:
     return max(STATS_FLOOR_DB, value)
 
 
-@functools.lru_cache(maxsize=16)
-def _resampler(orig_hz: int, target_hz: int) -> Any:
-    # torchaudio's Resample builds the windowed-sinc kernel once; functional.resample rebuilds it
-    # on every call, which cost more than the convolution itself (44.1 -> 16 kHz: ~60 ms/call).
-    g = math.gcd(orig_hz, target_hz)
-    return torchaudio.transforms.Resample(orig_hz // g, target_hz // g)
-
-
 def resample(wave: np.ndarray, orig_hz: int, target_hz: int) -> np.ndarray:
-    """Same numbers as ``torchaudio.functional.resample`` (default sinc window), kernel cached.
+    """Mono float32 ``wave`` from ``orig_hz`` to ``target_hz`` with soxr (``HQ``), in float32.
 
-    torchaudio's polyphase kernel has ``orig/g x target/g`` taps (g = their gcd): 441 x 160 for
-    44.1 kHz, but 13101 x 16000 for a 13101 Hz file, which took minutes and gigabytes (found
-    by the property test). Such rate pairs go through soxr, which converts any ratio in
-    linear time; every common rate keeps the torchaudio path and its exact numbers.
+    soxr converts any rate ratio in linear time (torchaudio's polyphase kernel had
+    ``orig/g x target/g`` taps: 13101 x 16000 for a 13101 Hz file, minutes and gigabytes), ran
+    1.5-3x faster than torchaudio's cached ``Resample`` on the bench rates (48/44.1/32 -> 16 kHz,
+    bench/RESULTS.md), and is flat to 0.92 x Nyquist with a steep stop band, where torchaudio's
+    default Hann sinc droops 1.5 dB at 7 kHz and lets ~-4 dB through just below 8 kHz. It is
+    also what ``librosa.load(sr=...)`` uses (``soxr_hq``).
     """
     if orig_hz == target_hz:
         return wave
-    g = math.gcd(orig_hz, target_hz)
-    if max(orig_hz // g, target_hz // g) > MAX_POLYPHASE_FACTOR:
-        import soxr  # a librosa dependency; imported only for these odd rates
-
-        return soxr.resample(wave, orig_hz, target_hz, quality="HQ").astype(np.float32)
-    with torch.no_grad():
-        out = _resampler(orig_hz, target_hz)(torch.from_numpy(np.ascontiguousarray(wave)))
-    return out.numpy()
+    x = np.ascontiguousarray(wave, dtype=np.float32)
+    return soxr.resample(x, orig_hz, target_hz, quality="HQ")
 
 
 # ------------------------------------------------------------------------------ one waveform
@@ -227,7 +214,12 @@ def load_waveform(
         mono = raw @ np.full(raw.shape[1], 1.0 / raw.shape[1], dtype=np.float32)
     else:
         mono = raw[:, 0]
-    wave = resample(mono, rate, sample_rate_hz).astype(np.float32, copy=False)
+    wave = resample(mono, rate, sample_rate_hz)
+    if wave.shape[0] == 0:
+        raise AudioError(
+            "empty_audio", f"{name}: {raw.shape[0]} samples at {rate} Hz round to none at "
+            f"{sample_rate_hz} Hz"
+        )  # fmt: skip
     if audio is None:
         gain, lufs, peak = 1.0, float("nan"), max(float(wave.max()), -float(wave.min()))
     else:
