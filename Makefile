@@ -39,7 +39,13 @@ test: $(TEST_STAMP) lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# The [bench] extra: lhotse (the peer arm of bench/build_shards.py) and py-spy.
+BENCH_STAMP := $(VENV)/.installed-bench-$(DEPS_HASH)
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[bench]"
+	@touch $@
+
+bench: $(BENCH_STAMP)
 	bash bench/run_all.sh
 
 lint: $(STAMP)
