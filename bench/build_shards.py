@@ -46,7 +46,7 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # after PYTHONPATH: another checkout can be measured
 
 CORPORA = REPO / "tests" / "fixtures" / "corpora"
 SOURCES = ["esc50_mini", "audiocaps_mini", "commonvoice_mini", "librispeech_mini", "cremad_mini"]
@@ -157,6 +157,7 @@ def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float, fl
     import ray
     from profile_build import bench_overrides
 
+    import dataprep
     from dataprep.build.executor import run_build
     from dataprep.core.configfile import load_config
 
@@ -166,8 +167,11 @@ def ours(inputs: Path, out: Path, workers: int) -> tuple[float, float, float, fl
         num_cpus=workers,
         include_dashboard=False,
         logging_level="ERROR",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}},
-    )
+        # The workers import the dataprep this process imported (PYTHONPATH may name another
+        # checkout, to measure it side by side).
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(dataprep.__file__).parents[1]),
+                                  "OMP_NUM_THREADS": "1"}},
+    )  # fmt: skip
     try:
         c0, t0 = time.process_time(), time.perf_counter()
         record = run_build(cfg, out)
