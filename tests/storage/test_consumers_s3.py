@@ -332,3 +332,24 @@ def test_embed_worker_over_a_bucket_equals_local(bucket_set, local_set, synced, 
     assert not r and e[0]["source"] == flipped and e[0]["reason"] == "corrupt_shard"
     assert main(["--model", str(export), "--shards", f"{bucket_set}/nothing", "--out", "x"]) == 2
     assert f"{bucket_set}/nothing: no build.json" in capsys.readouterr().err
+
+
+def test_predict_remote_audio_and_manifest_with_a_synced_model(
+    s3_module, synced, export, corpora_root, tmp_path
+):
+    from jobs.predict import main
+
+    uri = s3_module.bucket("predict-audio") + "/clips"
+    clips = sorted((corpora_root / "esc50_mini" / "audio").glob("*.wav"))[:2]
+    for c in clips:
+        storage.upload(c, f"{uri}/{c.name}")
+    storage.write_bytes(f"{uri}/list.txt", "".join(f"{c.name}\n" for c in clips).encode())
+    remote, local = tmp_path / "remote.jsonl", tmp_path / "local.jsonl"
+    labels = ["--labels", "dog,rain,siren"]
+    assert main(["--model", f"{synced}/final", *labels, "--out", str(remote),
+                 f"{uri}/list.txt"]) == 0  # fmt: skip
+    assert main(["--model", str(export), *labels, "--out", str(local), *map(str, clips)]) == 0
+    got = [json.loads(x) for x in remote.read_text().splitlines()]
+    want = [json.loads(x) for x in local.read_text().splitlines()]
+    assert [g["file"] for g in got] == [f"{uri}/{c.name}" for c in clips]
+    assert [g["top"] for g in got] == [w["top"] for w in want] and not any(g["error"] for g in got)
