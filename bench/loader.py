@@ -129,8 +129,16 @@ def raw_read(split_dir: Path) -> int:
 
 
 def ours(
-    split_dir: Path, features: FeatureConfig, tok: Tokenizer, workers: int, verify: bool = True
+    split_dir: Path,
+    features: FeatureConfig,
+    tok: Tokenizer,
+    workers: int,
+    verify: bool = True,
+    first: list[float] | None = None,
 ) -> int:
+    """Samples of one epoch of the training loader; ``first`` (when given) gets the seconds
+    from the call to the first batch (construction, worker start, first shard read)."""
+    t0 = time.perf_counter()
     ld = ShardLoader(
         split_dir,
         features=features,
@@ -142,7 +150,12 @@ def ours(
         pad_multiple=16,
         verify=verify,
     )
-    return sum(len(b["keys"]) for b in ld.iter_epoch())
+    n = 0
+    for b in ld.iter_epoch():
+        if first is not None and n == 0:
+            first.append(time.perf_counter() - t0)
+        n += len(b["keys"])
+    return n
 
 
 def timed(fn, *args) -> tuple[float, int]:
