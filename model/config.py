@@ -153,8 +153,9 @@ class CalmConfig(_Section):
     multimodal transformer"): the acoustic tokens are followed by the token embeddings of the
     sample's transcript, and the language model reads both. The loader feeds a transcript only
     where it cannot leak the paired text (``dataprep.loader.sample.calm_transcript``): on a
-    training draw whose caption is a template that does not quote the words (``a woman speaking
-    German in an angry voice``); every other sample (captions, quoting templates, the transcript
+    training draw whose text does not derive from the words, a template that does not quote them
+    (``a woman speaking German in an angry voice``) or class names (CREMA-D's ``anger``, its
+    sentence from ``attributes.transcript``); every other sample (captions, quoting templates, the transcript
     itself, paraphrases, crops, validation) goes through audio alone, so that path keeps
     learning and inference without a transcript stays meaningful."""
 

@@ -104,30 +104,40 @@ def calm_transcript(meta: dict[str, Any], text: str) -> str:
 
     The contrastive target must not be readable from the transcript, or the audio embedding
     could match its caption by the words alone and the acoustic side would learn nothing. So a
-    transcript goes in only when the paired text is a template caption that does not quote the
-    words (``a woman speaking German in an angry voice``: gender, language, emotion, which the
-    model must still hear, with the words as context as in CALM's emotion task). Never with the
-    transcript itself, its paraphrases or translations (``original``, ``nlpaug:*``, ``llm:*``),
-    a quoting template (``a man says "{transcript}"``), a caption corpus (no transcript), nor a
-    crop (the caller: a transcript stands for all of its audio). The transcript is the corpus's
-    own original text; class names standing in for a missing one (``source: labels``) are not."""
+    transcript goes in only when the paired text does not derive from the words: a template
+    caption that does not quote them (``a woman speaking German in an angry voice``) or the
+    class names a corpus gave instead of a caption (CREMA-D's ``anger``). Gender, language and
+    emotion must still be heard, with the words as context, as in CALM's emotion task. Never
+    with the transcript itself, its paraphrases or translations (``original``, ``nlpaug:*``,
+    ``llm:*``), a quoting template (``a man says "{transcript}"``), a caption corpus (no
+    transcript), nor a crop (the caller: a transcript stands for all of its audio).
+
+    The transcript is ``attributes.transcript`` (CREMA-D's sentence), else the corpus's own
+    original text of a transcribed task (ASR, keywords)."""
     if not is_transcript_task((meta.get("attributes") or {}).get("task")):
         return ""
     entries = [t for t in meta.get("texts") or () if isinstance(t, dict)]
-    words = next(
+
+    def source(t: dict[str, Any]) -> Any:
+        return (t.get("provenance") or {}).get("source")
+
+    words = str((meta.get("attributes") or {}).get("transcript") or "") or next(
         (
             str(t["text"]) for t in entries
-            if t.get("kind") == KIND_ORIGINAL and t.get("text")
-            and (t.get("provenance") or {}).get("source") != "labels"
+            if t.get("kind") == KIND_ORIGINAL and t.get("text") and source(t) != "labels"
         ),
         "",
     )  # fmt: skip
     if not words.strip() or words.casefold() in text.casefold():
         return ""
     for t in entries:
+        if t.get("text") != text:
+            continue
         template = str((t.get("provenance") or {}).get("template") or "")
-        if t.get("kind") == KIND_TEMPLATE and t.get("text") == text:
-            return "" if "{transcript}" in template else words
+        if t.get("kind") == KIND_TEMPLATE and "{transcript}" not in template:
+            return words
+        if t.get("kind") == KIND_ORIGINAL and source(t) == "labels":
+            return words
     return ""
 
 

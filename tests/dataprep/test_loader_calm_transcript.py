@@ -59,8 +59,15 @@ def test_a_transcript_is_fed_only_beside_a_caption_that_does_not_quote_it():
     assert calm_transcript(meta, PARAPHRASE["text"]) == ""  # its paraphrase
     # a caption corpus has no transcript; class names standing in for one are not a transcript
     assert calm_transcript(_meta("caption", ORIGINAL, PLAIN), PLAIN["text"]) == ""
-    labels = {"text": "angry", "kind": "original", "provenance": {"source": "labels"}}
+    labels = {"text": "anger", "kind": "original", "provenance": {"source": "labels"}}
     assert calm_transcript(_meta("emotion", labels, PLAIN), PLAIN["text"]) == ""
+    # CREMA-D: the sentence is an attribute, the original text the label; the label and a
+    # non-quoting template may go with the words, a quoting template may not
+    cremad = dict(_meta("emotion", labels, PLAIN, QUOTING), attributes={
+        "task": "emotion", "transcript": WORDS})  # fmt: skip
+    assert calm_transcript(cremad, "anger") == WORDS
+    assert calm_transcript(cremad, PLAIN["text"]) == WORDS
+    assert calm_transcript(cremad, QUOTING["text"]) == ""
     # a template that happens to contain the words is refused too
     odd = dict(PLAIN, text=f"speech: {WORDS}")
     assert calm_transcript(_meta("asr", ORIGINAL, odd), odd["text"]) == ""
