@@ -155,9 +155,9 @@ class CalmConfig(_Section):
     where it cannot leak the paired text (``dataprep.loader.sample.calm_transcript``): on a
     training draw whose text does not derive from the words, a template that does not quote them
     (``a woman speaking German in an angry voice``) or class names (CREMA-D's ``anger``, its
-    sentence from ``attributes.transcript``); every other sample (captions, quoting templates, the transcript
-    itself, paraphrases, crops, validation) goes through audio alone, so that path keeps
-    learning and inference without a transcript stays meaningful."""
+    sentence from ``attributes.transcript``); every other sample (captions, quoting templates,
+    the transcript itself, paraphrases, crops, validation) goes through audio alone, so that
+    path keeps learning and inference without a transcript stays meaningful."""
 
     enabled: bool = False
     with_transcript: bool = False
