@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         task_file = load_tasks(args.tasks, args.only)
+        for root in {t.corpus.root for t in task_file.tasks if storage.is_remote(t.corpus.root)}:
+            # endpoint and credentials up front: a reader would list an unreachable root's
+            # items as missing files instead of saying so
+            storage.listing(root)
         model, cfg, tok = load_for_eval(args.checkpoint, args.device)
         columns = [Column("checkpoint", model, cfg, tok, where(args.checkpoint))]
         if not args.no_random_init:

@@ -215,6 +215,27 @@ def test_evaluate_bad_remote_checkpoints_exit_2_naming_the_uri(s3_module, tmp_pa
         assert len(lines) == 1 and want in lines[0], lines
 
 
+def test_evaluate_unreachable_eval_set_exits_2_naming_it(
+    s3_module, export, tmp_path, capsys, monkeypatch
+):
+    from jobs.evaluate import main
+
+    root = s3_module.bucket("eval-dead") + "/esc50"
+    monkeypatch.setattr(storage, "BACKOFF_S", (0.05, 0.1))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    forget_filesystems()
+    try:
+        argv = ["--checkpoint", str(export), "--out", str(tmp_path / "r.json"), "--tasks",
+                str(_task_file(tmp_path, root))]  # fmt: skip
+        assert main(argv) == 2
+    finally:
+        monkeypatch.undo()
+        forget_filesystems()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("evaluate:")]
+    assert len(lines) == 1 and f"{root}: storage unreachable after 4 attempts" in lines[0], lines
+    assert not (tmp_path / "r.json").exists()
+
+
 # ------------------------------------------------------------------ quality report, embed ---
 def _in_process(root: str | Path) -> dict:
     """The report as pipelines/quality_report.py assembles it, its Ray map done in-process."""
