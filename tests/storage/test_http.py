@@ -77,6 +77,7 @@ def test_quality_report_over_http_equals_the_local_one(served_set):
     assert remote == local
 
 
+@pytest.mark.slow  # two evaluate runs (~1 min on a busy 2-core box); the S3 one is not slow
 def test_evaluate_an_eval_set_over_http(http_root, export, corpora_root, tmp_path):
     from jobs.evaluate import main
 
