@@ -2,6 +2,7 @@
 
     m = CLAP.from_pretrained("outputs/demo/run/final")   # or a transformers ClapModel dir
     probs = m.zero_shot(["dog.wav"], ["dog barking", "rain"])   # [1, 2], rows sum to 1
+    fs = m.frame_similarity("street.wav", ["dog barking", "rain"])  # fs.scores [T, 2], fs.starts_s
 
 Audio goes through exactly the waveform path of training (``dataprep.core.waveform``: decode any
 codec/rate/channels, downmix, resample to the feature rate, the build's loudness gain), then the
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from dataprep.core.decode import AudioError
 from dataprep.core.features import feature_fingerprint, make_featurizer
 from dataprep.core.waveform import feature_windows, load_waveform, mel_windows
+from model.frames import FrameAlignment
 from model.inference import (
     ItemError,
     ModelDirError,
@@ -67,9 +69,13 @@ EXPORT_FILES = {
 
 
 class CLAP(
-    ModelHubMixin, library_name="polyclap", tags=["audio", "clap", "zero-shot-audio-classification"]
+    FrameAlignment,
+    ModelHubMixin,
+    library_name="polyclap",
+    tags=["audio", "clap", "zero-shot-audio-classification"],
 ):
-    """A trained polyclap model (or an imported ClapModel) ready for embedding."""
+    """A trained polyclap model (or an imported ClapModel) ready for embedding; frame-level
+    similarity (``frame_similarity``) from :class:`model.frames.FrameAlignment`."""
 
     def __init__(
         self,
@@ -151,16 +157,9 @@ class CLAP(
         from model.weights import load_for_eval
 
         net, cfg, tok = load_for_eval(path)
-        pre = Preprocessing(
-            cfg.features,
-            cfg.build.audio,
-            cfg.build.audio.max_segment_s,
-            cfg.build.audio.segment_overlap_s,
-            int(cfg.model.audio.max_frames),
-        )
         return cls(
             net,
-            pre,
+            Preprocessing.of(cfg),
             make_tokenize(tok, cfg.model.text),
             kind="polyclap",
             source=str(path),

@@ -14,9 +14,15 @@ Input ``mel [B, n_mels, T]`` (float, any dtype; cast to the weights' dtype) with
   (``multirate=(r1, r2, ...)``): per-time-step features are average-pooled in windows of ``r``
   time patches and max-pooled over windows; the rate features are concatenated with the main
   pooled feature and projected back to ``dim``.
-- ``local_window``: MGA-CLAP's locality-aware block. The LAST block attends only within
-  ``+-local_window`` time patches (the CLS token, when present, attends globally), so its output
-  keeps frame-local detail instead of being washed out by global attention.
+- ``band_window``: banded attention. The LAST block attends only within ``+-band_window`` time
+  patches (the CLS token, when present, attends globally). A restriction of the main path, not
+  MGA-CLAP's locality-aware block.
+- ``locality_blocks = k``: MGA-CLAP's locality-aware block (Li et al. 2024). The frame features
+  branch off the main path at the input of the last ``k`` blocks and run through those blocks'
+  :meth:`~model.layers.Block.value_path` (each token its own projected value, no attention
+  mixing, no feed-forward), then the shared final norm. The pooled clip feature is unchanged
+  (main path); ``return_frames`` gives the value-path frames, which is what the MGA-CLAP codebook
+  aggregates and what ``frame_similarity`` compares with text.
 """
 
 from __future__ import annotations
@@ -136,9 +142,9 @@ class AudioEncoder(nn.Module):
         return pos.reshape(tp * fp, d)
 
     def _local_mask(self, tp: int, device: torch.device) -> Tensor:
-        """``[N, N]`` bool: tokens attend within +-local_window time patches (CLS: global)."""
+        """``[N, N]`` bool: tokens attend within +-band_window time patches (CLS: global)."""
         t_idx = torch.arange(tp, device=device).repeat_interleave(self.freq_patches)
-        allowed = (t_idx[:, None] - t_idx[None, :]).abs() <= self.cfg.local_window
+        allowed = (t_idx[:, None] - t_idx[None, :]).abs() <= self.cfg.band_window
         if self.cls is not None:
             n = allowed.shape[0] + 1
             full = torch.ones(n, n, dtype=torch.bool, device=device)
@@ -203,9 +209,14 @@ class AudioEncoder(nn.Module):
             x = torch.cat([self.cls.expand(b, -1, -1).to(x.dtype), x], dim=1)
             kmask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), tmask], 1)
         x = self.drop(x)
-        local = self._local_mask(tp, x.device) if self.cfg.local_window is not None else None
+        band = self._local_mask(tp, x.device) if self.cfg.band_window is not None else None
+        # the frame path starts at block ``branch`` (only computed when frames are asked for)
+        branch = len(self.blocks) - self.cfg.locality_blocks if return_frames else len(self.blocks)
+        v = None
         for i, block in enumerate(self.blocks):
-            x = block(x, kmask, local if i == len(self.blocks) - 1 else None)
+            if i >= branch:
+                v = block.value_path(x if v is None else v)
+            x = block(x, kmask, band if i == len(self.blocks) - 1 else None)
         x = self.norm(x)
         tokens = x[:, 1:] if self.cls is not None else x
         if self.cls is not None:
@@ -218,5 +229,8 @@ class AudioEncoder(nn.Module):
             pooled = self.rate_proj(torch.cat([pooled, *self._multirate(tokens, tmask, tp)], -1))
         if not return_frames:
             return pooled
+        if v is not None:  # the locality-aware frame path
+            v = self.norm(v)
+            tokens = v[:, 1:] if self.cls is not None else v
         frames = tokens.view(b, tp, self.freq_patches, -1).mean(dim=2)
         return pooled, frames, tvalid

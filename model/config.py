@@ -10,6 +10,7 @@ The mel parameters are NOT here: the audio encoder reads ``n_mels`` from the fea
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,7 @@ from dataprep.core.config import DataConfig, Section
 from dataprep.core.configfile import load_config as _load_config
 
 _Section = Section
+log = logging.getLogger(__name__)
 
 
 class SpecAugmentConfig(_Section):
@@ -45,13 +47,38 @@ class AudioEncoderConfig(_Section):
     dropout: float = 0.1
     pooling: Literal["cls", "attentive", "mean"] = "cls"
     multirate: tuple[int, ...] = ()  # extra pooling rates in patches (CALM multirate pooling)
-    local_window: int | None = None  # MGA-CLAP locality-aware attention window (patches)
+    # banded attention: the LAST block attends only within +-band_window time patches (None: off)
+    band_window: int | None = Field(None, ge=0)
+    # MGA-CLAP's locality-aware block: the frame features (frame_similarity, the codebook) leave
+    # the last N blocks through a parallel value-only path (no attention mixing, no MLP); 0: off,
+    # frames are the main path's tokens. The clip embedding always takes the main path.
+    locality_blocks: int = Field(0, ge=0)
     specaugment: SpecAugmentConfig | None = SpecAugmentConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_local_window(cls, data: Any) -> Any:
+        # Exports written before the rename carry ``local_window``: it was always banded
+        # attention, never MGA-CLAP's locality-aware block, so it now has that name.
+        if isinstance(data, dict) and "local_window" in data:
+            data = dict(data)
+            value = data.pop("local_window")
+            if value is not None:
+                log.warning("model.audio.local_window is now model.audio.band_window")
+            data.setdefault("band_window", value)
+        return data
 
     @model_validator(mode="after")
     def _hf_needs_path(self) -> AudioEncoderConfig:
         if self.kind != "patch" and not self.path:
             raise ValueError(f"audio.kind={self.kind} needs audio.path (a local model directory)")
+        for key in ("locality_blocks", "band_window"):
+            if getattr(self, key) and self.kind != "patch":
+                raise ValueError(f"audio.{key} needs audio.kind=patch, not {self.kind}")
+        if self.locality_blocks > self.depth:
+            raise ValueError(
+                f"audio.locality_blocks={self.locality_blocks} exceeds audio.depth={self.depth}"
+            )
         return self
 
 

@@ -36,6 +36,14 @@ class Preprocessing:
     overlap_s: float
     max_frames: int  # each segment's features in windows of at most this many frames
 
+    @classmethod
+    def of(cls, cfg: Any) -> Preprocessing:
+        """A polyclap model's, from its ExperimentConfig (build audio settings, features)."""
+        a = cfg.build.audio
+        return cls(
+            cfg.features, a, a.max_segment_s, a.segment_overlap_s, int(cfg.model.audio.max_frames)
+        )
+
 
 @dataclass(frozen=True)
 class ItemError:

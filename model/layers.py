@@ -2,8 +2,12 @@
 
 Pre-norm blocks over ``[B, N, D]`` token sequences with a boolean key-padding mask
 (``True`` = real token) and an optional extra boolean attention mask ``[N, N]``
-(``True`` = may attend), used by the MGA-CLAP locality-aware block. All randomness (dropout)
-draws from the global torch RNG so that the gradient cache can replay it exactly.
+(``True`` = may attend), used by the audio tower's banded last block. All randomness
+(dropout) draws from the global torch RNG so that the gradient cache can replay it exactly.
+
+:meth:`Block.value_path` is MGA-CLAP's locality-aware block (Li et al. 2024): the same block's
+weights, but the attention output of a token is its own value, projected (no softmax mixing
+over tokens) and there is no feed-forward. Token i's output depends on token i's input only.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class Attention(nn.Module):
         )
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
+    def value(self, x: Tensor) -> Tensor:
+        """``proj(v)`` per token: the value rows of ``qkv`` then the output projection, as if
+        every token attended to itself only (the heads' values, concatenated, are ``v``)."""
+        d = x.shape[-1]
+        v = F.linear(x, self.qkv.weight[2 * d :], self.qkv.bias[2 * d :])
+        return self.proj(v)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
@@ -58,6 +69,10 @@ class Block(nn.Module):
     ) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), key_mask, attn_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def value_path(self, x: Tensor) -> Tensor:
+        """The locality-aware block: ``x + proj(v(norm1(x)))``, per token, no MLP."""
+        return x + self.drop(self.attn.value(self.norm1(x)))
 
 
 def sinusoid(n: int, dim: int, device: torch.device | None = None) -> Tensor:

@@ -26,7 +26,7 @@ def tiny_config(**audio_overrides) -> ModelConfig:
         "dropout": 0.1,
         "pooling": "attentive",
         "multirate": (2, 4),
-        "local_window": 2,
+        "band_window": 2,
         "specaugment": SpecAugmentConfig(freq_mask=4, time_mask=8),
     }
     audio.update(audio_overrides)

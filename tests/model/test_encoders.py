@@ -14,9 +14,9 @@ from model.clap import build_model
 from model.config import SpecAugmentConfig, TextEncoderConfig
 
 VARIANTS = [
-    {"pooling": "cls", "positions": "learned", "multirate": (), "local_window": None},
-    {"pooling": "mean", "positions": "sinusoidal", "multirate": (2,), "local_window": None},
-    {"pooling": "attentive", "positions": "learned", "multirate": (2, 4), "local_window": 1},
+    {"pooling": "cls", "positions": "learned", "multirate": (), "band_window": None},
+    {"pooling": "mean", "positions": "sinusoidal", "multirate": (2,), "band_window": None},
+    {"pooling": "attentive", "positions": "learned", "multirate": (2, 4), "band_window": 1},
     # CALM linearized time patches: one patch spans all mel bins and k frames.
     {
         "pooling": "cls",
@@ -24,7 +24,7 @@ VARIANTS = [
         "patch_freq": N_MELS,
         "patch_time": 2,
         "multirate": (3,),
-        "local_window": 2,
+        "band_window": 2,
     },
 ]
 
@@ -58,10 +58,10 @@ def test_patch_grid_and_calm_time_patches():
         enc(torch.randn(2, N_MELS + 1, 13))
 
 
-def test_local_window_changes_the_last_block_only_when_set():
+def test_band_window_changes_the_last_block_only_when_set():
     torch.manual_seed(0)
-    a = AudioEncoder(tiny_config(local_window=None).audio, N_MELS).eval()
-    b = AudioEncoder(tiny_config(local_window=1).audio, N_MELS).eval()
+    a = AudioEncoder(tiny_config(band_window=None).audio, N_MELS).eval()
+    b = AudioEncoder(tiny_config(band_window=1).audio, N_MELS).eval()
     b.load_state_dict(a.state_dict())
     mel = torch.randn(2, N_MELS, 40)
     assert (a(mel) - b(mel)).abs().max() > 1e-5
