@@ -14,7 +14,8 @@ the floor every number must beat), and ``--compare`` when given. Evaluation
 audio is read with the corpus readers and featurized by the training code with the model's
 feature config; featurized sets are cached per feature fingerprint (--cache-dir).
 Writes ``--out`` (JSON, every number) and the Markdown table beside it (``.md``).
-Task types: zero_shot, retrieval, emotion, keyword_spotting, linear_probe, few_shot
+Task types: zero_shot, retrieval, emotion, keyword_spotting, linear_probe, few_shot,
+sound_event_detection
 (see dataprep/evaluation/tasks.py and configs/tasks/*.yaml).
 """
 

@@ -6,4 +6,5 @@
 - :mod:`.embed`   — frozen-model embeddings (windowed audio, batched text)
 - :mod:`.metrics` — accuracy, retrieval R@k / mAP@10, bootstrap confidence intervals
 - :mod:`.runner`  — one function per task type, the result JSON and the Markdown table
+- :mod:`.sed`     — zero-shot sound-event detection: frame scores -> events -> PSDS (psds_eval)
 """

@@ -26,6 +26,7 @@ from dataprep.evaluation.common import TaskError, _argmax_or_wrong, _audio, _lab
 from dataprep.evaluation.data import EvalItem, load_eval_set, select
 from dataprep.evaluation.embed import Embedder
 from dataprep.evaluation.probes import task_few_shot, task_linear_probe
+from dataprep.evaluation.sed import task_sound_event_detection
 from dataprep.evaluation.tasks import EMOTION_WORDS, Defaults, TaskConfig, TaskFile
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,12 @@ def evaluate(
         t0 = time.perf_counter()
         for col in columns:
             try:
+                if task.type == "sound_event_detection":  # files as they are: no trim, no cache
+                    sed_metrics, info = task_sound_event_detection(task, col, d, device)
+                    rec.update(info)
+                    for metric, est in sed_metrics.items():
+                        rec["metrics"].setdefault(metric, {})[col.name] = est.as_dict()
+                    continue
                 es = load_eval_set(col.cfg, task.corpus, cache_dir)
                 items = select(es, task.split, task.max_items)
                 if not items:

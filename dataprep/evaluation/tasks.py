@@ -7,7 +7,7 @@
     tasks:
       - name: esc50_zero_shot
         type: zero_shot                    # zero_shot | retrieval | emotion | keyword_spotting
-                                           # | linear_probe | few_shot
+                                           # | linear_probe | few_shot | sound_event_detection
         corpus: {name: esc50, reader: esc50, root: /data/ESC-50, options: {eval_folds: [5]}}
         split: test                        # keep items whose corpus split is this (None: all)
         templates: {en: ["the sound of {}", "{}"]}
@@ -16,6 +16,11 @@
         corpus: {name: mswc, reader: mswc, root: /data/mswc, options: {languages: [sw, ta]}}
         k: 5
         per_lang: true                     # accuracy_<lang> per language and overall
+      - name: mixtures_sed                 # zero-shot sound-event detection (frame_similarity)
+        type: sound_event_detection
+        corpus: {name: mixtures, reader: folder, root: /data/mixtures}
+        ground_truth: events.tsv           # DCASE tsv: filename onset offset event_label
+        sed: {median_filter: 3, thresholds: 50, dtc_threshold: 0.7, gtc_threshold: 0.7}
 
 Relative corpus roots are resolved against the current directory, then against the repository
 root (so the shipped demo file works from anywhere inside a checkout).
@@ -38,7 +43,13 @@ from model.prompts import DEFAULT_TEMPLATES, EMOTION_TEMPLATES, KEYWORD_TEMPLATE
 REPO = Path(__file__).resolve().parents[2]
 
 TaskType = Literal[
-    "zero_shot", "retrieval", "emotion", "keyword_spotting", "linear_probe", "few_shot"
+    "zero_shot",
+    "retrieval",
+    "emotion",
+    "keyword_spotting",
+    "linear_probe",
+    "few_shot",
+    "sound_event_detection",
 ]
 
 # CREMA-D / RAVDESS label names -> the adjective used in prompts
@@ -57,6 +68,27 @@ class Defaults(_Model):
     batch_size: int = 32
     n_boot: int = 1000  # bootstrap resamples for the 95% interval
     seed: int = 0
+
+
+class SedOptions(_Model):
+    """``sound_event_detection``: frame scores -> events -> PSDS (``psds_eval``, DCASE's
+    reference implementation). Defaults: the DCASE PSDS1 scenario."""
+
+    median_filter: int = Field(1, ge=1)  # frames (odd); 1: no smoothing of the frame scores
+    thresholds: int = Field(50, ge=2)  # operating points, at quantiles of all frame scores
+    dtc_threshold: float = Field(0.7, ge=0.0, le=1.0)  # detection tolerance criterion
+    gtc_threshold: float = Field(0.7, ge=0.0, le=1.0)  # ground-truth intersection criterion
+    cttc_threshold: float = Field(0.3, ge=0.0, le=1.0)  # cross-trigger tolerance criterion
+    alpha_ct: float = Field(0.0, ge=0.0)  # cross-trigger weight in the effective FP rate
+    alpha_st: float = Field(1.0, ge=0.0)  # cost of instability across classes
+    max_efpr: float = Field(100.0, gt=0.0)  # effective FPs per duration_unit the ROC spans
+    duration_unit: Literal["minute", "hour"] = "hour"
+
+    @model_validator(mode="after")
+    def _odd_filter(self) -> SedOptions:
+        if self.median_filter % 2 == 0:
+            raise ValueError(f"sed.median_filter must be odd, got {self.median_filter}")
+        return self
 
 
 class TaskConfig(_Model):
@@ -79,9 +111,16 @@ class TaskConfig(_Model):
     episodes: int = 20  # few_shot: random support draws averaged
     per_lang: bool = False  # few_shot: classes within each language (few-shot keyword spotting)
     max_items: int | None = None
+    # sound_event_detection: DCASE ground truth (tab-separated filename, onset, offset,
+    # event_label; filename = the reader's source_id, a path relative to the corpus root);
+    # relative to the corpus root unless absolute. Its event labels are the classes.
+    ground_truth: str | None = None
+    sed: SedOptions = SedOptions()
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
+        if (self.type == "sound_event_detection") != (self.ground_truth is not None):
+            raise ValueError("ground_truth is what type sound_event_detection needs (and only it)")
         if self.type == "few_shot" and self.k < 1:
             raise ValueError("few_shot needs k >= 1")
         if self.type == "linear_probe" and self.folds < 2:
