@@ -2,7 +2,6 @@
 
     m = CLAP.from_pretrained("outputs/demo/run/final")   # or a transformers ClapModel dir
     probs = m.zero_shot(["dog.wav"], ["dog barking", "rain"])   # [1, 2], rows sum to 1
-    fs = m.frame_similarity("street.wav", ["dog barking", "rain"])  # fs.scores [T, 2], fs.starts_s
 
 Audio goes through exactly the waveform path of training (``dataprep.core.waveform``: decode any
 codec/rate/channels, downmix, resample to the feature rate, the build's loudness gain), then the
@@ -74,8 +73,7 @@ class CLAP(
     library_name="polyclap",
     tags=["audio", "clap", "zero-shot-audio-classification"],
 ):
-    """A trained polyclap model (or an imported ClapModel) ready for embedding; frame-level
-    similarity (``frame_similarity``) from :class:`model.frames.FrameAlignment`."""
+    """A trained polyclap model (or an imported ClapModel); frame-level: model.frames."""
 
     def __init__(
         self,
