@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "overrides", nargs="*", help="config overrides used for the build: section.key=value"
     )
-    args = p.parse_args(argv)
+    # intermixed: overrides may follow --repair --config FILE, as the usage line shows
+    args = p.parse_intermixed_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

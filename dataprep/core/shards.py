@@ -105,7 +105,8 @@ def shard_paths(split_dir: str | os.PathLike[str]) -> list[Path | str]:
 class SplitCheck:
     """What :func:`verify_split` found. ``samples`` is the split's sample count as training
     sees it and the build reports it: samples in the tars minus the keys ``shards.json``
-    excludes (cross-shard duplicates, left in their tar so finished shards never change)."""
+    excludes (cross-shard duplicates and percentile curation cuts, left in their tar so finished
+    shards never change)."""
 
     split: str
     problems: list[str] = field(default_factory=list)
@@ -245,7 +246,8 @@ def describe_counts(checks: list[SplitCheck]) -> str:
     if excluded:
         where = ", ".join(f"{c.split} {c.excluded}" for c in checks if c.excluded)
         text += (
-            f"; the tars hold {total + excluded}: {excluded} cross-shard duplicates ({where}) stay "
-            f"in their tars but are excluded by shards.json, as the build counts them"
+            f"; the tars hold {total + excluded}: {excluded} cross-shard duplicates or "
+            f"CLAP-score cuts ({where}) stay in their tars but are excluded by shards.json, as "
+            f"the build counts them"
         )
     return text

@@ -235,3 +235,24 @@ def test_resume_after_losing_a_curated_shard_gives_the_same_bytes(
     assert pq.read_table(copy / "train" / shards.REJECTS).to_pylist() == rejects_before
     assert all(math.isfinite(r["score"]) for r in pq.read_table(copy / "train" / curation.SCORES)
                .to_pylist())  # fmt: skip
+
+
+@pytest.mark.slow
+def test_repair_rescores_a_corrupt_curated_shard(curated: Path, tmp_path, subprocess_env, clap_dir):
+    """verify_shards --repair rebuilds a corrupt curated shard through the same injected scorer:
+    the repaired set equals the original, percentile exclusions and scores included."""
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(curated, copy)
+    victim = copy / "train" / shards.read_shards_json(copy / "train")["shards"][-1]["name"]
+    data = bytearray(victim.read_bytes())
+    data[700] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    cmd = [sys.executable, "pipelines/verify_shards.py", str(copy), "--repair", "--config",
+           str(CONFIG), *curate(clap_dir)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
+    assert proc.returncode == 0 and "repaired" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    for p in (shards.SHARDS_JSON, curation.SCORES, shards.REJECTS):
+        assert (copy / "train" / p).read_bytes() == (curated / "train" / p).read_bytes(), p

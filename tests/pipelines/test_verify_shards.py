@@ -70,7 +70,8 @@ def test_counts_agree_with_build_and_name_the_excluded(tmp_path: Path, subproces
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = proc.stdout.strip().splitlines()[-1]
     assert "11 samples (train 7, val 4)" in line, line
-    assert "the tars hold 13: 2 cross-shard duplicates (train 2)" in line and "excluded" in line
+    assert "the tars hold 13: 2 cross-shard duplicates or CLAP-score cuts (train 2)" in line
+    assert "excluded" in line
 
 
 def test_disagreement_with_build_json_is_a_problem(tmp_path: Path, subprocess_env) -> None:
