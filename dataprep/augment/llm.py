@@ -268,8 +268,16 @@ class LLMAugmenter:
         """``(accepted entries, [(reason, detail), ...])`` for one sample, in request order."""
         jobs = self.jobs(meta, texts)
         results = list(self.pool.map(self._run, jobs))
-        accepted, rejects = [], []
-        for entry, rej in results:
+        accepted: list[dict[str, Any]] = []
+        rejects: list[tuple[str, str]] = []
+        for i, (entry, rej) in enumerate(results):
+            twin = entry is not None and next(
+                (a for a in accepted if val.same_text(a["text"], entry["text"])), None
+            )
+            if twin:  # two tasks' replies agree (caption "a dog barks" = paraphrase): keep one
+                task = entry["provenance"]["task"]  # type: ignore[index]
+                rej = ("llm_copy", f"{task}->{jobs[i].target_lang}: output repeats the sample's "
+                       f"{twin['provenance']['task']} {twin['text'][:80]!r}")  # fmt: skip
             if rej is not None:
                 rejects.append(rej)
                 self.rejected[rej[0]] = self.rejected.get(rej[0], 0) + 1

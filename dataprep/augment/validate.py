@@ -83,6 +83,11 @@ def _squash(text: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold() if ch.isalnum())
 
 
+def same_text(a: str, b: str) -> bool:
+    """Equal up to case, spaces and punctuation (what a copy is)."""
+    return _squash(a) == _squash(b)
+
+
 def parse_caption(content: str) -> str | None:
     """The ``caption`` of a JSON reply, or None when the reply is not the JSON we asked for."""
     try:

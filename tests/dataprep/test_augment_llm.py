@@ -162,6 +162,30 @@ def test_worked_examples_are_chat_turns_and_an_echoed_example_is_a_copy(
         aug.close()
 
 
+def test_two_tasks_with_one_reply_keep_one_text_and_record_the_other(
+    server: Scripted, tmp_path: Path
+) -> None:
+    from dataprep.augment.llm import LLMAugmenter
+
+    meta = {"id": "esc50-1", "corpus": "esc50", "lang": None, "labels": ["dog"],
+            "attributes": {"task": "classification"}}  # fmt: skip
+    texts = [
+        {"text": "dog", "lang": "en", "kind": "original", "provenance": {"source": "labels"}},
+        {"text": "the sound of a dog barking", "lang": "en", "kind": "template"},
+    ]
+    server.script = lambda body, n: (200, caption("a dog barks"), 0.0)
+    cfg = _cfg(server.url, tmp_path, tasks=("paraphrase", "caption")).llm
+    aug = LLMAugmenter(cfg, seed=1, base_url=server.url)
+    try:
+        out, rejects = aug.augment(meta, texts)
+    finally:
+        aug.close()
+    assert [(e["text"], e["provenance"]["task"]) for e in out] == [("a dog barks", "paraphrase")]
+    assert rejects == [
+        ("llm_copy", "caption->en: output repeats the sample's paraphrase 'a dog barks'")
+    ]
+
+
 def test_http_500_is_retried_then_succeeds(server: Scripted, tmp_path: Path) -> None:
     server.script = lambda body, n: (
         (500, {"error": "overloaded"}, 0.0) if n <= 2 else (200, caption(GOOD), 0.0)
