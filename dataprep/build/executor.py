@@ -260,7 +260,7 @@ def _record(
                 "split": t.split,
                 "name": t.name,
                 "samples": p["entry"]["samples"],
-                "rejects": len(p["rejects"]),
+                "rejects": p["rejects"],
                 **p["stats"],
             }
             for t, p in zip(plan.shards, parts)
@@ -268,7 +268,7 @@ def _record(
     }
 
 
-def _todo(out: str | Path, work: Path, plan: Plan) -> list[ShardTask]:
+def todo_shards(out: str | Path, work: Path, plan: Plan) -> list[ShardTask]:
     """The shards still to build: checked against the bucket listing for a remote out."""
     if storage.is_remote(out):
         done = remote.done_shards(str(out), work, plan.shards)
@@ -316,7 +316,7 @@ def run_build(
         manifest_path = manifest.write_manifest(work, plan.rows)
         if is_remote:
             remote.push_plan(work, out)
-    todo = _todo(out, work, plan)
+    todo = todo_shards(out, work, plan)
     with _timed(timings, "eval_index_s"):
         index, eval_rejects = eval_index(cfg, work)
     with _timed(timings, "execute_s"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,18 @@ MANIFEST = "manifest.parquet"
 MANIFEST_ROW_GROUP = 4096  # rows per parquet row group: a task reads ~1-2 groups
 DEFAULT_DURATION_S = 10.0  # estimate for an input whose duration is unknown without decoding
 
+_REF_FIELDS = tuple(f.name for f in fields(SampleRef))
+_TYPES = {"labels": pa.list_(pa.string()), "captions": pa.list_(pa.string())}
+_TYPES.update((f, pa.float64()) for f in ("start_s", "end_s", "duration_s"))
+# One row per SampleRef (its fields in order, ``extra`` as JSON), the scan's duration estimate
+# and the planner's split; explicit, so a row group whose column is all None keeps its type.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        *((f, _TYPES.get(f, pa.string())) for f in _REF_FIELDS),
+        ("est_duration_s", pa.float64()),
+        ("build_split", pa.string()),
+    ]
+)
 REJECT_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -39,7 +51,8 @@ REJECT_SCHEMA = pa.schema(
 
 def ref_row(ref: SampleRef) -> dict[str, Any]:
     """A SampleRef as a flat manifest row (``extra`` as sorted JSON)."""
-    row = asdict(ref)
+    # not dataclasses.asdict: its recursive deep copy was ~40 % of a scan's CPU (10M rows)
+    row = {f: getattr(ref, f) for f in _REF_FIELDS}
     row["labels"] = list(ref.labels)
     row["captions"] = list(ref.captions)
     row["extra"] = json.dumps(dict(ref.extra), sort_keys=True, default=str)
@@ -103,9 +116,15 @@ def write_table(
 
 
 def write_manifest(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write the planned rows as ``<out>/manifest.parquet``; returns its path."""
+    """Write the planned rows as ``<out>/manifest.parquet``; returns its path. Streamed one row
+    group at a time against :data:`MANIFEST_SCHEMA`, so the driver never holds a second, Arrow
+    copy of every row (10M inputs: ~3 GB more)."""
     path = out / MANIFEST
-    write_table(path, rows, row_group_size=MANIFEST_ROW_GROUP)
+    g = MANIFEST_ROW_GROUP
+    with atomic.atomic_path(path) as tmp, pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+        for i in range(0, len(rows), g):
+            chunk = pa.Table.from_pylist(rows[i : i + g], schema=MANIFEST_SCHEMA)
+            writer.write_table(chunk, row_group_size=g)
     return path
 
 

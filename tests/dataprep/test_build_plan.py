@@ -139,3 +139,40 @@ def test_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
         f.write_bytes(b"x")
     assert remove_leftovers(tmp_path) == len(junk)
     assert all(f.exists() for f in keep) and not any(f.exists() for f in junk)
+
+
+def test_plan_sha256_streams_the_same_hash_as_the_json_of_every_id(scanned: list[dict]) -> None:
+    # issue 20: the hash is streamed shard by shard; it must equal the one plan.json files of
+    # earlier builds hold (a json.dumps of every input id per shard), or their resume would stop
+    import hashlib
+    import json
+
+    from dataprep.build.plan import Plan, plan_sha256
+
+    c = cfg(shards={"max_samples_per_shard": 7}, splits={"val_fraction": 0.2, "test_fraction": 0.2})
+    plan = plan_shards(scanned, c)
+    summary: dict[str, list[list[str]]] = {}
+    for task in plan.shards:
+        ids = [f"{r['corpus']}:{r['source_id']}@{r.get('start_s')}" for r in plan.rows_of(task)]
+        summary.setdefault(task.split, []).append(ids)
+    assert len(summary) == 3
+    want = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+    assert plan_sha256(plan) == want
+    empty = hashlib.sha256(json.dumps({}).encode()).hexdigest()[:16]
+    assert plan_sha256(Plan(rows=[], shards=[])) == empty
+
+
+def test_scale_simulation_runs_the_production_bookkeeping_at_a_tiny_size(tmp_path: Path) -> None:
+    # keeps bench/scale_sim.py from rotting: the same stages at 2,000 inputs (no timing asserted)
+    out = tmp_path / "sim.json"
+    cmd = [sys.executable, "bench/scale_sim.py", "--sizes", "2000", "--per-shard", "50",
+           "--json", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    import json
+
+    (res,) = json.loads(out.read_text())
+    assert res["inputs"] == 2000 and res["shards"] >= 40
+    assert sum(c["samples"] for c in res["counts"].values()) < 2000  # exact duplicates excluded
+    assert set(res["stages"]) == {
+        "scan", "plan", "resume", "finalize", "epoch", "weighted", "report", "report_jobs"
+    }  # fmt: skip
