@@ -84,11 +84,12 @@ def collate(spec: BatchSpec, samples: list[Sample]) -> dict[str, Any]:
     width = min(-(-width // m) * m, max(spec.max_frames, m))
     # the on-disk dtype (float16 by default): half the bytes to move; the trainer casts on device
     dtype = np.float16 if spec.features.dtype == "float16" else np.float32
-    mel = np.empty((len(samples), spec.features.n_mels, width), dtype=dtype)
+    # zeros: calloc'd pages, so only the frames written are touched (3 s clips in a 1024-frame
+    # batch: 30 %), instead of writing the padding too
+    mel = np.zeros((len(samples), spec.features.n_mels, width), dtype=dtype)
     for i, s in enumerate(samples):
         n = min(lengths[i], width)
         mel[i, :, :n] = s["mel"][:, :n]
-        mel[i, :, n:] = 0
     texts = [s["text"] for s in samples]
     batch: dict[str, Any] = {
         "mel": torch.from_numpy(mel),
