@@ -71,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(**init_kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(summarize_shard)
-        refs = [task.remote(split, tar, exclude) for split, tar, exclude in jobs]
+        # each split's excluded keys go to the object store once: as a plain argument the
+        # driver serialized the whole list again for every shard task (shards x duplicates)
+        excluded: dict = {}
+        for split, _, exclude in jobs:
+            if split not in excluded:
+                excluded[split] = ray.put(exclude)
+        refs = [task.remote(split, tar, excluded[split]) for split, tar, _ in jobs]
         merged = Partial()
         problems: list[str] = []
         # merge in shard order: the result does not depend on completion order; the bar shows

@@ -32,7 +32,7 @@ DATASET_CARD = "README.md"
 # Held-out splits first: a clip in both test and train is contamination, so the TRAIN copy
 # is the one excluded and the evaluation split stays intact.
 _SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
-TABLE_ROW_GROUP = 65536  # index.parquet rows per row group (written as the parts are read)
+TABLE_ROW_GROUP = 16384  # index.parquet rows per row group (written as the parts are read)
 # The columns of :func:`dataprep.build.shard.index_row`, sorted as the part records (JSON with
 # sorted keys) always gave them; explicit, so a row group whose column is all None keeps its type.
 INDEX_SCHEMA = pa.schema(
