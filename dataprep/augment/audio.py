@@ -89,9 +89,10 @@ def load_noise_pool(
             continue
         mono = wave.mean(axis=1)
         if sr != sample_rate_hz:
-            import librosa
+            # The one resampler (soxr HQ, what librosa.resample's default soxr_hq also ran).
+            from dataprep.core.waveform import resample
 
-            mono = librosa.resample(mono, orig_sr=sr, target_sr=sample_rate_hz).astype(np.float32)
+            mono = resample(mono, sr, sample_rate_hz)
         if np.isfinite(mono).all() and np.abs(mono).max() > 1e-4:
             pool.append(mono)
     log.info("noise pool: %d clips from %s", len(pool), list(dirs))
