@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import signal
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -145,6 +147,31 @@ def _identity(item: Any) -> Any:
     # the DataLoader's default (``default_convert``) would turn the numpy arrays back into
     # tensors inside the worker
     return item
+
+
+# DataLoader iterators whose workers may still run (see _stop_workers)
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _stop_workers(items: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (what its ``__del__`` would do).
+
+    The workers ignore SIGTERM (:func:`_worker_init`), and ``multiprocessing``'s exit hook stops
+    daemonic children with SIGTERM and then joins them: an iterator still alive at exit (held by
+    an error's traceback, or a generator a caller still references) made the interpreter wait
+    for them forever after a clear error had been printed (a CI run hung an hour after its last
+    test, on the "S3 endpoint gone mid-epoch" test).
+    """
+    shutdown = getattr(items, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    _LIVE.discard(items)
+
+
+@atexit.register  # registered after multiprocessing's own hook, so it runs before it
+def _stop_all_workers() -> None:
+    for items in list(_LIVE):
+        _stop_workers(items)
 
 
 def _worker_init(_: int) -> None:
@@ -317,7 +344,19 @@ class ShardLoader:
         active = [v for v, d in enumerate(self._done) if not d]
         rotation = min(active, key=lambda v: (self._consumed[v], v)) if active else 0
         ds = _EpochDataset(self.spec, self.epoch, list(self._consumed), list(self._done), rotation)
-        for item in self._items(ds):
+        items = iter(self._items(ds))
+        if self.spec.num_workers:
+            _LIVE.add(items)
+        try:
+            yield from self._accepted(items)
+        finally:  # an error, or the consumer stopped early: the workers go now, not at exit
+            _stop_workers(items)
+        self.epoch += 1
+        self._reset_epoch_state()
+
+    def _accepted(self, items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches in worker order, with the resume bookkeeping and counters updated."""
+        for item in items:
             item = _from_wire(item)
             self._stats.update(item.pop("_stats"))
             if "_end" in item:
@@ -332,8 +371,6 @@ class ShardLoader:
             self._drawn.update(f"corpus/{c}" for c in item["corpora"])
             self._drawn.update(f"lang/{x or NO_LANG}" for x in item["langs"])
             yield item
-        self.epoch += 1
-        self._reset_epoch_state()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
