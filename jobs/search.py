@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core import parquet
+
 
 class SearchError(ValueError):
     """An index or query that cannot be used (one line, exit 2)."""
@@ -32,13 +34,11 @@ class SearchError(ValueError):
 
 def load_index(index: Path) -> tuple[dict[str, Any], dict[str, list[Any]], np.ndarray]:
     """``(index.json, columns, embeddings [N, D] float32)``."""
-    import pyarrow.parquet as pq
-
     meta_f, emb_f = index / "index.json", index / "embeddings.parquet"
     if not (meta_f.is_file() and emb_f.is_file()):
         raise SearchError(f"{index}: not an embedding index (no index.json/embeddings.parquet)")
     info = json.loads(meta_f.read_text())
-    table = pq.read_table(emb_f)
+    table = parquet.read_table(emb_f)
     col = table.column("embedding").combine_chunks()
     emb = col.values.to_numpy(zero_copy_only=False).reshape(len(table), info["embed_dim"])
     cols = {c: table.column(c).to_pylist() for c in ("key", "text", "source")}

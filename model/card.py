@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from dataprep.core import parquet
 from dataprep.core.atomic import atomic_write_bytes
 from dataprep.core.features import feature_fingerprint
 
@@ -26,8 +27,6 @@ _SPLITS = ("train", "val", "test")
 
 def data_summary(shards: Path) -> dict[str, Any] | None:
     """Corpora, hours, languages and licenses per split of a shard set (None: no build.json)."""
-    import pyarrow.parquet as pq
-
     build = shards / "build.json"
     if not build.is_file():
         return None
@@ -44,7 +43,7 @@ def data_summary(shards: Path) -> dict[str, Any] | None:
         index = shards / split / "index.parquet"
         if not index.is_file():
             continue
-        rows = pq.read_table(index, columns=["corpus", "duration", "lang"]).to_pylist()
+        rows = parquet.read_table(index, columns=["corpus", "duration", "lang"]).to_pylist()
         hours: dict[str, float] = defaultdict(float)
         for r in rows:
             hours[r["corpus"]] += (r["duration"] or 0.0) / 3600.0

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dataprep.core import atomic
+from dataprep.core import atomic, parquet
 from dataprep.core.config import CorpusConfig
 from dataprep.core.sample import Reject, SampleRef
 from dataprep.corpora import read_corpus
@@ -132,7 +132,7 @@ def read_manifest_range(
     path: str | os.PathLike[str], start: int, stop: int
 ) -> list[dict[str, Any]]:
     """Rows ``[start, stop)`` of a manifest, reading only the row groups that hold them."""
-    pf = pq.ParquetFile(path)
+    pf = parquet.open_file(path)
     groups, first, offset = [], None, 0
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
@@ -144,5 +144,5 @@ def read_manifest_range(
         raise ValueError(f"{path}: row range [{start}, {stop}) outside its {offset} rows")
     if not groups:
         return []
-    table = pf.read_row_groups(groups)
+    table = parquet.row_groups(pf, groups)
     return table.slice(start - first, stop - start).to_pylist()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dataprep.core import storage
+from dataprep.core import parquet, storage
 from dataprep.core.atomic import sha256_file
 from dataprep.core.sample import SPLITS
 from dataprep.core.tario import decode_members, iter_tar_range
@@ -163,14 +163,11 @@ def _check_shard(
 
 
 def _check_index(split_dir: Path | str, keys: set[str], exclude: set[str]) -> str | None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         data = storage.read_bytes(storage.join(split_dir, INDEX))
     except FileNotFoundError:
         return f"{INDEX} missing"
-    table = pq.read_table(pa.BufferReader(data), columns=["key"])
+    table = parquet.read_table(data, columns=["key"])
     idx_keys = set(table.column("key").to_pylist())
     expected = keys - exclude
     if idx_keys != expected:

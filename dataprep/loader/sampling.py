@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dataprep.core import parquet
 from dataprep.core.balance import NO_LANG, group_of, quotas, stratum_shares
 from dataprep.core.config import ConfigError, SamplingConfig
 from dataprep.core.hashing import stable_hash
@@ -74,12 +75,10 @@ def _check_names(cfg: SamplingConfig, corpora: set[str], langs: set[str], where:
 def open_plan(shard_set: ShardSet, cfg: SamplingConfig, seed: int) -> DrawPlan:
     """The draw plan of a split; :class:`ConfigError` for a weight naming a corpus or language
     the split does not hold, a warning for a language with a weight but too few samples."""
-    import pyarrow.parquet as pq
-
     path = shard_set.split_dir / INDEX
     if not path.is_file():
         raise ConfigError(f"loader.sampling.by={cfg.by} needs {path} (written by the build)")
-    table = pq.read_table(path, columns=["key", "shard", "corpus", "lang"]).to_pydict()
+    table = parquet.read_table(path, columns=["key", "shard", "corpus", "lang"]).to_pydict()
     known = dict(shard_set.shards)
     rows = [
         (s, k, str(c or ""), str(lang or NO_LANG))

@@ -7,12 +7,11 @@ No Ray here (DESIGN: Ray lives in pipelines/ and dataprep/build/executor.py); th
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
 
-from dataprep.core import storage
+from dataprep.core import parquet, storage
 from dataprep.core.balance import NO_LANG, stratum_shares
 from dataprep.core.config import SamplingConfig
 from dataprep.core.sample import SPLITS, is_text_reject
@@ -81,13 +80,9 @@ def shard_jobs(shards_dir: str | Path) -> list[tuple[str, str, list[str]]]:
 
 def _table(loc: str | Path, columns: list[str] | None = None) -> Any:
     """A parquet file (local or remote) as a pyarrow table; None when it does not exist."""
-    import pyarrow.parquet as pq
-
     if not storage.exists(loc):
         return None
-    if storage.is_remote(loc):
-        return pq.read_table(io.BytesIO(storage.read_bytes(loc)), columns=columns)
-    return pq.read_table(loc, columns=columns)
+    return parquet.read_table(loc, columns=columns)
 
 
 def summarize_shard(split: str, tar: str, exclude: list[str]) -> tuple[Partial, list[str]]:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dataprep.core import parquet
 from dataprep.core.shards import BUILD_JSON
 from dataprep.curation import KEPT, SCORES
 from dataprep.report.stats import Hist, kind_family
@@ -37,14 +38,12 @@ def _build_settings(shards_dir: Path) -> tuple[dict[str, Any], dict[str, float]]
 def curation_section(shards_dir: str | Path, splits: list[str]) -> dict[str, Any]:
     """``{"present": False}`` without scores; otherwise per corpus and kind family the score
     histogram and summary, the decisions per corpus, the cuts, the lowest kept pairs."""
-    import pyarrow.parquet as pq
-
     root = Path(shards_dir)
     rows = [
         r
         for split in splits
         if (root / split / SCORES).is_file()
-        for r in pq.read_table(root / split / SCORES).to_pylist()
+        for r in parquet.read_table(root / split / SCORES).to_pylist()
     ]
     if not rows:
         return {"present": False}
