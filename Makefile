@@ -10,7 +10,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# The test suite also needs the [llm] extra (a real llama.cpp server for the LLM caption tests)
+# The test suite also needs the [llm] extra (a real llama.cpp server for the LLM caption tests;
+# the demo's in-process SmolLM2 backend needs only the base install)
 # and chromium (the report's render test): infra/install/setup_test_extras.sh. The demo does not.
 TEST_STAMP := $(VENV)/.installed-test-$(DEPS_HASH)
 DEMO_OUT ?= outputs/demo

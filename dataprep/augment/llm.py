@@ -26,10 +26,11 @@ template caption), ``caption`` a clip from its facts (labels, emotion, gender, t
   generated text, counted apart from rejected inputs); the sample keeps its other texts
   (fallback: templates and originals).
 - **Server**: ``server: external`` talks to ``base_url`` (e.g. vLLM on the GPU nodes, see
-  ``infra/``); ``server: embedded``: :mod:`dataprep.augment.llm_server` (llama.cpp on
-  127.0.0.1, one server per node shared by its shard tasks through leases;
-  :meth:`LLMAugmenter.close` gives up this task's lease, the server's supervisor ends it
-  when no task on the node holds one).
+  ``infra/``); ``server: inprocess``: :mod:`dataprep.augment.llm_local` (the packaged SmolLM2
+  through transformers in the worker process, no server; the demo's); ``server: embedded``:
+  :mod:`dataprep.augment.llm_server` (llama.cpp on 127.0.0.1, one server per node shared by
+  its shard tasks through leases; :meth:`LLMAugmenter.close` gives up this task's lease, the
+  server's supervisor ends it when no task on the node holds one).
 
 Production (vLLM on the cluster's GPU nodes, started there with e.g.
 ``vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000 --api-key $VLLM_API_KEY``)::
@@ -66,7 +67,8 @@ import yaml
 
 from dataprep.augment import validate as val
 from dataprep.augment.llm_client import BadReply, ChatClient, DiskCache, LLMError
-from dataprep.augment.llm_server import EmbeddedServer, llm_available
+from dataprep.augment.llm_local import LocalChat
+from dataprep.augment.llm_server import EmbeddedServer, default_gguf, llm_available
 from dataprep.augment.templates import facts_of, load_templates
 from dataprep.core.hashing import stable_seed
 from dataprep.core.lang import base_lang
@@ -106,16 +108,21 @@ class LLMAugmenter:
         self.seed = seed
         self.prompts = yaml.safe_load(PROMPTS_FILE.read_text(encoding="utf-8"))
         self.server: EmbeddedServer | None = None
-        if base_url is None:
-            if cfg.server == "embedded":
-                self.server = EmbeddedServer(cfg)
-                base_url = self.server.base_url
-            else:
-                base_url = cfg.base_url
-        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        self.client = ChatClient(
-            base_url, cfg.timeout_s, cfg.max_retries, cfg.backoff_s, api_key, cfg.concurrency
-        )
+        self.client: ChatClient | LocalChat
+        if cfg.server == "inprocess" and base_url is None:
+            path = cfg.model_path or default_gguf()
+            self.client = LocalChat(cfg, str(path), pinned=cfg.model_path is None)
+        else:
+            if base_url is None:
+                if cfg.server == "embedded":
+                    self.server = EmbeddedServer(cfg)
+                    base_url = self.server.base_url
+                else:
+                    base_url = cfg.base_url
+            api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            self.client = ChatClient(
+                base_url, cfg.timeout_s, cfg.max_retries, cfg.backoff_s, api_key, cfg.concurrency
+            )
         self.cache = DiskCache(cfg.cache_dir)
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, cfg.concurrency), thread_name_prefix="llm"

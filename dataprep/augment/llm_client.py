@@ -76,6 +76,31 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, BadReply) or (isinstance(exc, LLMError) and exc.retry)
 
 
+def run_with_budget(attempt: Callable[[int], Any], max_retries: int, backoff_s: float) -> Any:
+    """``attempt(n)`` (n = bad replies so far, i.e. the seed index) under one budget of
+    ``max_retries + 1`` attempts, for every backend. It raises :class:`LLMError` (``retry``
+    decides) or :class:`BadReply`; the last failure is returned (BadReply) or raised."""
+    bad = {"n": 0}
+
+    def once() -> Any:
+        try:
+            return attempt(bad["n"])
+        except BadReply:
+            bad["n"] += 1
+            raise
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max_retries + 1),
+        wait=_Backoff(backoff_s),
+        retry=tenacity.retry_if_exception(_retryable),
+        reraise=True,
+    )
+    try:
+        return retrying(once)
+    except BadReply as e:
+        return e.result
+
+
 class ChatClient:
     """``POST /v1/chat/completions``; see the module docstring for timeouts and retries."""
 
@@ -104,28 +129,7 @@ class ChatClient:
         )
 
     def run(self, attempt: Callable[[int], Any]) -> Any:
-        """``attempt(n)`` (n = bad replies so far, i.e. the seed index) under one budget of
-        ``max_retries + 1`` attempts. It raises :class:`LLMError` (``retry`` decides) or
-        :class:`BadReply`; the last failure is returned (BadReply) or raised (LLMError)."""
-        bad = {"n": 0}
-
-        def once() -> Any:
-            try:
-                return attempt(bad["n"])
-            except BadReply:
-                bad["n"] += 1
-                raise
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_retries + 1),
-            wait=_Backoff(self.backoff_s),
-            retry=tenacity.retry_if_exception(_retryable),
-            reraise=True,
-        )
-        try:
-            return retrying(once)
-        except BadReply as e:
-            return e.result
+        return run_with_budget(attempt, self.max_retries, self.backoff_s)
 
     def post(self, body: dict[str, Any]) -> str:
         """One request: the assistant message content, or :class:`LLMError`."""

