@@ -50,6 +50,7 @@ from model.checkpoint import (
     UntrustedCheckpoint,
     latest_checkpoint,
     load_checkpoint,
+    resume_point,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -229,7 +230,10 @@ def main() -> None:
 
     # ---------------------------------------------------------------- resume
     step = 0
-    ckpt = latest_checkpoint(out)
+    try:
+        ckpt = resume_point(out, t.sync_to, device)
+    except storage.StorageError as err:
+        fail(f"cannot resume from train.sync_to: {err}")
     if ckpt is not None:
         try:
             state = load_checkpoint(engine, ckpt)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -44,8 +45,8 @@ import torch
 import torch.distributed as dist
 
 from dataprep.core.atomic import atomic_write_bytes, atomic_write_json, sha256_file
-from dataprep.core.storage import StorageError
-from model.sync import sync_checkpoint, sync_target
+from dataprep.core.storage import StorageError, folders, join
+from model.sync import prune_synced, pull_checkpoint, sync_checkpoint, sync_target, synced_latest
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +164,74 @@ def save_checkpoint(
         )
         atomic_write_bytes(root / LATEST, tag.encode())
         _prune(root, keep_last, keep=tag)
-        _sync(ckpt, sync_target(cfg))
+        if _sync(ckpt, sync_target(cfg)):
+            _prune_synced(cfg, keep_last, tag)
     _barrier()
     log.info("saved checkpoint %s", ckpt)
     return ckpt
 
 
-def _sync(ckpt: Path, sync_to: str | None) -> None:
+def _sync(ckpt: Path, sync_to: str | None) -> bool:
     """``train.sync_to``: the committed checkpoint to the bucket (model/sync.py). A failed sync
     does not stop training: the local checkpoint is whole and the next save syncs again."""
     if not sync_to:
-        return
+        return False
     try:
         sync_checkpoint(ckpt, sync_to)
     except (StorageError, OSError) as err:
         log.error("checkpoint %s not synced to %s (training goes on): %s", ckpt, sync_to, err)
+        return False
+    return True
+
+
+def _prune_synced(cfg: Any, keep_last: int, tag: str) -> None:
+    """The bucket keeps the newest ``train.sync_keep_last`` synced checkpoints (None: as many as
+    ``keep_last``; 0: all), always the one just synced. A failed prune is retried next save."""
+    sync_to = sync_target(cfg)
+    n = getattr(getattr(cfg, "train", None), "sync_keep_last", None)
+    n = keep_last if n is None else n
+    if not sync_to or n <= 0:
+        return
+    try:
+        names = sorted(x for x in folders(join(sync_to, CHECKPOINTS)) if _TAG.match(x))
+        keep = set(names[-max(n, 1) :]) | {tag}
+        prune_synced(sync_to, keep, lambda name: bool(_TAG.match(name)))
+    except (StorageError, OSError) as err:
+        log.error(
+            "old synced checkpoints under %s not removed (next save retries): %s", sync_to, err
+        )
+
+
+def resume_point(out: Path, sync_to: str | None, device: Any = "cpu") -> Path | None:
+    """Collective: the checkpoint a run resumes from. With ``train.sync_to``, a checkpoint in the
+    bucket newer than any under ``out`` (a replaced node, an empty disk) is downloaded first, by
+    each node's local rank 0, checked file by file (``model.sync.pull_checkpoint``); it is then
+    verified like a local one by :func:`load_checkpoint`. A bucket that cannot be read raises
+    :class:`StorageError` (a run must not silently restart from step 0 and overwrite it)."""
+    error: StorageError | None = None
+    if sync_to and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            _pull_newer(out, sync_to)
+        except StorageError as err:
+            error = err
+    if dist.is_initialized():  # every rank learns that a pull failed, none trains on
+        flag = torch.tensor([0 if error is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and error is None:
+            error = StorageError(f"another node could not download its checkpoint from {sync_to}")
+    if error is not None:
+        raise error
+    return latest_checkpoint(out)
+
+
+def _pull_newer(out: Path, sync_to: str) -> None:
+    here = latest_checkpoint(out)
+    tag = synced_latest(sync_to)
+    if tag is None or not _TAG.match(tag) or (here is not None and here.name >= tag):
+        return
+    pull_checkpoint(sync_to, tag, out / CHECKPOINTS / tag)
+    atomic_write_bytes(out / CHECKPOINTS / LATEST, tag.encode())
+    log.info("downloaded checkpoint %s from %s to resume from", tag, sync_to)
 
 
 def verify_checkpoint(ckpt: Path) -> dict[str, Any]:

@@ -265,6 +265,8 @@ class TrainConfig(_Section):
     # s3:// or gs:// prefix: every checkpoint and the final export are copied there after each
     # save (model/sync.py: files first, synced.json last); None: local only
     sync_to: str | None = None
+    # synced checkpoints the bucket keeps (the newest; None: as many as keep_last; 0: all)
+    sync_keep_last: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _sync_to_is_a_bucket(self) -> TrainConfig:

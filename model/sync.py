@@ -16,10 +16,12 @@ does not name (left by an earlier sync) are ignored.
 
 Uploads run on rank 0 after the checkpoint's commit marker, inside the save, so the other ranks
 wait at the save's last barrier (a save is finished when its copy is in the bucket). The bucket
-keeps every synced checkpoint (``train.keep_last`` prunes local copies only): a lifecycle rule
-expires old ones. :func:`pull` downloads an export (safetensors only: a prefix without
-``model.safetensors`` or with a pickled file is refused) to a local cache and checks every
-file's sha256 against the marker.
+keeps the newest ``train.sync_keep_last`` checkpoints (default ``train.keep_last``; 0 keeps
+all): :func:`prune_synced`. A run whose ``--out`` has no checkpoint newer than the bucket's
+(a replaced node, an empty disk) resumes from the bucket: :func:`pull_checkpoint`, called by
+``model.checkpoint.resume_point``. :func:`pull` downloads an export (safetensors only: a prefix
+without ``model.safetensors`` or with a pickled file is refused) to a local cache and checks
+every file's sha256 against the marker.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,13 @@ def pull(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     prefix, meta = _marker(uri)
     files = _checked_files(prefix, meta.get("files"))
     dest = _cache_dir(prefix, cache_dir)
+    _fetch_files(prefix, files, dest)
+    return dest
+
+
+def _fetch_files(prefix: str, files: dict[str, dict[str, Any]], dest: Path) -> None:
+    """Every file a marker names into ``dest``, each checked against its sha256 (files already
+    there with the right digest are kept); files in ``dest`` the marker does not name removed."""
     fetched = 0
     for rel, rec in files.items():
         target = dest / rel
@@ -152,4 +162,52 @@ def pull(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
         if p.is_file() and p.relative_to(dest).as_posix() not in files:
             p.unlink()
     log.info("%s: %d of %d files downloaded to %s", prefix, fetched, len(files), dest)
+
+
+def synced_latest(sync_to: str) -> str | None:
+    """The name of the newest checkpoint synced under ``sync_to``, None when there is none."""
+    try:
+        return storage.read_bytes(storage.join(sync_to, "checkpoints", "latest")).decode().strip()
+    except FileNotFoundError:
+        return None
+
+
+def pull_checkpoint(sync_to: str, tag: str, dest: Path) -> Path:
+    """The synced checkpoint ``tag`` into the local folder ``dest`` (``<out>/checkpoints/<tag>``),
+    every file checked against ``synced.json``. Downloaded beside ``dest`` and renamed into place
+    whole, so an interrupted pull never leaves a checkpoint that looks complete. Resuming then
+    verifies it against its own commit marker, as for a local run (the bucket is the run's own,
+    trusted as its ``--out`` is: DeepSpeed's files are pickles)."""
+    prefix = str(storage.join(sync_to, "checkpoints", tag))
+    try:
+        meta = storage.read_json(storage.join(prefix, SYNCED))
+    except FileNotFoundError:
+        raise storage.StorageError(
+            f"{prefix}: no {SYNCED} (the upload of this checkpoint did not finish)"
+        ) from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("writer") != WRITER or not isinstance(files, dict):
+        raise storage.StorageError(f"{prefix}/{SYNCED}: not written by polyclap; refused")
+    for rel in files:
+        norm = posixpath.normpath(rel)
+        if rel.startswith("/") or norm.startswith("..") or norm != rel:
+            raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
+    tmp = dest.with_name(dest.name + ".pulling")
+    _fetch_files(prefix, files, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)  # an older, incomplete copy of the same step
+    tmp.rename(dest)
     return dest
+
+
+def prune_synced(sync_to: str, keep: set[str], is_checkpoint: Any) -> list[str]:
+    """Remove the synced checkpoints under ``sync_to`` that ``is_checkpoint(name)`` accepts and
+    ``keep`` does not name: the marker first (a reader stops seeing the checkpoint at once),
+    then its files. Returns the names removed."""
+    root = storage.join(sync_to, "checkpoints")
+    doomed = [n for n in storage.folders(root) if is_checkpoint(n) and n not in keep]
+    for name in doomed:
+        storage.remove(storage.join(root, name, SYNCED))
+        storage.remove_tree(storage.join(root, name))
+        log.info("removed synced checkpoint %s", storage.join(root, name))
+    return doomed

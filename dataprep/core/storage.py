@@ -291,3 +291,31 @@ def remove(uri: Location) -> None:
         call(uri, lambda: fs.rm_file(path), "delete")
     except FileNotFoundError:
         pass
+
+
+def folders(loc: Location) -> list[str]:
+    """Names of the folders (key prefixes) directly under ``loc``, sorted; ``[]`` when none."""
+    if not is_remote(loc):
+        d = local(loc)
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+    fs, path = _fs(str(loc))
+    try:
+        entries = call(loc, lambda: fs.ls(path, detail=True, refresh=True), "list")
+    except FileNotFoundError:
+        return []
+    return sorted(basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
+
+def remove_tree(loc: Location) -> None:
+    """Every object under the prefix ``loc`` (a local folder: the folder)."""
+    if not is_remote(loc):
+        import shutil
+
+        shutil.rmtree(local(loc), ignore_errors=True)
+        return
+    check_writable(loc)
+    fs, path = _fs(str(loc))
+    try:
+        call(loc, lambda: fs.rm(path, recursive=True), "delete")
+    except FileNotFoundError:
+        pass

@@ -6,6 +6,7 @@ tests/jobs/test_pretrain.py); the tokenizer is trained by rank 0 from the remote
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,24 @@ def test_two_steps_from_the_bucket_under_deepspeed(
     local, _, _ = load_for_eval(out / "final")
     a, b = remote.state_dict(), local.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # A replaced node: the run's --out is gone. The same command, now to step 4, resumes from
+    # the bucket's step 2 (downloaded, each file checked), trains steps 3-4, and the bucket then
+    # keeps only the newest synced checkpoint (keep_last=1; sync_keep_last follows it).
+    shutil.rmtree(out)
+    cmd[cmd.index("--config") + 1] = str(
+        _config(tmp_path, max_steps=4, save_every=2, sync_to=sync, keep_last=1)
+    )
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+                       check=False)  # fmt: skip
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-4000:]
+    assert f"downloaded checkpoint step-00000002 from {sync}" in log, log[-4000:]
+    assert "(step 2, epoch" in log  # "resumed from .../step-00000002 (step 2, epoch 0)"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert sorted(r["step"] for r in rows if "loss" in r) == [3, 4]
+    assert storage.folders(f"{sync}/checkpoints") == ["step-00000004"]
+    assert storage.read_bytes(f"{sync}/checkpoints/latest") == b"step-00000004"
 
 
 def _pretrain(shards: str, env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess:
