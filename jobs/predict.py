@@ -187,11 +187,8 @@ def write(rows: Iterator[dict], out: Path, k: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from dataprep.core.features import FingerprintMismatch
-    from dataprep.core.storage import StorageError
     from model import CLAP
-    from model.api import ModelDirError
-    from model.hf_common import HFLoadError
+    from model.inference import USER_ERRORS, one_line
     from model.prompts import check_labels
 
     try:
@@ -204,20 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"no audio files in {args.paths}")
         m = CLAP.from_pretrained(args.model, device=args.device)
         classes = m.class_embeddings(labels, templates)
-    except (
-        InputError,
-        ModelDirError,
-        HFLoadError,
-        FingerprintMismatch,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-        StorageError,
-    ) as err:
-        print(
-            "predict: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
-            file=sys.stderr,
-        )
+    except USER_ERRORS as err:  # InputError, ModelDirError, HFLoadError, ...: one line
+        print(f"predict: {one_line(err)}", file=sys.stderr)
         return 2
     k = min(args.top_k, len(labels))
     out = Path(args.out)

@@ -52,6 +52,24 @@ def _clap_audio(path: str | os.PathLike[str], config: Any, dropout: float | None
     return load_hf_model(path, config, dropout, ClapAudioModel)
 
 
+# audio.kind -> (the config's model_type, how a message names it)
+_TYPED = {"whisper": ("whisper", "a Whisper"), "ast": ("audio-spectrogram-transformer", "an AST")}
+
+
+def _typed_model(
+    path: str | os.PathLike[str] | None, kind: str, dropout: float | None
+) -> nn.Module:
+    """The transformers model under ``path``, refused unless its config is ``kind``'s type."""
+    model_type, what = _TYPED[kind]
+    config = load_hf_config(path)
+    if config.model_type != model_type:
+        raise HFLoadError(
+            f"{path}: audio.kind={kind} needs {what} model directory, "
+            f"found model_type {config.model_type!r}"
+        )
+    return load_hf_model(path, config, dropout)
+
+
 class _HFAudio(nn.Module):
     preset: str
     frames: int
@@ -123,13 +141,7 @@ class WhisperAudio(_HFAudio):
     ) -> None:
         super().__init__()
         if model is None:
-            config = load_hf_config(path)
-            if config.model_type != "whisper":
-                raise HFLoadError(
-                    f"{path}: audio.kind=whisper needs a Whisper model directory, "
-                    f"found model_type {config.model_type!r}"
-                )
-            model = load_hf_model(path, config, dropout).get_encoder()  # decoder dropped
+            model = _typed_model(path, "whisper", dropout).get_encoder()  # no decoder
         self.model = model
         cfg = model.config
         self.n_mels = int(cfg.num_mel_bins)
@@ -163,13 +175,7 @@ class ASTAudio(_HFAudio):
     ) -> None:
         super().__init__()
         if model is None:
-            config = load_hf_config(path)
-            if config.model_type != "audio-spectrogram-transformer":
-                raise HFLoadError(
-                    f"{path}: audio.kind=ast needs an AST model directory, "
-                    f"found model_type {config.model_type!r}"
-                )
-            model = load_hf_model(path, config, dropout)
+            model = _typed_model(path, "ast", dropout)
         self.model = model
         cfg = model.config
         self.n_mels = int(cfg.num_mel_bins)

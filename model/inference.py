@@ -20,10 +20,22 @@ import torch
 from tqdm.auto import tqdm
 
 from dataprep.core.config import AudioConfig, FeatureConfig
+from dataprep.core.storage import StorageError
 
 
 class ModelDirError(ValueError):
     """A directory that is not a polyclap export or a transformers ClapModel (one line)."""
+
+
+# What loading a model or reading a command's inputs raises for bad input: the command lines
+# print it as one line and exit 2 (ModelDirError, HFLoadError and FingerprintMismatch are
+# ValueErrors; a missing file or unreadable folder an OSError).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, StorageError)
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (a multi-line message joined with `` | ``)."""
+    return " | ".join(x.strip() for x in str(err).splitlines() if x.strip())
 
 
 @dataclass(frozen=True)

@@ -230,11 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from dataprep.core.features import FingerprintMismatch, feature_fingerprint
-    from dataprep.core.storage import StorageError
+    from dataprep.core.features import feature_fingerprint
     from model import CLAP
-    from model.api import ModelDirError
-    from model.hf_common import HFLoadError
+    from model.inference import USER_ERRORS, one_line
 
     if (args.shards is None) == (args.corpus is None) or (args.corpus and not args.config):
         print("embed: give --shards DIR, or --config FILE --corpus NAME", file=sys.stderr)
@@ -244,19 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs, errors = (
             (_shard_jobs(args, m.pre.features), []) if args.shards else _corpus_jobs(args)
         )
-    except (
-        ModelDirError,
-        HFLoadError,
-        FingerprintMismatch,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-        StorageError,
-    ) as err:
-        print(
-            "embed: " + " | ".join(x.strip() for x in str(err).splitlines() if x.strip()),
-            file=sys.stderr,
-        )
+    except USER_ERRORS as err:  # ModelDirError, HFLoadError, FingerprintMismatch, ...: one line
+        print(f"embed: {one_line(err)}", file=sys.stderr)
         return 2
     info = {
         "model": where(args.model),

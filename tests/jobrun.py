@@ -51,14 +51,15 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def launch(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start ``cmd`` in the repo in a new process group, stdout and stderr merged."""
+def launch(cmd: list[str], env: dict[str, str], merged: bool = True) -> subprocess.Popen:
+    """Start ``cmd`` in the repo in a new process group; stderr merged into stdout unless
+    ``merged`` is false."""
     return subprocess.Popen(
         cmd,
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
@@ -67,15 +68,7 @@ def launch(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
 def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``cmd`` to completion (stdout and stderr apart); on timeout the whole process group
     (launcher, ranks, loader workers) is killed before the error propagates."""
-    p = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    p = launch(cmd, env, merged=False)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
