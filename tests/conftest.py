@@ -64,6 +64,16 @@ def s3_module():
         yield server
 
 
+@pytest.fixture(scope="module")
+def gcs_module():
+    """A GCS emulator on loopback shared by a module's tests (tests/fixtures/gcs.py), with
+    ``os.environ`` pointed at it; stopped by its PID at the module's end."""
+    from fixtures.gcs import gcs_server
+
+    with gcs_server() as server:
+        yield server
+
+
 @pytest.fixture()
 def s3():
     """A moto S3 server of this test only (a test may stop it part-way)."""

@@ -36,7 +36,7 @@ class _Engine:
         (d / "mp_rank_00_model_states.pt").write_bytes(f"weights {client_state}".encode() * 500)
 
 
-def _save(out: Path, sync: str, steps: list[int], keep_last: int = 2, **train) -> None:
+def save_steps(out: Path, sync: str, steps: list[int], keep_last: int = 2, **train) -> None:
     cfg = ExperimentConfig.model_validate({"train": {"sync_to": sync, **train}})
     for step in steps:
         save_checkpoint(
@@ -51,12 +51,12 @@ def _synced(sync: str) -> list[str]:
 
 def test_bucket_keeps_the_newest_sync_keep_last(s3, tmp_path: Path) -> None:
     sync = s3.bucket("runs") + "/a"
-    _save(tmp_path / "run", sync, [1, 2, 3], keep_last=2)  # default: as many as keep_last
+    save_steps(tmp_path / "run", sync, [1, 2, 3], keep_last=2)  # default: as many as keep_last
     assert _synced(sync) == ["step-00000002", "step-00000003"]
     assert storage.read_bytes(f"{sync}/checkpoints/latest") == b"step-00000003"
     assert not storage.exists(f"{sync}/checkpoints/step-00000001/synced.json")
     every = s3.bucket("runs-all") + "/a"
-    _save(tmp_path / "run-all", every, [1, 2, 3], keep_last=1, sync_keep_last=0)  # 0: all
+    save_steps(tmp_path / "run-all", every, [1, 2, 3], keep_last=1, sync_keep_last=0)  # 0: all
     assert _synced(every) == ["step-00000001", "step-00000002", "step-00000003"]
     assert [p.name for p in (tmp_path / "run-all" / CHECKPOINTS).glob("step-*")] == [
         "step-00000003"
@@ -66,7 +66,7 @@ def test_bucket_keeps_the_newest_sync_keep_last(s3, tmp_path: Path) -> None:
 def test_an_empty_or_older_out_resumes_from_the_bucket(s3, tmp_path: Path) -> None:
     sync = s3.bucket("resume") + "/a"
     first = tmp_path / "node-1"
-    _save(first, sync, [1, 2])
+    save_steps(first, sync, [1, 2])
     want = {p.name: sha256_file(p) for p in (first / CHECKPOINTS / "step-00000002").iterdir()}
 
     fresh = tmp_path / "node-2"  # a replaced node: nothing on its disk
@@ -91,7 +91,7 @@ def test_an_empty_or_older_out_resumes_from_the_bucket(s3, tmp_path: Path) -> No
 
 def test_a_corrupt_or_unfinished_synced_checkpoint_is_refused(s3, tmp_path: Path) -> None:
     sync = s3.bucket("bad") + "/a"
-    _save(tmp_path / "src", sync, [1])
+    save_steps(tmp_path / "src", sync, [1])
     obj = f"{sync}/checkpoints/step-00000001/mp_rank_00_model_states.pt"
     data = bytearray(storage.read_bytes(obj))
     data[100] ^= 0xFF
