@@ -36,7 +36,11 @@ import time
 from dataprep.build.plan import BuildError, check_inputs
 from dataprep.core import storage
 from dataprep.core.config import ConfigError, CurationConfig
-from model.config import load_config  # the whole file is validated, as every entry point does
+from dataprep.core.configfile import config_reference
+from model.config import (  # the whole file is validated, as every entry point does
+    ExperimentConfig,
+    load_config,
+)
 from model.scoring import checked_factory
 
 log = logging.getLogger("polyclap.build")
@@ -47,10 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"  build.curation.{k} = {f.default!r}: {f.description}"
         for k, f in CurationConfig.model_fields.items()
     )
+    reference = config_reference(ExperimentConfig, ("features", "build"))
     p = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"CLAP-score curation keys (as overrides or in the YAML's build: section):\n{keys}",
+        epilog=f"Every key the build reads (as overrides or in the YAML):\n{reference}\n\n"
+        f"CLAP-score curation keys, what each does:\n{keys}",
     )
     p.add_argument("--config", required=True, help="experiment YAML (sections features/build/...)")
     p.add_argument(

@@ -385,3 +385,18 @@ def test_decontamination_through_the_build(corpora_root, tmp_path, subprocess_en
     assert any(r["reason"] == "missing_file" for r in ev_rejects)
     record = json.loads((out / shards.BUILD_JSON).read_text())
     assert record["eval_rejects"] == len(ev_rejects) == 2
+
+
+def test_help_lists_every_key_the_build_reads(subprocess_env):
+    """`--help` is the key reference: every features/build key with its type and default (the
+    LLM backends, presets and curation included), generated from the schema."""
+    proc = subprocess.run(
+        [sys.executable, "pipelines/build_shards.py", "--help"], cwd=REPO, env=subprocess_env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for key in ("features.preset", "build.out", "build.shards.target_mb",
+                "build.augment.audio_views", "build.curation.percentile"):  # fmt: skip
+        assert f"  {key}:" in out, key
+    assert "build.augment.llm.server: 'none' | 'embedded' | 'inprocess' | 'external'" in out
