@@ -229,7 +229,7 @@ def _pull_newer(out: Path, sync_to: str) -> None:
     tag = synced_latest(sync_to)
     if tag is None or not _TAG.match(tag) or (here is not None and here.name >= tag):
         return
-    pull_checkpoint(sync_to, tag, out / CHECKPOINTS / tag)
+    pull_checkpoint(sync_to, tag, out / CHECKPOINTS / tag, COMPLETE)
     atomic_write_bytes(out / CHECKPOINTS / LATEST, tag.encode())
     log.info("downloaded checkpoint %s from %s to resume from", tag, sync_to)
 

@@ -31,6 +31,7 @@ import logging
 import os
 import posixpath
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,15 @@ def synced_latest(sync_to: str) -> str | None:
         return None
 
 
-def pull_checkpoint(sync_to: str, tag: str, dest: Path) -> Path:
+def pull_checkpoint(sync_to: str, tag: str, dest: Path, marker: str) -> Path:
     """The synced checkpoint ``tag`` into the local folder ``dest`` (``<out>/checkpoints/<tag>``),
-    every file checked against ``synced.json``. Downloaded beside ``dest`` and renamed into place
-    whole, so an interrupted pull never leaves a checkpoint that looks complete. Resuming then
-    verifies it against its own commit marker, as for a local run (the bucket is the run's own,
-    trusted as its ``--out`` is: DeepSpeed's files are pickles)."""
+    every file checked against ``synced.json``. Downloaded beside ``dest`` (a folder per host,
+    so nodes sharing ``--out`` never write into one; a rerun keeps what a killed pull already
+    checked) and renamed into place whole, so an interrupted pull never leaves a checkpoint that
+    looks complete; if another node's pull got there first (``dest`` holds the commit
+    ``marker``), ours is dropped. Resuming then verifies it against its own commit marker, as
+    for a local run (the bucket is the run's own, trusted as its ``--out`` is: DeepSpeed's
+    files are pickles)."""
     prefix = str(storage.join(sync_to, "checkpoints", tag))
     try:
         meta = storage.read_json(storage.join(prefix, SYNCED))
@@ -192,11 +196,16 @@ def pull_checkpoint(sync_to: str, tag: str, dest: Path) -> Path:
         norm = posixpath.normpath(rel)
         if rel.startswith("/") or norm.startswith("..") or norm != rel:
             raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
-    tmp = dest.with_name(dest.name + ".pulling")
+    tmp = dest.with_name(f"{dest.name}.pulling-{socket.gethostname()}")
     _fetch_files(prefix, files, tmp)
-    if dest.exists():
-        shutil.rmtree(dest)  # an older, incomplete copy of the same step
-    tmp.rename(dest)
+    if dest.exists() and not (dest / marker).is_file():
+        shutil.rmtree(dest, ignore_errors=True)  # a local save of this step cut short: garbage
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if not (dest / marker).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another node sharing --out finished first
     return dest
 
 

@@ -74,7 +74,7 @@ def test_an_empty_or_older_out_resumes_from_the_bucket(s3, tmp_path: Path) -> No
     assert ckpt == fresh / CHECKPOINTS / "step-00000002"
     assert {p.name: sha256_file(p) for p in ckpt.iterdir()} == want
     assert verify_checkpoint(ckpt)["step"] == 2  # its own commit marker checks out
-    assert not list((fresh / CHECKPOINTS).glob("*.pulling"))
+    assert not list((fresh / CHECKPOINTS).glob("*.pulling*"))
 
     older = tmp_path / "node-3"  # a stale disk: step 1 here, step 2 in the bucket
     shutil.copytree(first / CHECKPOINTS / "step-00000001", older / CHECKPOINTS / "step-00000001")
@@ -105,3 +105,28 @@ def test_a_corrupt_or_unfinished_synced_checkpoint_is_refused(s3, tmp_path: Path
     with pytest.raises(storage.StorageError, match="did not finish"):
         resume_point(out, sync)
     assert latest_checkpoint(out) is None
+
+
+def test_a_pull_another_node_finished_first_is_dropped(s3, tmp_path: Path, monkeypatch) -> None:
+    """Two nodes sharing --out: each downloads into its own folder; the one that renames second
+    finds the complete checkpoint in place and drops its copy instead of failing."""
+    import model.sync as sync_mod
+
+    sync = s3.bucket("race") + "/a"
+    save_steps(tmp_path / "src", sync, [1])
+    out = tmp_path / "shared-out"
+    real = sync_mod._fetch_files
+
+    theirs = {}
+
+    def fetch_then_lose_the_race(prefix, files, dest):
+        real(prefix, files, dest)
+        done = shutil.copytree(dest, out / CHECKPOINTS / "step-00000001")  # the other node's
+        theirs["inode"] = (Path(done) / "complete.json").stat().st_ino
+
+    monkeypatch.setattr(sync_mod, "_fetch_files", fetch_then_lose_the_race)
+    ckpt = resume_point(out, sync)
+    assert ckpt == out / CHECKPOINTS / "step-00000001" and verify_checkpoint(ckpt)["step"] == 1
+    # the other node may already be loading its copy: it is left in place, not replaced
+    assert (ckpt / "complete.json").stat().st_ino == theirs["inode"]
+    assert not list((out / CHECKPOINTS).glob("*.pulling*"))
