@@ -635,11 +635,19 @@ def test_dockerfiles_pin_what_the_project_pins(name):
     assert f"torch=={_pinned('torch')}" in text  # the same torch as the lock (CPU or CUDA build)
     py = re.search(r"python:?(3\.\d+)", text)
     assert py and py.group(1) in {"3.10", "3.11"}, "requires-python is >=3.10,<3.12"
-    for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s+\S+$", text, re.M):
+    copied = [
+        src
+        for srcs in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, re.M)
+        for src in srcs.split()
+    ]
+    for src in copied:
         assert (REPO / src).exists(), f"{name}: COPY source {src} missing"
+    # the lock is in the image before anything is installed through it
+    assert "constraints.txt" in copied, f"{name}: constraints.txt is not copied"
     ignore = (INFRA / "docker" / f"{name}.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore  # never ship the local venv into the image
     if name == "Dockerfile.gpu":
+        assert "-c constraints.txt" in text  # the exact pins, not pyproject's ranges
         assert f"deepspeed=={_pinned('deepspeed')}" in text and "DS_BUILD_CPU_ADAM=1" in text
         assert "nvidia/cuda:" in text and "cudnn-devel" in text
     else:
