@@ -46,6 +46,7 @@ from model.inference import (
     Preprocessing,
     Windows,
     as_list,
+    checked_transcripts,
     clap_features,
     encode_windows,
     transformers_model_type,
@@ -57,14 +58,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_MIN_WINDOWS = 64  # a progress bar from this many model inputs on
 # what an export directory holds (model.weights.write_export); saving over one is fine
-EXPORT_FILES = {
-    "model.safetensors",
-    "config.json",
-    "tokenizer.model",
-    "meta.json",
-    "README.md",
-    "eval",
-}
+EXPORT_FILES = set("model.safetensors config.json tokenizer.model meta.json README.md eval".split())
 
 
 class CLAP(
@@ -247,12 +241,15 @@ class CLAP(
         sample_rate: int | None = None,
         per_window: bool = False,
         return_errors: bool = False,
+        transcripts: Sequence[str | None] | None = None,
     ) -> Any:
         """Embeddings ``[N, D]`` (L2-normalized float32) of files/URIs or arrays (arrays need
         ``sample_rate``). A file that cannot be read is a NaN row (and an :class:`ItemError`
         with ``return_errors=True``); ``per_window=True`` gives a :class:`Windows` per item
-        (None for a failed one) instead."""
+        (None for a failed one) instead. ``transcripts`` (one per item, None/"" for none): what
+        a model trained with ``model.calm.with_transcript`` reads after the acoustic tokens."""
         items = as_list(audio)
+        words = checked_transcripts(self.cfg, transcripts, len(items))
         wins, owner, spans, errors = [], [], [], []
         for i, item in enumerate(
             tqdm(items, desc="decode", unit="file", disable=not self._show(len(items)))
@@ -269,8 +266,9 @@ class CLAP(
                 errors.append(ItemError(i, name, "decode_error", f"{type(err).__name__}: {err}"))
         for e in errors:
             log.warning("embed_audio: %s not embedded (%s: %s)", e.name, e.reason, e.detail)
+        tr = None if words is None else ([words[i] for i in owner], self.tokenize)
         flat = (
-            encode_windows(self.net, wins, self.batch_size, self.device, self._show(len(wins)))
+            encode_windows(self.net, wins, self.batch_size, self.device, self._show(len(wins)), tr)
             if wins
             else np.zeros((0, self.embed_dim), np.float32)
         )

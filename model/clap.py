@@ -220,9 +220,17 @@ class CLAP(nn.Module):
         local = (self.frame_proj(frames), valid) if self.codebook is not None else None
         self._finish(self.audio_proj(pooled), local, "audio", out)
 
-    def encode_audio(self, mel: Tensor, mel_lengths: Tensor | None = None) -> Tensor:
-        """L2-normalized audio embeddings ``[B, embed_dim]`` (float32)."""
-        return self(mel=mel, mel_lengths=mel_lengths)["audio_emb"]
+    def encode_audio(
+        self,
+        mel: Tensor,
+        mel_lengths: Tensor | None = None,
+        tr_ids: Tensor | None = None,
+        tr_mask: Tensor | None = None,
+    ) -> Tensor:
+        """L2-normalized audio embeddings ``[B, embed_dim]`` (float32); ``tr_ids``/``tr_mask``:
+        each clip's transcript (CALM with the transcript; an all-False row: none)."""
+        out = self(mel=mel, mel_lengths=mel_lengths, tr_ids=tr_ids, tr_mask=tr_mask)
+        return out["audio_emb"]
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> Tensor:
         """L2-normalized text embeddings ``[B, embed_dim]`` (float32)."""

@@ -84,12 +84,35 @@ def as_list(x: Any) -> list[Any]:
     return list(x)
 
 
+def checked_transcripts(cfg: Any, transcripts: Any, n: int) -> list[str] | None:
+    """``embed_audio``'s ``transcripts``, one string per item ("" for none), or None; a
+    ValueError when the model was not trained to read them or the count is wrong."""
+    if transcripts is None:
+        return None
+    calm = getattr(getattr(cfg, "model", None), "calm", None)
+    if not (calm is not None and calm.with_transcript):
+        raise ValueError(
+            "transcripts given, but this model was not trained to read them "
+            "(model.calm.with_transcript is off)"
+        )
+    if isinstance(transcripts, str) or len(transcripts) != n:
+        raise ValueError(f"give one transcript (or None) per audio item: {n} items")
+    return [t or "" for t in transcripts]
+
+
 @torch.no_grad()
 def encode_windows(
-    net: Any, windows: Sequence[np.ndarray], batch_size: int, device: Any, progress: bool = False
+    net: Any,
+    windows: Sequence[np.ndarray],
+    batch_size: int,
+    device: Any,
+    progress: bool = False,
+    transcripts: tuple[Sequence[str], Any] | None = None,
 ) -> np.ndarray:
     """``[N, D]`` audio embeddings of feature windows ``[n_mels, t]``, zero-padded per batch
-    with their true lengths (the evaluator's and inference's one batching)."""
+    with their true lengths (the evaluator's and inference's one batching). ``transcripts``:
+    ``(one text per window, "" for none; the model's tokenize)`` for CALM with the transcript,
+    tokenized as the loader's collate does (a window without one reads the audio alone)."""
     out = []
     steps = range(0, len(windows), batch_size)
     for b in tqdm(steps, desc="audio", unit="batch", disable=not progress):
@@ -99,7 +122,13 @@ def encode_windows(
         for j, w in enumerate(chunk):
             mel[j, :, : w.shape[1]] = w
         lengths = torch.tensor([w.shape[1] for w in chunk], dtype=torch.long, device=device)
-        emb = net.encode_audio(torch.from_numpy(mel).to(device), lengths)
+        tr: dict[str, Any] = {}
+        if transcripts is not None:
+            words = list(transcripts[0][b : b + batch_size])
+            ids, mask = transcripts[1](words)
+            mask = mask & torch.tensor([bool(w) for w in words])[:, None]
+            tr = {"tr_ids": ids.to(device), "tr_mask": mask.to(device)}
+        emb = net.encode_audio(torch.from_numpy(mel).to(device), lengths, **tr)
         out.append(emb.float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 

@@ -8,6 +8,7 @@ encoder (first-token pooling) — dropout on. Nothing here is pretrained.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hf_helpers import tiny_gpt2, tiny_xlmr
@@ -194,3 +195,35 @@ def test_with_transcript_needs_calm_and_a_transcript_needs_it_on(calm):
     model, batch, _ = calm  # CALM, audio alone
     with pytest.raises(ValueError, match="with_transcript is off"):
         model(mel=batch["mel"], tr_ids=batch["ids"], tr_mask=batch["mask"])
+
+
+def test_embed_audio_reads_a_transcript_as_training_did(calm_tr, corpora_root):
+    """The public API (``CLAP.embed_audio(..., transcripts=)``) on a tiny random CALM model
+    with transcripts (see _with_transcript) and a real bundled clip: no transcript (None or "")
+    is the audio-alone embedding, a transcript changes it, other words change it again; a model
+    without the transcript path refuses transcripts."""
+    from model.api import CLAP
+    from model.config import ExperimentConfig
+    from model.inference import Preprocessing
+    from model.tokenizer import load_tokenizer, make_tokenize
+
+    model, _, cfg = calm_tr
+    exp = ExperimentConfig.model_validate(
+        {"features": {"n_mels": N_MELS}, "model": cfg.model_dump(mode="json")}
+    )
+    tokenize = make_tokenize(load_tokenizer(cfg.text, None), cfg.text)
+    m = CLAP(model.eval(), Preprocessing.of(exp), tokenize, cfg=exp, device="cpu")
+    clip = sorted((corpora_root / "esc50_mini" / "audio").glob("*.wav"))[0]
+    alone = m.embed_audio([clip])
+    none = m.embed_audio([clip, clip], transcripts=[None, ""])
+    said = m.embed_audio([clip, clip], transcripts=["a dog barks", "hello there"])
+    np.testing.assert_allclose(none, np.vstack([alone, alone]), atol=1e-5)
+    assert np.abs(said[0] - alone[0]).max() > 1e-4 and np.abs(said[1] - said[0]).max() > 1e-4
+    with pytest.raises(ValueError, match="one transcript .* per audio item"):
+        m.embed_audio([clip], transcripts=["a", "b"])
+    plain = exp.model_copy(
+        update={"model": exp.model.model_copy(update={"calm": CalmConfig(enabled=True)})}
+    )
+    m.cfg = plain
+    with pytest.raises(ValueError, match="not trained to read them"):
+        m.embed_audio([clip], transcripts=["a dog barks"])
