@@ -18,7 +18,6 @@ Measured on this 2-core machine: about 18 s to import and load, then 60 ms per g
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dataprep.augment.llm_client import LLMError, run_with_budget
+from dataprep.core.atomic import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ def missing_modules() -> list[str]:
     return [m for m in REQUIRED if importlib.util.find_spec(m) is None]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=2)
 def load_model(path: str, expected_sha256: str | None) -> tuple[Any, Any]:
     """``(tokenizer, model)`` from a GGUF file, once per process; :class:`LLMError` when the
@@ -57,7 +49,7 @@ def load_model(path: str, expected_sha256: str | None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path)
-    if expected_sha256 is not None and _sha256(p) != expected_sha256:
+    if expected_sha256 is not None and sha256_file(p) != expected_sha256:
         raise LLMError("llm_model_error", f"{p}: sha256 differs from the packaged SmolLM2 GGUF")
     try:
         tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
