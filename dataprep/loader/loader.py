@@ -29,6 +29,7 @@ from dataprep.loader.sampling import (
     weighted_segments,
 )
 from dataprep.loader.shardset import ShardSet, check_shard_features, epoch_segments
+from dataprep.loader.wire import BatchRing, from_wire, slot_bytes, to_wire
 
 __all__ = ["LoaderSpec", "ShardLoader", "Tokenize"]
 
@@ -78,7 +79,8 @@ class _EpochDataset(IterableDataset):
             done,
             rotation,
         )
-        self.wire = False  # batches leave a worker process as numpy (_to_wire)
+        self.wire = False  # batches leave a worker process as numpy (wire.py)
+        self.ring: BatchRing | None = None  # ... through shared memory, when the workers fork
 
     def _virtual_worker(self) -> int:
         info = get_worker_info()
@@ -102,8 +104,10 @@ class _EpochDataset(IterableDataset):
                 policy.drain()
                 continue
             out = collate(spec, batch)
-            if self.wire:
-                out = _to_wire(out)
+            if self.ring is not None:
+                out = self.ring.put(v, i, out)
+            elif self.wire:
+                out = to_wire(out)
             out["_worker"], out["_index"], out["_stats"] = v, i, policy.drain()
             yield out
         yield {"_end": v, "_stats": policy.drain()}
@@ -128,19 +132,6 @@ class _EpochDataset(IterableDataset):
                 yield prepare_sample(spec, self.epoch, key, members, repeat)
             except (ValueError, OSError, UnicodeDecodeError) as err:
                 policy.bad_sample(name, key, err)
-
-
-def _to_wire(batch: dict[str, Any]) -> dict[str, Any]:
-    """A worker's batch with numpy arrays for tensors: they travel pickled through the worker's
-    pipe. A tensor instead goes to a new shared-memory segment whose file descriptor the main
-    process fetches over a socket, per tensor and batch (6 per batch: 384 connections and shm
-    files for a 2,000-sample epoch, measured), which cost more than the copy."""
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _from_wire(batch: dict[str, Any]) -> dict[str, Any]:
-    """:func:`_to_wire` undone in the main process (``torch.from_numpy``: no copy)."""
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _identity(item: Any) -> Any:
@@ -328,6 +319,12 @@ class ShardLoader:
             return iter(ds)
         # With pin_memory the DataLoader's pin thread pins tensors (numpy would pass unpinned)
         ds.wire = not self.pin_memory
+        if ds.wire:
+            s = self.spec
+            width = max(-(-s.max_frames // s.pad_multiple) * s.pad_multiple, s.pad_multiple)
+            itemsize = 2 if s.features.dtype == "float16" else 4
+            size = slot_bytes(s.batch_size, s.features.n_mels, width, itemsize)
+            ds.ring = BatchRing.for_workers(s.num_workers, self.prefetch_factor, size, ds.skip)
         return DataLoader(
             ds, batch_size=None, num_workers=self.spec.num_workers, worker_init_fn=_worker_init,
             collate_fn=_identity if ds.wire else None,
@@ -348,16 +345,20 @@ class ShardLoader:
         if self.spec.num_workers:
             _LIVE.add(items)
         try:
-            yield from self._accepted(items)
+            yield from self._accepted(items, ds.ring)
         finally:  # an error, or the consumer stopped early: the workers go now, not at exit
             _stop_workers(items)
+            if ds.ring is not None:
+                ds.ring.close()
         self.epoch += 1
         self._reset_epoch_state()
 
-    def _accepted(self, items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _accepted(
+        self, items: Iterator[dict[str, Any]], ring: BatchRing | None
+    ) -> Iterator[dict[str, Any]]:
         """Batches in worker order, with the resume bookkeeping and counters updated."""
         for item in items:
-            item = _from_wire(item)
+            item = ring.take(item) if ring is not None else from_wire(item)
             self._stats.update(item.pop("_stats"))
             if "_end" in item:
                 self._done[item["_end"]] = True
@@ -368,6 +369,8 @@ class ShardLoader:
                     f"loader order broken: worker {v} gave batch {i}, expected {self._consumed[v]}"
                 )
             self._consumed[v] = i + 1
+            if ring is not None:  # copied out: the worker may reuse the slot
+                ring.ack(v, i + 1)
             self._drawn.update(f"corpus/{c}" for c in item["corpora"])
             self._drawn.update(f"lang/{x or NO_LANG}" for x in item["langs"])
             yield item
