@@ -127,5 +127,9 @@ class BatchRing:
         self._consumed[v] = consumed
 
     def close(self) -> None:
-        del self._consumed  # the view holds the buffer; the mapping goes with the last process
-        self._buf.close()
+        """Unmap now; if a view is still alive (an error's traceback), the GC unmaps later."""
+        self._consumed = np.zeros(0, dtype=np.int64)  # drop the view that holds the buffer
+        try:
+            self._buf.close()
+        except BufferError:
+            pass
