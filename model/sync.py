@@ -90,35 +90,45 @@ def _cache_dir(uri: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(root) / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
+def _read_marker(prefix: str) -> dict[str, Any]:
+    """``prefix``'s ``synced.json``, refused unless this project wrote it and its file names
+    are safe relative paths; FileNotFoundError when there is none."""
+    try:
+        meta = storage.read_json(storage.join(prefix, SYNCED))
+    except ValueError as err:
+        raise storage.StorageError(f"{prefix}/{SYNCED}: not JSON ({err})") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("writer") != WRITER or not isinstance(files, dict):
+        raise storage.StorageError(f"{prefix}/{SYNCED}: not written by polyclap; refused")
+    for rel in files:
+        norm = posixpath.normpath(rel)
+        if rel.startswith("/") or norm.startswith("..") or norm != rel:
+            raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
+    return meta
+
+
 def _marker(uri: str) -> tuple[str, dict[str, Any]]:
     """The synced prefix (``uri`` or a run's ``uri/final``) and its marker."""
     for prefix in (uri, str(storage.join(uri, "final"))):
         try:
-            meta = storage.read_json(storage.join(prefix, SYNCED))
+            return prefix, _read_marker(prefix)
         except FileNotFoundError:
             continue
-        except ValueError as err:
-            raise storage.StorageError(f"{prefix}/{SYNCED}: not JSON ({err})") from None
-        if not isinstance(meta, dict) or meta.get("writer") != WRITER:
-            raise storage.StorageError(f"{prefix}/{SYNCED}: not written by polyclap; refused")
-        return prefix, meta
     raise FileNotFoundError(
         f"{uri}: no {SYNCED} here nor under final/ (not a synced export, or its upload is "
         f"unfinished: train.sync_to writes {SYNCED} last)"
     )
 
 
-def _checked_files(prefix: str, files: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(files, dict) or "model.safetensors" not in files:
+def _checked_files(prefix: str, files: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An export's files (named safely: :func:`_read_marker`): safetensors, nothing pickled."""
+    if "model.safetensors" not in files:
         raise storage.StorageError(
             f"{prefix}: not an export (no model.safetensors in {SYNCED}): only safetensors "
             f"exports are loaded from a bucket (a synced DeepSpeed checkpoint is for resuming: "
             f"download it and run jobs/export.py)"
         )
     for rel in files:
-        norm = posixpath.normpath(rel)
-        if rel.startswith("/") or norm.startswith("..") or norm != rel:
-            raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
         if rel.lower().endswith(PICKLED):
             raise storage.StorageError(
                 f"{prefix}/{rel}: a pickled file in a synced export is never downloaded; refused"
@@ -137,7 +147,7 @@ def pull(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     with the right digest are not downloaded again."""
     uri = str(storage.location(uri))
     prefix, meta = _marker(uri)
-    files = _checked_files(prefix, meta.get("files"))
+    files = _checked_files(prefix, meta["files"])
     dest = _cache_dir(prefix, cache_dir)
     _fetch_files(prefix, files, dest)
     return dest
@@ -184,18 +194,11 @@ def pull_checkpoint(sync_to: str, tag: str, dest: Path, marker: str) -> Path:
     files are pickles)."""
     prefix = str(storage.join(sync_to, "checkpoints", tag))
     try:
-        meta = storage.read_json(storage.join(prefix, SYNCED))
+        files = _read_marker(prefix)["files"]
     except FileNotFoundError:
         raise storage.StorageError(
             f"{prefix}: no {SYNCED} (the upload of this checkpoint did not finish)"
         ) from None
-    files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or meta.get("writer") != WRITER or not isinstance(files, dict):
-        raise storage.StorageError(f"{prefix}/{SYNCED}: not written by polyclap; refused")
-    for rel in files:
-        norm = posixpath.normpath(rel)
-        if rel.startswith("/") or norm.startswith("..") or norm != rel:
-            raise storage.StorageError(f"{prefix}/{SYNCED}: unsafe file name {rel!r}; refused")
     tmp = dest.with_name(f"{dest.name}.pulling-{socket.gethostname()}")
     _fetch_files(prefix, files, tmp)
     if dest.exists() and not (dest / marker).is_file():
