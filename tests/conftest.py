@@ -18,6 +18,13 @@ BUNDLED_CORPORA = REPO / "tests" / "fixtures" / "corpora"
 PYTHON = sys.executable
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _llm_weights_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The in-process LLM's dequantized copy (dataprep/augment/llm_local.py) goes to this run's
+    temp dir, not the user's ~/.cache; child processes inherit it, so one run dequantizes once."""
+    os.environ.setdefault("POLYCLAP_LLM_CACHE", str(tmp_path_factory.mktemp("llm_weights")))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -15,7 +15,15 @@ import pytest
 
 from dataprep.augment import TextAugmenter
 from dataprep.augment.llm_client import LLMError
-from dataprep.augment.llm_local import PREFIX, cut_caption, load_model
+from dataprep.augment.llm_local import (
+    CACHE_ENV,
+    CACHE_MARKER,
+    PACKAGED_SHA256,
+    PREFIX,
+    cut_caption,
+    load_model,
+    weights_cache,
+)
 from dataprep.augment.llm_server import default_gguf, llm_available
 from dataprep.core.config import AugmentConfig, LLMConfig
 
@@ -66,8 +74,6 @@ def test_a_tampered_or_foreign_model_file_is_refused(tmp_path: Path) -> None:
         byte = f.read(1)
         f.seek(50_000_000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    from dataprep.augment.llm_local import PACKAGED_SHA256
-
     with pytest.raises(LLMError, match="sha256 differs"):
         load_model(str(bad), PACKAGED_SHA256)
     junk = tmp_path / "junk.gguf"
@@ -122,3 +128,54 @@ def test_inprocess_captions_are_validated_cached_and_reproducible(tmp_path: Path
         assert run(cached)[0] == outs and cached.llm.client.requests_sent == 0
     finally:
         cached.close()
+
+
+def _greedy(tok, model) -> list[int]:
+    import torch
+
+    enc = tok("A dog barks in the rain.", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.eos_token_id)  # fmt: skip
+    return out[0].tolist()
+
+
+@pytest.mark.slow
+def test_the_dequantized_copy_equals_the_gguf_and_is_checked(tmp_path, monkeypatch, caplog):
+    import torch
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "weights"))
+    gguf = default_gguf()
+    load_model.cache_clear()
+    caplog.set_level("INFO", logger="dataprep.augment.llm_local")
+    try:
+        tok0, m0 = load_model(gguf, PACKAGED_SHA256)  # from the GGUF; the copy is written
+        copy = weights_cache(PACKAGED_SHA256)
+        assert (copy / CACHE_MARKER).is_file() and (copy / "model.safetensors").is_file()
+        assert not [p for p in copy.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+        load_model.cache_clear()
+        caplog.clear()
+        tok1, m1 = load_model(gguf, PACKAGED_SHA256)
+        assert "from its dequantized copy" in caplog.text
+        s0, s1 = m0.state_dict(), m1.state_dict()
+        assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) for k in s0)
+        assert _greedy(tok0, m0) == _greedy(tok1, m1)
+        # one flipped byte in the copy's weights: refused, rebuilt from the GGUF
+        with open(copy / "model.safetensors", "r+b") as f:
+            f.seek(-1000, 2)
+            b = f.read(1)
+            f.seek(-1000, 2)
+            f.write(bytes([b[0] ^ 0x40]))
+        load_model.cache_clear()
+        caplog.clear()
+        _, m2 = load_model(gguf, PACKAGED_SHA256)
+        assert "fails its sha256; rebuilding it" in caplog.text
+        assert "from its dequantized copy" not in caplog.text
+        s2 = m2.state_dict()
+        assert all(torch.equal(s0[k], s2[k]) for k in s0)
+        meta = json.loads((copy / CACHE_MARKER).read_text())
+        from dataprep.core.atomic import sha256_file
+
+        assert meta["safetensors_sha256"] == sha256_file(copy / "model.safetensors")
+    finally:
+        load_model.cache_clear()
