@@ -3,10 +3,17 @@
 Mixtures are built at test time from the bundled ESC-50 clips: each event is the active part of
 a clip (the build's own trim bounds), placed at a known onset on a quiet noise bed, so the
 ground truth is exact. The model is a TINY polyclap model (patch transformer with the MGA-CLAP
-locality-aware block and shared codebook, sentencepiece text tower) TRAINED IN THE TEST for a
-few hundred plain steps (model.gradcache.plain_step, the production loss) on the same clips
-with "the sound of <label>" captions: a random model would score the true and the shuffled
-ground truth alike, a trained one must localize its classes for the assertion to hold.
+locality-aware block, mean pooling, sentencepiece text tower; InfoNCE, so a frame is compared
+through the clip's own projection) TRAINED IN THE TEST for 600 plain steps
+(model.gradcache.plain_step, the production loss; ~10 s here) on the same clips with "the sound
+of <label>" captions: a random model would score the true and the shuffled ground truth alike,
+a trained one must localize its classes for the assertion to hold.
+
+Measured with this recipe (PSDS true vs shuffled labels, f1_best true vs shuffled), mixture and
+training seeds 0/1/2/3: 0.337/0.029 0.126/0.021; 0.152/0.109 0.099/0.039; 0.281/0.093
+0.073/0.023; 0.254/0.149 0.075/0.027. With the shared codebook (``model.loss.kind=mga``,
+``codebook_size=32``) a model this small does not localize: 600 steps 0.028 vs 0.148, 1500 steps
+0.012 vs 0.041 (seed 0); the 300-step demo model with it does (0.196 vs 0.077).
 """
 
 from __future__ import annotations
@@ -140,15 +147,7 @@ tasks:
 """
 
 
-@pytest.mark.slow  # ~2 min of CPU: the tiny model trains for 120 steps
-@pytest.mark.skip(
-    reason="the tiny model does not localize reliably yet: true vs shuffled-label PSDS "
-    "0.147 vs 0.103 (120 steps), then 0.050 vs 0.078 after main's soxr resampling change; "
-    "200 steps, 16 mixtures, seeds 0/1: 0.011/0.005 vs 0.053/0.000 (DTC/GTC 0.5), "
-    "0.371/0.274 vs 0.383/0.274 (DTC/GTC 0.1); 200 steps with MiniLM text, InfoNCE or MGA: "
-    "0.003/0.135 vs 0.003/0.133. The 300-step demo model does beat the control on these "
-    "mixtures (PSDS 0.196 vs 0.077, bench/RESULTS.md), a model this test cannot afford to train"
-)
+@pytest.mark.slow  # ~20 s of CPU: the tiny model trains for 600 steps, then two SED tasks
 def test_sed_scores_a_known_mixture_above_the_shuffled_label_control(tmp_path, corpora_root):
     esc = corpora_root / "esc50_mini"
     make_mixtures(esc, tmp_path / "mix")
@@ -172,14 +171,13 @@ def test_sed_scores_a_known_mixture_above_the_shuffled_label_control(tmp_path, c
             "model.text.depth=1",
             "model.text.heads=2",
             "model.text.max_len=16",
-            "model.loss.kind=mga",
-            "model.loss.codebook_size=32",
+            "model.loss.kind=infonce",
             "model.loss.mask_same_label=true",
         ],
     )
     corpus = CorpusConfig(name="esc50", reader="esc50", root=str(esc))
     t0 = time.perf_counter()
-    model, tok = train_tiny(cfg, corpus, tmp_path / "tok.model", steps=120)
+    model, tok = train_tiny(cfg, corpus, tmp_path / "tok.model", steps=600)
     print(f"trained in {time.perf_counter() - t0:.1f} s")
     (tmp_path / "tasks.yaml").write_text(TASKS.format(root=tmp_path / "mix"))
     tf = load_tasks(tmp_path / "tasks.yaml")
@@ -187,15 +185,16 @@ def test_sed_scores_a_known_mixture_above_the_shuffled_label_control(tmp_path, c
     res = runner.evaluate(tf, [col], cache_dir=None)
     true, control = res["tasks"]["mix_sed"], res["tasks"]["mix_sed_shuffled_labels"]
     assert not true["errors"] and not control["errors"], (true["errors"], control["errors"])
-    assert true["n_items"] == 12 and true["n_events"] == 24 and len(true["classes"]) == 8
+    assert true["n_items"] == 12 and true["n_events"] == 24
+    assert sorted(true["classes"]) == sorted({c for *_, c in gt})
     psds = true["metrics"]["psds"]["checkpoint"]["value"]
     psds_c = control["metrics"]["psds"]["checkpoint"]["value"]
     f1 = true["metrics"]["f1_best"]["checkpoint"]["value"]
     f1_c = control["metrics"]["f1_best"]["checkpoint"]["value"]
     print(f"psds {psds:.3f} vs shuffled {psds_c:.3f}; f1_best {f1:.3f} vs shuffled {f1_c:.3f}")
-    # measured on this machine: psds 0.147 vs 0.103, f1_best 0.353 vs 0.209 (a random model
-    # scores both ground truths alike)
-    assert psds > psds_c and f1 > f1_c + 0.05
+    # measured here (seed 0): psds 0.337 vs 0.029, f1_best 0.126 vs 0.021; a random model
+    # scores both ground truths alike
+    assert psds > psds_c + 0.1 and f1 > f1_c + 0.05
     assert "| mix_sed | sound_event_detection | psds |" in runner.markdown_table(res)
 
 
