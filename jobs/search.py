@@ -7,8 +7,9 @@ Exact search: one matrix product of the (L2-normalized) index with the queries, 
 per query (``top_k``). Measured (``top_k``, float32, D=512, a batch of 10 queries, on the
 project's shared 2-core machine at load average ~8): 0.24 s for 100k rows, 2.0 s for 1M rows,
 memory-bound (the 1M x 512 matrix is 2 GB; the product took 1.6 s of it). That is fine for
-batch use up to ~1M rows; faiss/usearch were not installed or measured here, so an approximate
-index is left for when an index outgrows that (a few million rows or interactive latency).
+batch use up to ~1M rows. ``--ann on`` (``auto``: from ``ANN_MIN_ROWS`` rows when usearch is
+installed) searches an HNSW graph instead (``model/ann.py``: built once, saved beside the index
+with a checked record; milliseconds per query, approximate; measured in bench/RESULTS.md).
 The query model is
 the one recorded in ``index.json`` (or ``--model``): a different model (weights or
 preprocessing fingerprint) is refused, exit 2, since its vectors live in another space.
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from dataprep.core import parquet
+
+ANN_MIN_ROWS = 1_000_000  # --ann auto: below this an exact search is fast enough (docstring)
 
 
 class SearchError(ValueError):
@@ -66,7 +69,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", default=None, help="write the hits here (JSON lines) too")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--ann", choices=("auto", "on", "off"), default="auto",
+        help=f"approximate HNSW search (usearch); auto: from {ANN_MIN_ROWS:,} rows if installed",
+    )  # fmt: skip
     return p.parse_args(argv)
+
+
+def search(
+    index: Path, emb: np.ndarray, queries: np.ndarray, k: int, ann: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of ``emb`` per query, exact or through the index's HNSW graph (``--ann``)."""
+    from model import ann as ann_mod
+
+    use = ann == "on" or (ann == "auto" and len(emb) >= ANN_MIN_ROWS and ann_mod.available())
+    if not use:
+        print(f"search: exact, {len(emb):,} rows", file=sys.stderr)
+        return top_k(emb, queries, k)
+    if not ann_mod.available():
+        raise SearchError("--ann on needs usearch (pip install usearch; it is in constraints.txt)")
+    print(f"search: approximate (HNSW), {len(emb):,} rows", file=sys.stderr)
+    return ann_mod.ann_top_k(ann_mod.graph_for(index, emb), queries, k)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SearchError("; ".join(f"{e.name}: {e.reason}: {e.detail}" for e in errors))
             queries.append(a)
             names += [f"audio:{p}" for p in args.audio]
+        idx, scores = search(Path(args.index), emb, np.concatenate(queries), args.k, args.ann)
     except (
         SearchError,
         ModelDirError,
@@ -112,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    idx, scores = top_k(emb, np.concatenate(queries), args.k)
     hits = [
         {
             "query": q,

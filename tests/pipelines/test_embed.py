@@ -168,6 +168,20 @@ def test_corpus_index_and_search(clap_dir, other_clap, tmp_path, subprocess_env,
     assert audio_hits[0]["source"] == query and audio_hits[0]["score"] > 0.9999
     assert [h["rank"] for h in text_hits] == [1, 2, 3]
     assert text_hits[0]["score"] >= text_hits[1]["score"] >= text_hits[2]["score"]
+    assert "search: exact, 16 rows" in r.stderr  # auto: a small index is searched exactly
+    # the same queries through the HNSW graph (built, saved beside the index): on 16 rows it
+    # finds the exact hits
+    r = _run(
+        ["jobs/search.py", "--index", out, "--audio", query, "--text", "a dog barks", "--k", "3",
+         "--ann", "on"],
+        subprocess_env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "search: approximate (HNSW), 16 rows" in r.stderr
+    assert (out / "ann.usearch").is_file() and (out / "ann.json").is_file()
+    approx = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(h["query"], h["key"]) for h in approx] == [(h["query"], h["key"]) for h in hits]
+    assert all(abs(a["score"] - h["score"]) < 1e-4 for a, h in zip(approx, hits))
     r = _run(
         ["jobs/search.py", "--index", out, "--model", other_clap, "--text", "rain"], subprocess_env
     )
