@@ -13,4 +13,6 @@ done
 # not decide the ratio; bench/RESULTS.md has the small set too).
 echo "=== bench/loader_s3.py --samples 16000 --shard-count 64 ($(date -u +%FT%TZ))"
 "$PY" bench/loader_s3.py --samples 16000 --shard-count 64 --repeat 3
+echo "=== bench/search.py ($(date -u +%FT%TZ))"
+"$PY" bench/search.py
 echo "=== make bench done ($(date -u +%FT%TZ))"
