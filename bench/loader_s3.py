@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -42,6 +43,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (the DataLoader workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of one running process (the S3 server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -88,13 +104,17 @@ def main() -> int:
             train_tokenizer(iter_shard_texts(root / "train"), tok_path, vocab_size=1000)
             tok = Tokenizer(tok_path)
             local_t, remote_t, local_first, remote_first = [], [], [], []
+            local_cpu, remote_cpu, server_cpu = [], [], []
             for _ in range(args.repeat):  # interleaved so load changes hit both sides alike
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _cpu()
                 n_local = ours(root / "train", features, tok, args.workers, first=local_first)
                 local_t.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                local_cpu.append(_cpu() - c0)
+                t0, c0, s0 = time.perf_counter(), _cpu(), _proc_cpu(server.pid)
                 n_remote = ours(f"{uri}/train", features, tok, args.workers, first=remote_first)
                 remote_t.append(time.perf_counter() - t0)
+                remote_cpu.append(_cpu() - c0)
+                server_cpu.append(_proc_cpu(server.pid) - s0)
                 assert n_local == n_remote == args.samples, (n_local, n_remote)
     finally:
         server.terminate()
@@ -109,6 +129,11 @@ def main() -> int:
     ):
         print(f"{name}  {sps:8.0f} samples/s  (runs {', '.join(f'{t:.2f}s' for t in runs)})")
     print(f"S3 / local: {remote_sps / local_sps:.2f}x (target >= 0.8x)")
+    # the server shares this machine's cores with the loader (a real object store does not)
+    med = statistics.median
+    print(f"CPU-s per epoch: loader local {med(local_cpu):.2f}, loader S3 {med(remote_cpu):.2f}, "
+          f"the moto server {med(server_cpu):.2f} (of {os.cpu_count()} cores x "
+          f"{med(remote_t):.2f} s)")  # fmt: skip
     # steady state: the epoch after its first batch (startup is paid once per epoch, and a
     # training epoch over a real set is hours long, not the seconds of this set)
     steady = [
