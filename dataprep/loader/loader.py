@@ -153,6 +153,9 @@ def _stop_workers(items: Any) -> None:
     for them forever after a clear error had been printed (a CI run hung an hour after its last
     test, on the "S3 endpoint gone mid-epoch" test).
     """
+    ring = getattr(items, "batch_ring", None)
+    if ring is not None:
+        ring.stop()  # a worker waiting for a slot leaves instead of outliving the shutdown
     shutdown = getattr(items, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
@@ -343,6 +346,7 @@ class ShardLoader:
         ds = _EpochDataset(self.spec, self.epoch, list(self._consumed), list(self._done), rotation)
         items = iter(self._items(ds))
         if self.spec.num_workers:
+            items.batch_ring = ds.ring  # type: ignore[attr-defined]  # for _stop_workers
             _LIVE.add(items)
         try:
             yield from self._accepted(items, ds.ring)

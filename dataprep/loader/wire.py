@@ -16,8 +16,12 @@ process copies the arrays out and then acknowledges: ``consumed[v]`` (a counter 
 mapping) is the number of ``v``'s batches copied out, and a worker writes batch ``i`` only once
 ``consumed[v] > i - slots``. That cannot deadlock: the main process takes batches in the
 DataLoader's task order, and the worker of the oldest batch not yet taken only ever waits for
-an older batch of its own, which was already taken. An array that does not fit the slot travels
-through the pipe as before (correct, only slower).
+an older batch of its own, which was already taken. When the consumer stops early (a trainer's
+last step mid-epoch), :meth:`BatchRing.stop` sets a flag in the mapping before the workers are
+shut down, and a worker waiting for a slot leaves at once: the workers ignore SIGTERM, so a wait
+that outlived the DataLoader's shutdown would spin on, and the process's exit hook would wait
+for it forever. An array that does not fit the slot travels through the pipe as before
+(correct, only slower).
 
 Only under the ``fork`` start method (the mapping is inherited, never pickled); the ring is
 ``None`` otherwise and batches take the pipe. Pinned-memory loading (CUDA) keeps torch's path.
@@ -69,9 +73,10 @@ class BatchRing:
     def __init__(self, workers: int, slots: int, slot_size: int, consumed: list[int]) -> None:
         self.workers, self.slots = workers, slots
         self.slot_size = -(-slot_size // ALIGN) * ALIGN
-        self._header = -(-8 * workers // ALIGN) * ALIGN
+        self._header = -(-8 * (workers + 1) // ALIGN) * ALIGN
         self._buf = mmap.mmap(-1, self._header + workers * slots * self.slot_size)
-        self._consumed = np.frombuffer(self._buf, dtype=np.int64, count=workers)
+        head = np.frombuffer(self._buf, dtype=np.int64, count=workers + 1)
+        self._consumed, self._stop = head[:workers], head[workers:]
         self._consumed[:] = consumed
         self._parent = os.getpid()
 
@@ -88,7 +93,7 @@ class BatchRing:
     def put(self, v: int, i: int, batch: dict[str, Any]) -> dict[str, Any]:
         """Batch ``i`` of virtual worker ``v`` into its slot; returns what the pipe carries."""
         while self._consumed[v] <= i - self.slots:  # the slot's previous batch not copied out
-            if os.getppid() != self._parent:  # the main process is gone: do not spin forever
+            if self._stop[0] or os.getppid() != self._parent:  # shut down, or the main is gone
                 raise SystemExit(0)
             time.sleep(0.0002)
         base = self._header + (v * self.slots + i % self.slots) * self.slot_size
@@ -126,9 +131,13 @@ class BatchRing:
         """``consumed`` batches of ``v`` are copied out: their slots may be written again."""
         self._consumed[v] = consumed
 
+    def stop(self) -> None:
+        """The workers are about to be shut down: a worker waiting for a slot leaves now."""
+        self._stop[0] = 1
+
     def close(self) -> None:
         """Unmap now; if a view is still alive (an error's traceback), the GC unmaps later."""
-        self._consumed = np.zeros(0, dtype=np.int64)  # drop the view that holds the buffer
+        self._consumed = self._stop = np.zeros(0, dtype=np.int64)  # the views hold the buffer
         try:
             self._buf.close()
         except BufferError:

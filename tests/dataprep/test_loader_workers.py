@@ -70,3 +70,29 @@ def test_workers_stop_when_the_consumer_stops_or_the_epoch_fails(split: Path) ->
         for _ in ld.iter_epoch():
             pass
     assert not set(_workers()) - before, "workers outlived a failed epoch"
+
+
+def test_workers_waiting_on_a_full_batch_ring_stop_with_the_epoch(split: Path, monkeypatch) -> None:
+    """A worker whose shared-memory slots (dataprep/loader/wire.py) are all unread waits for the
+    consumer; when the consumer stops, it must leave at once: it ignores SIGTERM, so a wait
+    that outlived the DataLoader's shutdown would leave it spinning, and the process's exit
+    hook would wait for it forever."""
+    import time
+
+    from dataprep.loader.wire import BatchRing
+
+    before = set(_workers())
+    ld = ShardLoader(split, features=FEATURES, max_frames=128, batch_size=2, seed=3,
+                     num_workers=2, prefetch_factor=2)  # fmt: skip
+    # one slot per worker for two prefetched batches: the second waits for the consumer
+    real = BatchRing.for_workers.__func__
+    monkeypatch.setattr(
+        BatchRing, "for_workers", classmethod(lambda cls, w, _s, size, c: real(cls, w, 1, size, c))
+    )
+    epoch = ld.iter_epoch()
+    next(epoch)
+    time.sleep(2.0)  # the workers fill their slots and wait for the consumer
+    t0 = time.perf_counter()
+    epoch.close()
+    assert not set(_workers()) - before, "workers outlived a closed epoch"
+    assert time.perf_counter() - t0 < 4.0  # left at once, not after the DataLoader's timeouts
