@@ -115,17 +115,14 @@ class BatchRing:
 
     # -- main side -----------------------------------------------------------------------------
     def take(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch with its arrays copied out of the ring, as tensors."""
-        out = {}
-        for k, val in batch.items():
-            if isinstance(val, ShmArray):
-                count = int(np.prod(val.shape))
-                src = np.frombuffer(self._buf, dtype=val.dtype, count=count, offset=val.offset)
-                val = torch.from_numpy(src.reshape(val.shape).copy())
-            elif isinstance(val, np.ndarray):
-                val = torch.from_numpy(val)
-            out[k] = val
-        return out
+        """The batch with its arrays copied out of the ring, as tensors (:func:`from_wire`)."""
+        return from_wire({k: self._copy_out(v) if isinstance(v, ShmArray) else v
+                          for k, v in batch.items()})  # fmt: skip
+
+    def _copy_out(self, ref: ShmArray) -> np.ndarray:
+        count = int(np.prod(ref.shape))
+        src = np.frombuffer(self._buf, dtype=ref.dtype, count=count, offset=ref.offset)
+        return src.reshape(ref.shape).copy()
 
     def ack(self, v: int, consumed: int) -> None:
         """``consumed`` batches of ``v`` are copied out: their slots may be written again."""
