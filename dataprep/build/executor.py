@@ -49,8 +49,12 @@ SHARD_TASK_RETRIES = 2
 
 
 @ray.remote
-def _scan_task(corpus: CorpusConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    return manifest.scan_corpus(corpus)
+def _scan_task(
+    corpus: CorpusConfig,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], float]:
+    cpu0 = time.process_time()
+    refs, rejects = manifest.scan_corpus(corpus)
+    return refs, rejects, time.process_time() - cpu0
 
 
 @ray.remote
@@ -153,11 +157,16 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - t
 
 
-def scan(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """All corpora listed in parallel: manifest rows and reader reject rows."""
+def scan(
+    cfg: DataConfig, timings: dict[str, float] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """All corpora listed in parallel: manifest rows and reader reject rows. The scan tasks'
+    CPU seconds go to ``timings["scan_cpu_s"]``."""
     scans = ray.get([_scan_task.remote(c) for c in cfg.build.corpora])
-    rows = [r for refs, _ in scans for r in refs]
-    rejects = [r for _, rj in scans for r in rj]
+    rows = [r for refs, _, _ in scans for r in refs]
+    rejects = [r for _, rj, _ in scans for r in rj]
+    if timings is not None:
+        timings["scan_cpu_s"] = sum(cpu for _, _, cpu in scans)
     log.info(
         "scanned %d corpora: %d inputs, %d rejected by readers",
         len(cfg.build.corpora), len(rows), len(rejects),
@@ -302,7 +311,7 @@ def run_build(
     check_signature(work, cfg)
     timings: dict[str, float] = {}
     with _timed(timings, "scan_s"):
-        rows, scan_rejects = scan(cfg)
+        rows, scan_rejects = scan(cfg, timings)
     if not rows:
         raise BuildError(
             "the configured corpora yielded no usable inputs (see reader rejects above)"

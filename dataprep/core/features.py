@@ -109,21 +109,23 @@ class LogMel:
     def __init__(self, cfg: FeatureConfig, hop_length: int | None = None) -> None:
         self.cfg = cfg
         self.hop_length = hop_length or cfg.hop_length
-        self._mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=cfg.sample_rate_hz,
-            n_fft=cfg.n_fft,
-            win_length=cfg.win_length,
-            hop_length=self.hop_length,
+        # torchaudio's MelSpectrogram numbers in fewer passes: its filterbank and its STFT call,
+        # then |X|^2 as re^2 + im^2 of the STFT's contiguous [frames, freq, 2] view (torchaudio
+        # takes abs(), a square root, then pow(2), over the strided complex tensor). Equal to
+        # MelSpectrogram to float rounding (tested), ~1.5x less CPU per clip (bench/RESULTS.md),
+        # so the algorithm id and the fingerprint stay.
+        self._window = torch.hann_window(cfg.win_length)
+        fb = torchaudio.functional.melscale_fbanks(
+            n_freqs=cfg.n_fft // 2 + 1,
             f_min=cfg.f_min_hz,
             f_max=cfg.f_max_hz,
             n_mels=cfg.n_mels,
-            power=2.0,
-            center=True,
-            pad_mode="reflect",
+            sample_rate=cfg.sample_rate_hz,
             norm="slaney" if cfg.mel_scale == "slaney" else None,
             mel_scale=cfg.mel_scale,
-        )
-        self._dtype = np.float16 if cfg.dtype == "float16" else np.float32
+        )  # [freq, n_mels]
+        self._fb = fb.contiguous()
+        self._dtype = torch.float16 if cfg.dtype == "float16" else torch.float32
 
     def n_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length
@@ -142,13 +144,26 @@ class LogMel:
         if n < min_len:
             x = torch.nn.functional.pad(x, (0, min_len - n))
         with torch.no_grad():
-            mel = self._mel(x)
-        return mel[:, : self.n_frames(n)].numpy()
+            spec = torch.stft(
+                x,
+                n_fft=self.cfg.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.cfg.win_length,
+                window=self._window,
+                center=True,
+                pad_mode="reflect",
+                normalized=False,
+                onesided=True,
+                return_complex=True,
+            )  # [freq, frames], stored frames-major
+            squares = torch.view_as_real(spec.T).square()  # [frames, freq, 2], contiguous
+            mel = torch.mm(squares[..., 0] + squares[..., 1], self._fb).T  # [n_mels, frames]
+        return mel[:, : self.n_frames(n)].contiguous().numpy()
 
     def from_power(self, power: np.ndarray) -> np.ndarray:
         """log(power + offset) in ``cfg.dtype``: the features of :meth:`power`'s output."""
         mel = torch.log(torch.from_numpy(power) + self.cfg.log_offset)
-        return mel.numpy().astype(self._dtype)
+        return mel.to(self._dtype).numpy()
 
 
 def make_featurizer(cfg: FeatureConfig, hop_length: int | None = None) -> Any:

@@ -100,3 +100,32 @@ def test_check_fingerprint_is_the_one_refusal_and_names_fields():
         check_fingerprint(model, "0" * 16, where="old", fields=data.model_dump(mode="json"))
     with pytest.raises(FingerprintMismatch, match="fields are unknown"):
         check_fingerprint(model, "0" * 16, where="sample k")
+
+
+@pytest.mark.parametrize("mel_scale", ["htk", "slaney"])
+@pytest.mark.parametrize("n", [50, 401, 16000, 48007])
+def test_logmel_equals_torchaudio_melspectrogram(mel_scale, n):
+    """LogMel computes torchaudio's MelSpectrogram (same filterbank and STFT) in fewer passes;
+    the numbers agree to float rounding, so the algorithm id and fingerprint stay."""
+    import torch
+    import torchaudio
+
+    cfg = FeatureConfig(mel_scale=mel_scale, dtype="float32", win_length=320)
+    ref_mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate_hz, n_fft=cfg.n_fft, win_length=cfg.win_length,
+        hop_length=cfg.hop_length, f_min=cfg.f_min_hz, f_max=cfg.f_max_hz, n_mels=cfg.n_mels,
+        power=2.0, center=True, pad_mode="reflect",
+        norm="slaney" if mel_scale == "slaney" else None, mel_scale=mel_scale,
+    )  # fmt: skip
+    wave = (np.random.default_rng(n).standard_normal(n) * 0.1).astype(np.float32)
+    x = torch.from_numpy(wave)
+    if n < cfg.n_fft // 2 + 1:
+        x = torch.nn.functional.pad(x, (0, cfg.n_fft // 2 + 1 - n))
+    with torch.no_grad():
+        ref = ref_mel(x)[:, : 1 + n // cfg.hop_length].numpy()
+    got = LogMel(cfg).power(wave)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        LogMel(cfg)(wave), np.log(ref + cfg.log_offset), rtol=1e-5, atol=1e-5
+    )
