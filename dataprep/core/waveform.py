@@ -45,14 +45,17 @@ def level_db(x: float) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _k_weighting(sample_rate_hz: int) -> np.ndarray:
-    """BS.1770 K-weighting as second-order sections, with pyloudnorm's own coefficients."""
+def _k_weighting(sample_rate_hz: int) -> tuple[np.ndarray, np.ndarray]:
+    """BS.1770 K-weighting, pyloudnorm's two biquads (its own float64 coefficients) as one
+    fourth-order ``(b, a)``: one ``lfilter`` pass in float64 costs ~0.85x two float32 sosfilt
+    sections (and has no per-call section checks), and is nearer pyloudnorm's float64 cascade."""
     import pyloudnorm
 
     meter = pyloudnorm.Meter(sample_rate_hz)
     stages = [meter._filters["high_shelf"], meter._filters["high_pass"]]
-    # float32 sections keep sosfilt in single precision: no float64 copy of the signal.
-    return np.array([np.concatenate([f.b, f.a]) for f in stages], dtype=np.float32)
+    b = np.convolve(np.asarray(stages[0].b, np.float64), np.asarray(stages[1].b, np.float64))
+    a = np.convolve(np.asarray(stages[0].a, np.float64), np.asarray(stages[1].a, np.float64))
+    return b, a
 
 
 def loudness_lufs(wave: np.ndarray, sample_rate_hz: int) -> float:
@@ -65,15 +68,18 @@ def loudness_lufs(wave: np.ndarray, sample_rate_hz: int) -> float:
     step = round(0.1 * sample_rate_hz)
     if wave.shape[0] < 4 * step:
         return level_db(math.sqrt(float(np.dot(wave, wave)) / max(1, wave.shape[0])))
-    y = scipy.signal.sosfilt(_k_weighting(sample_rate_hz), wave.astype(np.float32, copy=False))
+    b, a = _k_weighting(sample_rate_hz)
+    y = scipy.signal.lfilter(b, a, wave)  # float64
     n = y.shape[0] // step
     steps = np.einsum("ij,ij->i", y[: n * step].reshape(n, step), y[: n * step].reshape(n, step))
-    steps = steps.astype(np.float64)
-    rest = y[n * step :]
-    if rest.size * 2 >= step:
-        # pyloudnorm rounds the block count, so a last step half full or more counts
-        # (zero-padded); matching it keeps our numbers equal to the reference meter's.
+    # pyloudnorm's block count, in its own float arithmetic: round((T - 0.4 s) / 0.1 s) + 1,
+    # numpy rounding half to even; a last step it counts beyond the full ones is the rest of
+    # the signal (its mean square still over the whole block, as pyloudnorm divides).
+    blocks_n = int(np.round((y.shape[0] / sample_rate_hz - 0.4) / (0.4 * 0.25))) + 1
+    if blocks_n + 3 > n:
+        rest = y[n * step :]
         steps = np.append(steps, float(np.dot(rest, rest)))
+    steps = steps[: blocks_n + 3]
     z = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / (4 * step)
     with np.errstate(divide="ignore"):
         blocks = -0.691 + 10.0 * np.log10(z)
