@@ -11,9 +11,10 @@ name               what                                                         
 ``noise``          another clip of the corpus (``noise_pool`` or ``cfg.noise_dirs``)        0.2
                    at 5..25 dB SNR; off without a pool (white noise is a shortcut real
                    data never shows)
-``speed``          speed perturbation 0.9..1.1 (pitch and tempo, polyphase resampling),    0.7
+``speed``          speed perturbation 0.9..1.1 (pitch and tempo, soxr resampling),         0.4
                    cropped/padded to the original length
-``band_pass``      audiomentations ``BandPassFilter``, 300..3000 Hz centre                 1.4
+``band_pass``      a band-pass of 2-4 cookbook biquads, 300..3000 Hz centre, drawn like    0.4
+                   audiomentations' ``BandPassFilter``
 ``room``           a room impulse response from a bank of 16 rooms simulated once per      1.2
                    process by audiomentations ``RoomSimulator`` (pyroomacoustics), then
                    convolved; simulating a room per clip costs 10-30 ms
@@ -153,9 +154,6 @@ class AudioAugmenter:
                 "time_stretch": lambda: am.TimeStretch(
                     min_rate=0.85, max_rate=1.15, leave_length_unchanged=True, p=1.0
                 ),
-                "band_pass": lambda: am.BandPassFilter(
-                    min_center_freq=300.0, max_center_freq=3000.0, p=1.0
-                ),
             }[name]()
         return self._built[name]
 
@@ -175,17 +173,50 @@ class AudioAugmenter:
     def _speed(self, wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         from fractions import Fraction
 
-        from scipy.signal import resample_poly
+        import soxr
 
         rate = Fraction(float(rng.uniform(0.9, 1.1))).limit_denominator(40)
-        # Played `rate` times faster: fewer samples, pitch and tempo up together.
-        out = resample_poly(wave, rate.denominator, rate.numerator).astype(np.float32)
+        # Played `rate` times faster: fewer samples, pitch and tempo up together. soxr (the
+        # build's resampler) at the rational ratio: ~0.55x scipy's resample_poly, which
+        # designed a new polyphase filter on every call.
+        out = soxr.resample(wave, rate.numerator, rate.denominator, quality="HQ")
         if len(out) >= len(wave):
             start = int(rng.integers(0, len(out) - len(wave) + 1))
             out = out[start : start + len(wave)]
         else:
             out = np.pad(out, (0, len(wave) - len(out)))
-        return out, {"rate": round(float(rate), 4)}
+        return out.astype(np.float32, copy=False), {"rate": round(float(rate), 4)}
+
+    def _band_pass(self, wave: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        """A random band-pass, drawn as audiomentations' ``BandPassFilter`` draws it (centre
+        mel-uniform in 300-3000 Hz, bandwidth 0.5-1.99 x centre, band edges centre -/+ half
+        of it, 12/18/24 dB per octave), made of N identical second-order band-pass sections:
+        the bilinear transform of ``B s / (s^2 + B s + W^2)`` with the edges pre-warped, ``W``
+        their geometric centre and ``B`` set so the cascade is -3 dB at both edges. Its
+        closed-form design costs microseconds; scipy's ``butter`` under audiomentations took
+        ~0.6 ms and ``sosfilt_zi`` ~0.15 ms per call, more than the filtering itself."""
+        from scipy.signal import sosfilt
+
+        lo_mel, hi_mel = (2595.0 * np.log10(1.0 + f / 700.0) for f in (300.0, 3000.0))
+        centre = 700.0 * (10.0 ** (float(rng.uniform(lo_mel, hi_mel)) / 2595.0) - 1.0)
+        bandwidth = centre * float(rng.uniform(0.5, 1.99))
+        order = int(rng.integers(2, 5))  # sections: 6 dB per octave each side per section
+        nyquist = self.sr / 2
+        lo, hi = max(centre - bandwidth / 2, 1.0), min(centre + bandwidth / 2, 0.95 * nyquist)
+        w_lo, w_hi = np.tan(np.pi * lo / self.sr), np.tan(np.pi * hi / self.sr)
+        w2 = w_lo * w_hi
+        b = (w_hi - w_lo) / np.sqrt(2.0 ** (1.0 / order) - 1.0)
+        a0 = 1.0 + b + w2
+        section = [b / a0, 0.0, -b / a0, 1.0, 2.0 * (w2 - 1.0) / a0, (1.0 - b + w2) / a0]
+        sos = np.tile(np.array(section, dtype=np.float32), (order, 1))
+        # The state of a filter that has seen wave[0] forever (a band-pass passes no DC, so
+        # every section after the first rests at zero): no click at the start.
+        zi = np.zeros((order, 2), dtype=np.float32)
+        zi[0] = (-sos[0, 0] * wave[0], sos[0, 2] * wave[0])
+        out, _ = sosfilt(sos, wave, zi=zi)
+        params = {"center_freq": round(centre, 1), "bandwidth": round(bandwidth, 1),
+                  "rolloff": 6 * order}  # fmt: skip
+        return out.astype(np.float32, copy=False), params
 
     def _room_bank(self) -> list[tuple[np.ndarray, dict]]:
         return room_bank(self.cfg.seed, self.sr)
@@ -226,6 +257,8 @@ class AudioAugmenter:
             return self._speed(wave, rng)
         if name == "room":
             return self._room(wave, rng)
+        if name == "band_pass":
+            return self._band_pass(wave, rng)
         t = self._am(name)
         with seeded(seed):
             out = t(samples=wave, sample_rate=self.sr)
@@ -238,6 +271,10 @@ class AudioAugmenter:
         if self.cfg.audio_views <= 0 or not self.names or len(wave) == 0:
             return []
         wave = np.asarray(wave, dtype=np.float32)
+        with seeded(None):  # the caller's global RNG streams saved and restored once
+            return self._views(wave, key)
+
+    def _views(self, wave: np.ndarray, key: str) -> list[tuple[np.ndarray, list[dict]]]:
         out = []
         for v in range(self.cfg.audio_views):
             rng = np.random.default_rng(_seed_int(self.cfg.seed, key, "view", v))

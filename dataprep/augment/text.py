@@ -157,19 +157,34 @@ def _seed_int(*parts: Any) -> int:
     return stable_seed(*parts)
 
 
+_DEPTH = [0]  # seeded() contexts open in this process (under _LOCK)
+
+
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed the global ``random``/``numpy.random`` streams, restore them afterwards."""
+def seeded(seed: int | None) -> Iterator[None]:
+    """Seed the global ``random``/``numpy.random`` streams, restore them afterwards.
+
+    Nested in another ``seeded`` (``None``: only hold the outer states), it just reseeds: the
+    outermost context saves and restores the caller's streams once. Saving and restoring
+    them (the Mersenne states, ~2.5 KB each) cost more than a short nlpaug call, and a
+    sample's text variants run a dozen of them inside one ``seeded(None)``.
+    """
     with _LOCK:
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        random.seed(seed)
-        np.random.seed(seed)
+        outer = _DEPTH[0] == 0
+        if outer:
+            py_state = random.getstate()
+            np_state = np.random.get_state()
+        _DEPTH[0] += 1
         try:
+            if seed is not None:
+                random.seed(seed)
+                np.random.seed(seed)
             yield
         finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            _DEPTH[0] -= 1
+            if outer:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
 
 # -- WordNet tagger for SynonymAug -------------------------------------------------------------
@@ -330,7 +345,10 @@ class NlpaugAugmenter:
         """Up to ``count`` (0: one per augmenter) new entries from the given text entries."""
         if not texts or not self.names:
             return []
-        n = count or len(self.names)
+        with seeded(None):  # one save/restore of the global streams for all the calls below
+            return self._variants(texts, key, count or len(self.names))
+
+    def _variants(self, texts: list[dict[str, Any]], key: str, n: int) -> list[dict[str, Any]]:
         rng = random.Random(_seed_int(self.seed, key, "nlpaug-plan"))
         seen = {t["text"] for t in texts}
         out: list[dict[str, Any]] = []

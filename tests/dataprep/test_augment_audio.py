@@ -101,3 +101,37 @@ def test_noise_pool_skips_broken_files(corpora_root: Path) -> None:
 def test_unknown_transform_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown audio transforms"):
         AudioAugmenter(AugmentConfig(audio_views=1, audio_transforms=("reverb9000",)), SR)
+
+
+def test_band_pass_passes_its_band_and_cuts_outside() -> None:
+    """The band-pass step, measured on white noise: ~0 dB in the middle of the band, ~-3 dB
+    at the recorded band's edges, > 5 dB more an octave outside them and, two octaves out,
+    at least the rolloff (6 dB per octave per section, reached further out)."""
+    from scipy.signal import welch
+
+    noise = (np.random.default_rng(0).standard_normal(8 * SR) * 0.1).astype(np.float32)
+    aug = AudioAugmenter(AugmentConfig(audio_views=1, audio_transforms=("band_pass",)), SR)
+    orders = set()
+    for seed in range(12):
+        out, p = aug._apply("band_pass", noise, seed)
+        f, pxx = welch(noise, SR, nperseg=4096)
+        _, pyy = welch(out, SR, nperseg=4096)
+        gain_db = 10 * np.log10(pyy / pxx)
+
+        def at(hz: float) -> float:
+            return float(np.interp(hz, f, gain_db))
+
+        centre, half, rolloff = p["center_freq"], p["bandwidth"] / 2, p["rolloff"]
+        lo, hi = max(centre - half, 1.0), centre + half  # the band audiomentations cuts
+        orders.add(rolloff)
+        peak = np.arctan(np.sqrt(np.tan(np.pi * lo / SR) * np.tan(np.pi * hi / SR))) * SR / np.pi
+        assert abs(at(peak)) < 1.0, (seed, p, at(peak))
+        assert abs(at(lo) + 3) < 2.0 and abs(at(hi) + 3) < 2.0, (seed, p, at(lo), at(hi))
+        # An octave out, at least 5 dB under the edges' -3 (the skirts steepen towards their
+        # 6 dB/octave per section further out: two octaves out, most of it).
+        for out_hz, far_hz in ((hi * 2, hi * 4), (lo / 2, lo / 4)):
+            if 20 < out_hz < 0.95 * SR / 2:
+                assert at(out_hz) < -8.0, (seed, p, out_hz, at(out_hz))
+            if 20 < far_hz < 0.95 * SR / 2:
+                assert at(far_hz) < -3 - rolloff, (seed, p, far_hz, at(far_hz))
+    assert orders == {12, 18, 24}
