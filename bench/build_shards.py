@@ -1,6 +1,6 @@
 """Shard-build throughput, side by side in one run, in input audio-seconds per CPU-second.
 
-    python bench/build_shards.py [--samples 2000] [--rounds 1] [--scale-samples 20000]
+    python bench/build_shards.py [--samples 2000] [--rounds 3] [--scale-samples 20000]
                                  [--out /tmp/bench_build]
 
 On the same ``--samples`` inputs, in rounds (arms alternate so load on a shared machine hits all
@@ -21,8 +21,8 @@ gets a distinct small gain so exact-duplicate removal does not drop the repeats 
 matching is switched off for the bench for the same reason; fingerprints are still computed).
 Every arm's numerator is the same input audio duration (our builder trims silence, so its
 kept audio is ~10 % less). CPU seconds: process CPU time of the loop for (a)/(c)/(d); for (b)
-the CPU time summed over the shard tasks (as each task reports it) and the scan tasks, plus
-the driver's (planning, the manifest, finalize: index, dedup, card).
+the CPU time summed over the shard tasks (as each task reports it) plus the driver's (the
+scan, planning, the manifest, finalize: index, dedup, card).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def ours(
     inputs: Path, out: Path, workers: int, warm: Path | None = None
 ) -> tuple[float, float, float, dict[str, float]]:
     """(kept audio-s, CPU-s, wall-s, CPU split) of one ``run_build``. CPU-s: the shard tasks'
-    (as each reports it) + the scan tasks' + the driver's. ``warm``: inputs of a small build run
+    (as each reports it) + the driver's (the scan runs there). ``warm``: inputs of a small build run
     first in the same Ray session and not counted, so the measured build's workers have paid
     their first-call costs (lingua's models, torch's FFT plans), as the other arms' warm-up
     does; its CPU is reported as ``warmup``."""
@@ -202,13 +202,12 @@ def ours(
     # What did not run in parallel: the wall not covered by the shard tasks spread over the
     # workers (scan, worker start-up and imports, planning, finalize, scheduling gaps).
     split["serial_wall"] = wall - sum(t["wall_s"] for t in record["tasks"]) / workers
-    split["scan"] = record["timings"].get("scan_cpu_s", 0.0)
     audio_s = sum(t["audio_s"] for t in record["tasks"])
-    return audio_s, split["tasks"] + split["scan"] + split["driver"], wall, split
+    return audio_s, split["tasks"] + split["driver"], wall, split
 
 
 def _build_cpu(record: dict) -> float:
-    return sum(t["cpu_s"] for t in record["tasks"]) + record["timings"].get("scan_cpu_s", 0.0)
+    return sum(t["cpu_s"] for t in record["tasks"])
 
 
 def _ratio(name: str, value: float, target: str) -> None:
@@ -246,7 +245,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale-samples", type=int, default=20000, help="0: skip the scaling run")
     ap.add_argument("--out", default="/tmp/bench_build")
     args = ap.parse_args()
@@ -278,7 +277,7 @@ def main() -> int:
     print(f"(a) floor decode+resample+logmel : {med['a']:8.0f} audio-s/CPU-s")
     split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
     print(f"(b) ours, 1 worker               : {med['b']:8.0f} audio-s/CPU-s  (CPU-s: shard "
-          f"tasks {split['tasks']:.2f}, scan {split['scan']:.2f}, driver {split['driver']:.2f}; "
+          f"tasks {split['tasks']:.2f}, driver {split['driver']:.2f}; "
           f"not counted: the 24-input warm-up build {split['warmup']:.2f})")  # fmt: skip
     print(f"(c) naive librosa + tarfile      : {med['c']:8.0f} audio-s/CPU-s")
     if "d" in med:

@@ -1,8 +1,9 @@
 """The executor: runs the build on Ray. The only module of ``dataprep`` that imports Ray.
 
 Works the same with an embedded local Ray (``ray.init()`` in a plain script) and on a cluster
-(``ray job submit``). Tasks: one scan per corpus, one fingerprint pass per evaluation corpus, one
-build per shard. A shard task receives the manifest path and its row range, never row dicts.
+(``ray job submit``). The driver scans the corpora (threads); tasks: one fingerprint pass per
+evaluation corpus, one build per shard. A shard task receives the manifest path and its row
+range, never row dicts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,15 +48,6 @@ log = logging.getLogger("polyclap.build")
 
 EVAL_REJECTS = remote.EVAL_REJECTS
 SHARD_TASK_RETRIES = 2
-
-
-@ray.remote
-def _scan_task(
-    corpus: CorpusConfig,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]], float]:
-    cpu0 = time.process_time()
-    refs, rejects = manifest.scan_corpus(corpus)
-    return refs, rejects, time.process_time() - cpu0
 
 
 @ray.remote
@@ -157,16 +150,19 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - t
 
 
-def scan(
-    cfg: DataConfig, timings: dict[str, float] | None = None
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """All corpora listed in parallel: manifest rows and reader reject rows. The scan tasks'
-    CPU seconds go to ``timings["scan_cpu_s"]``."""
-    scans = ray.get([_scan_task.remote(c) for c in cfg.build.corpora])
-    rows = [r for refs, _, _ in scans for r in refs]
-    rejects = [r for _, rj, _ in scans for r in rj]
-    if timings is not None:
-        timings["scan_cpu_s"] = sum(cpu for _, _, cpu in scans)
+def scan(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """All corpora listed side by side, in driver threads: manifest rows and reader rejects.
+
+    The driver has the readers imported already, and listing (a directory walk, a bucket's
+    pages, a manifest file) waits on I/O; a Ray task per corpus made the build's first step
+    wait for a worker process to start and import the shard task's modules (~3 s of torch,
+    scipy.signal, ...) before the scan could begin, with the other workers idle
+    (bench/RESULTS.md, scaling)."""
+    corpora = cfg.build.corpora
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(corpora)))) as pool:
+        scans = list(pool.map(manifest.scan_corpus, corpora))
+    rows = [r for refs, _ in scans for r in refs]
+    rejects = [r for _, rj in scans for r in rj]
     log.info(
         "scanned %d corpora: %d inputs, %d rejected by readers",
         len(cfg.build.corpora), len(rows), len(rejects),
@@ -311,7 +307,7 @@ def run_build(
     check_signature(work, cfg)
     timings: dict[str, float] = {}
     with _timed(timings, "scan_s"):
-        rows, scan_rejects = scan(cfg, timings)
+        rows, scan_rejects = scan(cfg)
     if not rows:
         raise BuildError(
             "the configured corpora yielded no usable inputs (see reader rejects above)"
