@@ -16,5 +16,14 @@ if ! dpkg -s chromium >/dev/null 2>&1; then
   fi
 fi
 
+# llama.cpp builds for the build host's CPU (-march=native) by default. On a VM whose CPU
+# reports AMX that the hypervisor does not let it use, that build's kernels die with a general
+# protection fault in libggml-cpu on the first completion (seen on this project's 2-core VMs);
+# a portable x86-64 build (AVX2, FMA, F16C) runs everywhere. --no-cache-dir: a wheel cached
+# from an earlier native build would otherwise be reused whatever CMAKE_ARGS says.
+if [ "$(uname -m)" = x86_64 ]; then
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+fi
+"$VENV/bin/pip" install -q --no-cache-dir -c constraints.txt "llama-cpp-python[server]"
 "$VENV/bin/pip" install -q -c constraints.txt -e ".[test,llm]"
 "$VENV/bin/python" -c "import llama_cpp; print('[setup-test] ok: llama-cpp-python', llama_cpp.__version__)"
