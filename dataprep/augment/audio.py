@@ -13,8 +13,8 @@ name               what                                                         
                    data never shows)
 ``speed``          speed perturbation 0.9..1.1 (pitch and tempo, soxr resampling),         0.4
                    cropped/padded to the original length
-``band_pass``      a band-pass of 2-4 cookbook biquads, 300..3000 Hz centre, drawn like    0.4
-                   audiomentations' ``BandPassFilter``
+``band_pass``      a band-pass of 2-4 pre-warped second-order sections, 300..3000 Hz       0.4
+                   centre, drawn like audiomentations' ``BandPassFilter``
 ``room``           a room impulse response from a bank of 16 rooms simulated once per      1.2
                    process by audiomentations ``RoomSimulator`` (pyroomacoustics), then
                    convolved; simulating a room per clip costs 10-30 ms
