@@ -54,7 +54,7 @@ _MEL_FIELDS += ("f_min_hz", "f_max_hz", "mel_scale")
 
 def pcm_sha1(wave: np.ndarray) -> str:
     """sha1 of the float32 little-endian PCM bytes."""
-    return hashlib.sha1(np.ascontiguousarray(wave, dtype="<f4").tobytes()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(wave, dtype="<f4").data).hexdigest()
 
 
 def shares_fingerprint_mel(cfg: FeatureConfig) -> bool:

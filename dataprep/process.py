@@ -7,7 +7,9 @@ training and evaluation audio go through the same code and the same feature fing
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,9 +133,47 @@ class SampleProcessor:
         lang, detected = filters.resolve_language(ref, text, self.bcfg.filters)
         return text, lang, detected, list(filters.text_flags(ref, detected, self.bcfg.filters))
 
-    # -- one input --------------------------------------------------------------------------
+    # -- inputs ---------------------------------------------------------------------------
     def __call__(self, ref: SampleRef, split: str) -> ProcessResult:
+        """One input (the evaluation harness's call); :meth:`process` with a list of one."""
+        return self.process([ref], split)
+
+    def process(self, refs: Iterable[SampleRef], split: str) -> ProcessResult:
+        """The inputs of one shard task, in order: their samples (each followed by its audio
+        views) and rejects.
+
+        Two passes: the audio work of every input (decode, filters, dedup, log-mel, views),
+        then the text augmentation of every kept sample back to back. nlpaug, WordNet and the
+        templates are Python-object work that ran ~2x slower interleaved with the FFTs, whose
+        buffers evict them from the CPU caches (bench/augment.py). The global ``random`` /
+        ``numpy.random`` streams that the augmenters seed are saved once per call and
+        restored at its end (:func:`dataprep.augment.text.seeded`).
+        """
         res = ProcessResult()
+        groups: list[_Group] = []
+        with self._rng_saved():
+            for ref in refs:
+                self._audio_pass(ref, split, res, groups)
+            for g in groups:
+                rej = self._text_pass(g)
+                if rej is None:
+                    res.samples.extend(g.samples)
+                else:
+                    res.rejects.append(rej)
+            if self.text_aug is not None:
+                res.rejects.extend(getattr(self.text_aug, "drain_rejects", list)())
+        return res
+
+    def _rng_saved(self) -> Any:
+        if self.text_aug is None and self.audio_aug is None:
+            return contextlib.nullcontext()
+        from dataprep.augment.text import seeded
+
+        return seeded(None)
+
+    def _audio_pass(
+        self, ref: SampleRef, split: str, res: ProcessResult, groups: list[_Group]
+    ) -> None:
         acfg = self.bcfg.audio
         # A transcript covers its whole utterance: one segment, never windows (issue 19).
         whole_s = acfg.max_transcript_s if ref.text and filters.is_transcript(ref) else None
@@ -141,26 +181,22 @@ class SampleProcessor:
             segments = audio_mod.load_segments(ref, acfg, self.fcfg.sample_rate_hz, whole_s)
         except Exception as e:  # noqa: BLE001 - one policy at the boundary: a reject row
             res.rejects.append(filters.decode_reject(ref, e))
-            return res
+            return
         text, lang, detected, text_flags = self._text_and_lang(ref)
         # Clips of one source recording (or one declared group) are never each other's negatives.
         group = sample_key(ref.corpus, str(ref.extra_dict().get("group") or ref.source_id))
         for seg in segments:
             seg_src = _segment_source(ref, seg, len(segments))
-            rej = filters.check_segment(ref, seg, text, detected, self.bcfg.filters)
-            if rej is None:
+            got = filters.check_segment(ref, seg, text, detected, self.bcfg.filters)
+            if got is None:
                 flags = sorted(set(text_flags) | set(filters.audio_flags(seg, self.bcfg.filters)))
-                sample, rej = self._make_sample(ref, seg, text, lang, split, group, flags)
-            if rej is not None:
-                res.rejects.append(filters.at_source(rej, seg_src))
+                got = self._make_group(ref, seg, text, lang, split, group, flags, seg_src)
+            if isinstance(got, Reject):
+                res.rejects.append(filters.at_source(got, seg_src))
                 continue
-            res.samples.append(sample)
             if self.audio_aug is not None:
-                res.samples.extend(self._views(sample, seg))
-        if self.text_aug is not None:
-            for r in getattr(self.text_aug, "drain_rejects", list)():
-                res.rejects.append(r)
-        return res
+                self._add_views(got, seg.wave)
+            groups.append(got)
 
     def _dedup_reject(self, ref: SampleRef, key: str, pcm: str, fp: Any) -> Reject | None:
         """``eval_overlap`` against the evaluation index, then ``duplicate`` within the task."""
@@ -199,7 +235,7 @@ class SampleProcessor:
                 )  # fmt: skip
         return texts
 
-    def _make_sample(
+    def _make_group(
         self,
         ref: SampleRef,
         seg: Any,
@@ -208,13 +244,15 @@ class SampleProcessor:
         split: str,
         group: str,
         flags: list[str],
-    ) -> tuple[dict[str, Any], Reject | None]:
+        source: str,
+    ) -> _Group | Reject:
+        """The kept segment's sample (log-mel, json before text augmentation), or why not."""
         key = sample_key(ref.corpus, ref.source_id, (seg.start_s, seg.end_s))
         pcm = dedup.pcm_sha1(seg.wave)
         fp, mel = self._fingerprint(seg.wave)
         rej = self._dedup_reject(ref, key, pcm, fp)
         if rej is not None:
-            return {}, rej
+            return rej
         meta: SampleMeta = {
             "id": key,
             "corpus": ref.corpus,
@@ -237,11 +275,9 @@ class SampleProcessor:
             "stats": {k: _round(v) for k, v in sorted(seg.stats.items())},
         }
         meta["attributes"] = {k: v for k, v in ref.extra_dict().items() if _jsonable(v)}
-        if self.text_aug is not None:
-            meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
-        if not meta["texts"] and self.bcfg.filters.require_text:
-            return {}, filters.no_text_reject(ref)
-        return self._pack(key, meta, seg.wave, mel), None
+        if self.text_aug is None and not meta["texts"] and self.bcfg.filters.require_text:
+            return filters.no_text_reject(ref)  # nothing can add one: reject now
+        return _Group(ref, source, meta, [self._sample(key, seg.wave, mel)], [{}])
 
     def _source_uri(self, ref: SampleRef) -> str:
         root = self.roots.get(ref.corpus)
@@ -256,30 +292,51 @@ class SampleProcessor:
         power = self.logmel.power(wave)
         return dedup.mel_fingerprint(power), self.logmel.from_power(power)
 
-    def _pack(
-        self, key: str, meta: SampleMeta, wave: np.ndarray, mel: np.ndarray | None = None
-    ) -> dict[str, Any]:
-        # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
-        meta = canonical_meta(meta)
+    def _sample(self, key: str, wave: np.ndarray, mel: np.ndarray | None = None) -> dict[str, Any]:
+        """A sample without its json and text yet (:meth:`_text_pass` sets them)."""
         mel = self.logmel(wave) if mel is None else mel
-        sample: dict[str, Any] = {"__key__": key, MEL: mel, META: meta}
-        texts = meta["texts"]
-        sample[TEXT] = texts[0]["text"] if texts else ""
+        sample: dict[str, Any] = {"__key__": key, MEL: mel, META: None, TEXT: ""}
         if self.bcfg.audio.keep_audio:
             sample[AUDIO] = _flac_bytes(wave, self.fcfg.sample_rate_hz)
         if self.keep_wave:
             sample[WAVE] = wave
         return sample
 
-    def _views(self, sample: dict[str, Any], seg: Any) -> list[dict[str, Any]]:
-        out = []
-        base = sample[META]
-        for i, (wave, chain) in enumerate(self.audio_aug.views(seg.wave, base["id"])):
-            meta = dict(base)
-            key = f"{base['id']}v{i + 1}"
-            meta.update(id=key, augment=chain, audio_sha1=dedup.pcm_sha1(wave), audio_fp="")
-            out.append(self._pack(key, meta, wave))
-        return out
+    def _add_views(self, g: _Group, wave: np.ndarray) -> None:
+        base = g.meta["id"]
+        for i, (view, chain) in enumerate(self.audio_aug.views(wave, base)):
+            key = f"{base}v{i + 1}"
+            g.samples.append(self._sample(key, view))
+            g.changes.append(
+                {"id": key, "augment": chain, "audio_sha1": dedup.pcm_sha1(view), "audio_fp": ""}
+            )
+
+    def _text_pass(self, g: _Group) -> Reject | None:
+        """Augmented texts for one kept segment, then the json of its samples, or the reject
+        of a segment left without any text."""
+        meta = g.meta
+        if self.text_aug is not None:
+            meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
+        if not meta["texts"] and self.bcfg.filters.require_text:
+            return filters.at_source(filters.no_text_reject(g.ref), g.source)
+        for sample, changes in zip(g.samples, g.changes, strict=True):
+            # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
+            m = sample[META] = canonical_meta({**meta, **changes})
+            sample[TEXT] = m["texts"][0]["text"] if m["texts"] else ""
+        return None
+
+
+@dataclass
+class _Group:
+    """A kept segment between the two passes of :meth:`SampleProcessor.process`: its json
+    before text augmentation and its samples (the segment's, then its views'), each with the
+    json fields in which it differs from the segment's."""
+
+    ref: SampleRef
+    source: str  # the reject source of this segment
+    meta: SampleMeta
+    samples: list[dict[str, Any]]
+    changes: list[dict[str, Any]]
 
 
 def _segment_source(ref: SampleRef, seg: Any, n_segments: int) -> str:

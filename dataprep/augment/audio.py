@@ -294,10 +294,12 @@ class AudioAugmenter:
                 chain.append({"transform": name, **params})
             if not chain:
                 continue
-            cur = np.nan_to_num(cur, nan=0.0, posinf=0.0, neginf=0.0)
-            peak = float(np.abs(cur).max()) if len(cur) else 0.0
+            cur = np.asarray(cur, dtype=np.float32)
+            if not np.isfinite(cur).all():
+                cur = np.nan_to_num(cur, nan=0.0, posinf=0.0, neginf=0.0)
+            peak = float(max(cur.max(), -cur.min())) if len(cur) else 0.0
             if peak > 0.99:  # keep the view inside the normalized range the builder promises
-                cur = cur * (0.99 / peak)
+                cur = cur * np.float32(0.99 / peak)
                 chain.append({"transform": "peak_limit", "scale": round(0.99 / peak, 4)})
-            out.append((cur.astype(np.float32), chain))
+            out.append((cur, chain))
         return out

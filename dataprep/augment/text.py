@@ -38,6 +38,7 @@ outputs depend only on those inputs and callers' global RNG streams are left unt
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -211,13 +212,27 @@ _WN_TO_PTB = {"n": "NN", "v": "VB", "a": "JJ", "s": "JJ", "r": "RB"}
 _KEEP = "DT"  # nlpaug's SynonymAug never replaces a token tagged DT
 
 
+@functools.lru_cache(maxsize=1)
+def _wordnet() -> Any:
+    """NLTK's WordNet, loaded now rather than at the first lookup, then frozen out of the
+    garbage collector's sight: it is ~400k Python objects that live as long as the process,
+    and every full collection walked them all (~0.5 s each on this machine, several per shard
+    task). ``gc.freeze`` moves what is alive now to a permanent generation; it is collected
+    never, which is what a loaded dictionary needs."""
+    import gc
+
+    from nltk.corpus import wordnet
+
+    wordnet.ensure_loaded()
+    gc.freeze()
+    return wordnet
+
+
 class WordNetTagger:
     """Penn-style tags from the most common WordNet synset's part of speech (see docstring)."""
 
     def __init__(self) -> None:
-        from nltk.corpus import wordnet
-
-        self.wn = wordnet
+        self.wn = _wordnet()
         self._memo: dict[str, str] = {}  # captions repeat words; synset lookups are the cost
 
     def tag(self, word: str) -> str:
@@ -262,7 +277,11 @@ class _MostCommonSense:
         return [lemma.name() for lemma in synsets[0].lemmas()] if synsets else []
 
 
+@functools.lru_cache(maxsize=64)
 def _build(name: str, variant: str, script: str, p: float) -> Any:
+    """One nlpaug augmenter, built once per process and shared by the processors of its shard
+    tasks (a keyboard layout's model file, the WordNet tagger's memo); its calls run under
+    :func:`seeded`'s lock and keep no state between them."""
     import nlpaug.augmenter.char as nac
     import nlpaug.augmenter.word as naw
 
@@ -318,13 +337,6 @@ class NlpaugAugmenter:
         self.names = tuple(names)
         self.p = p
         self.seed = seed
-        self._cache: dict[tuple[str, str, str], Any] = {}
-
-    def _get(self, name: str, variant: str, script: str) -> Any:
-        key = (name, variant, script)
-        if key not in self._cache:
-            self._cache[key] = _build(name, variant, script, self.p)
-        return self._cache[key]
 
     def augment(
         self, text: str, lang: str | None, name: str, key: str, index: int = 0
@@ -333,7 +345,7 @@ class NlpaugAugmenter:
         how = plan(name, text, lang) if text else None
         if how is None:
             return None
-        aug = self._get(name, *how)
+        aug = _build(name, *how, self.p)
         with seeded(_seed_int(self.seed, key, name, index, text)):
             out = aug.augment(text)
         if isinstance(out, list):

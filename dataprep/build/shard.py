@@ -32,16 +32,11 @@ def process_rows(
 ) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Every manifest row through one :class:`SampleProcessor`: samples and rejects."""
     proc = SampleProcessor(cfg, augment=True, eval_index=eval_index, keep_wave=keep_wave)
-    samples: list[dict[str, Any]] = []
-    rejects: list[Reject] = []
     try:
-        for row in rows:
-            res = proc(ref_from_row(row), split)
-            samples.extend(res.samples)
-            rejects.extend(res.rejects)
+        res = proc.process((ref_from_row(row) for row in rows), split)
     finally:
         proc.close()
-    return samples, rejects
+    return res.samples, res.rejects
 
 
 def curate(
