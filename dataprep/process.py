@@ -1,6 +1,7 @@
-"""Per-input processing: SampleRef -> samples (+ rejects). The body of one shard task.
+"""Input processing: SampleRefs -> samples (+ rejects). The body of one shard task.
 
-decode -> normalize -> filter -> dedup/decontaminate -> augment -> log-mel -> sample dicts.
+Per input: decode -> normalize -> filter -> dedup/decontaminate -> log-mel -> audio views;
+then, for every kept sample, text augmentation -> sample json (see ``SampleProcessor.process``).
 Used by the shard build (dataprep.build.shard) and by the evaluation harness, so that
 training and evaluation audio go through the same code and the same feature fingerprint.
 """
@@ -147,7 +148,8 @@ class SampleProcessor:
         templates are Python-object work that ran ~2x slower interleaved with the FFTs, whose
         buffers evict them from the CPU caches (bench/augment.py). The global ``random`` /
         ``numpy.random`` streams that the augmenters seed are saved once per call and
-        restored at its end (:func:`dataprep.augment.text.seeded`).
+        restored at its end (:func:`dataprep.augment.text.seeded`; its lock is held for the
+        call, so another thread's augmenter in this process waits for it).
         """
         res = ProcessResult()
         groups: list[_Group] = []

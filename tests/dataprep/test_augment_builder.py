@@ -27,12 +27,23 @@ def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> No
             "nlpaug_per_sample": 2, "audio_views": 1, "noise_dirs": rain, "seed": 4,
         }}}
     )  # fmt: skip
-    runs = []
-    for _ in range(2):  # a fresh processor each time: its dedup index would reject a rerun
-        proc = SampleProcessor(cfg)
-        runs.append([proc(r, "train") for r in refs])
-        proc.close()
-    for res, res2 in zip(*runs):
+    # A fresh processor each time (its dedup index would reject a rerun): one input per call
+    # (the evaluation harness), then all of them in one call (a shard task: the audio of every
+    # input first, then the text augmentation of every sample).
+    proc = SampleProcessor(cfg)
+    one_by_one = [proc(r, "train") for r in refs]
+    proc.close()
+    proc = SampleProcessor(cfg)
+    shard = proc.process(refs, "train")
+    proc.close()
+    assert not shard.rejects, shard.rejects
+    flat = [s for res in one_by_one for s in res.samples]
+    assert [s["__key__"] for s in shard.samples] == [s["__key__"] for s in flat]
+    for a, b in zip(shard.samples, flat, strict=True):
+        assert a[META] == b[META] and a["txt"] == b["txt"] and (a["mel.npy"] == b["mel.npy"]).all()
+    by_ref = iter(shard.samples)
+    runs = [one_by_one, [[next(by_ref) for _ in res.samples] for res in one_by_one]]
+    for res, samples2 in zip(*runs):
         assert not res.rejects, res.rejects
         originals = [s for s in res.samples if not s[META].get("augment")]
         views = [s for s in res.samples if s[META].get("augment")]
@@ -48,7 +59,7 @@ def test_sample_json_carries_augmented_texts_and_views(corpora_root: Path) -> No
             )
             assert all("transform" in step for step in v[META]["augment"])
         # Same config, same inputs: the same texts and transform chains.
-        assert [s[META]["texts"] for s in res.samples] == [s[META]["texts"] for s in res2.samples]
+        assert [s[META]["texts"] for s in res.samples] == [s[META]["texts"] for s in samples2]
         assert [s[META].get("augment") for s in res.samples] == [
-            s[META].get("augment") for s in res2.samples
+            s[META].get("augment") for s in samples2
         ]
