@@ -20,8 +20,9 @@ wall time of the first run vs the cached rerun.
 
 The arms alternate for ``--rounds`` rounds (fresh processors each round, one warm-up round over
 every input not counted: WordNet, lingua's per-language models, nlpaug's keyboard layouts, numba
-and librosa load once per process) so load on the shared machine hits both alike. Throughput is inputs per CPU-second of this process (and per wall second); the
-ratio (b)/(a) is the number to compare with the target (>= 0.6x, issue 20).
+and librosa load once per process) so load on the shared machine hits both alike. Throughput is
+inputs per CPU-second of this process (and per wall second); the ratio (b)/(a) is the number to
+compare with the target (>= 0.6x, issue 20).
 """
 
 from __future__ import annotations
