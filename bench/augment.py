@@ -1,6 +1,7 @@
 """Featurization throughput with and without augmentation, side by side in one run.
 
-    python bench/augment.py [--rounds 3] [--per-corpus 12] [--langs en,de,fr,es,zh,hi,ar,sw]
+    python bench/augment.py [--rounds 3] [--per-corpus 24] [--chunk 8]
+                             [--langs en,de,fr,es,zh,hi,ar,sw]
 
 Both arms run the builder's per-input processor (``dataprep.process.SampleProcessor``: decode,
 normalize, filters, dedup, log-mel) over the same real clips of the bundled corpora (ESC-50,
@@ -18,11 +19,12 @@ augmentation is isolated from Ray scheduling:
 paraphrase + caption + translate(de); what was accepted, what was rejected and why, and the
 wall time of the first run vs the cached rerun.
 
-The arms alternate for ``--rounds`` rounds (fresh processors each round, one warm-up round over
-every input not counted: WordNet, lingua's per-language models, nlpaug's keyboard layouts, numba
-and librosa load once per process) so load on the shared machine hits both alike. Throughput is
-inputs per CPU-second of this process (and per wall second); the ratio (b)/(a) is the number to
-compare with the target (>= 0.6x, issue 20).
+The arms take turns every ``--chunk`` inputs within each of ``--rounds`` rounds (a fresh
+processor per arm and round, fed by ``SampleProcessor.process`` as a shard task feeds it; one
+warm-up round over every input not counted: WordNet, lingua's per-language models, nlpaug's
+keyboard layouts, numba and librosa load once per process) so load on the shared machine hits
+every arm alike. Throughput is inputs per CPU-second of this process (and per wall second); the
+ratio (b)/(a) is the number to compare with the target (>= 0.6x, issue 20).
 """
 
 from __future__ import annotations
@@ -60,15 +62,27 @@ def refs(per_corpus: int) -> list[SampleRef]:
     return out
 
 
-def run(cfg: DataConfig, augment: bool, items: list[SampleRef]) -> dict[str, float]:
-    proc = SampleProcessor(cfg, augment=augment)
-    c0, w0 = time.process_time(), time.perf_counter()
-    res = proc.process(items, "train")  # what a shard task runs over its inputs
-    samples = len(res.samples)
-    texts = sum(len(s[META]["texts"]) for s in res.samples)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    proc.close()
-    return {"cpu_s": cpu, "wall_s": wall, "samples": samples, "texts": texts}
+def run_round(
+    arms: dict[str, tuple[DataConfig, bool]], items: list[SampleRef], chunk: int
+) -> dict[str, dict[str, float]]:
+    """One round: a fresh processor per arm (as a shard task makes one), fed the inputs
+    ``chunk`` at a time, the arms taking turns after every chunk, so that the machine's
+    load changes (this VM's CPU time for the same work moves by 20 % within seconds) hit
+    every arm alike; each arm's CPU and wall time summed over its chunks."""
+    procs = {label: SampleProcessor(c, augment=aug) for label, (c, aug) in arms.items()}
+    out = {label: {"cpu_s": 0.0, "wall_s": 0.0, "samples": 0, "texts": 0} for label in arms}
+    for i in range(0, len(items), chunk):
+        for label, proc in procs.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            res = proc.process(items[i : i + chunk], "train")  # a shard task's call
+            o = out[label]
+            o["cpu_s"] += time.process_time() - c0
+            o["wall_s"] += time.perf_counter() - w0
+            o["samples"] += len(res.samples)
+            o["texts"] += sum(len(s[META]["texts"]) for s in res.samples)
+    for proc in procs.values():
+        proc.close()
+    return out
 
 
 def llm_report(n: int) -> None:
@@ -174,7 +188,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--per-corpus", type=int, default=12)
+    ap.add_argument("--per-corpus", type=int, default=24)
+    ap.add_argument("--chunk", type=int, default=8, help="inputs per turn of an arm")
     ap.add_argument("--langs", default="en,de,fr,es,zh,hi,ar,sw")
     ap.add_argument("--llm", type=int, default=0, metavar="N", help="LLM report over N clips")
     args = ap.parse_args()
@@ -204,22 +219,24 @@ def main() -> int:
         "(c) templates+nlpaug only": (text_only, True),
     }
     t0 = time.perf_counter()
-    for c, aug in arms.values():  # warm-up over every input: one-time loads, not counted
-        run(c, aug, items)
+    run_round(arms, items, args.chunk)  # warm-up over every input: one-time loads, not counted
     setup_s = time.perf_counter() - t0
     res: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
     for _ in range(args.rounds):
-        for label, (c, aug) in arms.items():
-            res[label].append(run(c, aug, items))
+        for label, r in run_round(arms, items, args.chunk).items():
+            res[label].append(r)
     n = len(items)
-    print(f"inputs per round: {n} real clips from {[s for s, _ in SOURCES]}; rounds: {args.rounds}")
+    print(
+        f"inputs per round: {n} real clips from {[s for s, _ in SOURCES]}; rounds: "
+        f"{args.rounds}; arms alternate every {args.chunk} inputs"
+    )
     print(f"warm-up (one-time loads: WordNet, lingua's models, nlpaug layouts): {setup_s:.1f} s")
     print(
         f"{'arm':<36}{'inputs/cpu-s':>13}{'inputs/wall-s':>14}{'samples':>8}{'texts':>7}{'ratio':>7}"
     )
     base = res["(a) no augmentation"]
     for label, rs in res.items():
-        # Ratio per round (arms of one round ran back to back under the same load), median.
+        # Ratio per round (the arms of one round took turns under the same load), median.
         ratio = statistics.median(a["cpu_s"] / r["cpu_s"] for a, r in zip(base, rs))
         print(
             f"{label:<36}{statistics.median(n / r['cpu_s'] for r in rs):>13.2f}"

@@ -34,6 +34,7 @@ from dataprep.core.sample import (
     SampleRef,
     TextEntry,
     canonical_meta,
+    canonical_update,
     ref_source,
     sample_key,
 )
@@ -321,10 +322,12 @@ class SampleProcessor:
             meta["texts"] = meta["texts"] + self.text_aug(dict(meta))
         if not meta["texts"] and self.bcfg.filters.require_text:
             return filters.at_source(filters.no_text_reject(g.ref), g.source)
+        # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
+        canon = canonical_meta(meta)
+        text = canon["texts"][0]["text"] if canon["texts"] else ""
         for sample, changes in zip(g.samples, g.changes, strict=True):
-            # Every sample the same keys and types (core.sample.META_SCHEMA), nulls filled.
-            m = sample[META] = canonical_meta({**meta, **changes})
-            sample[TEXT] = m["texts"][0]["text"] if m["texts"] else ""
+            sample[META] = canonical_update(canon, changes) if changes else canon
+            sample[TEXT] = text
         return None
 
 

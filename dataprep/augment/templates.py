@@ -179,17 +179,27 @@ def render(ts: TemplateSet, facts: Facts, rng: random.Random) -> tuple[str, str]
             pool = ts.keyword["unknown"]
     else:
         return None
-    usable = [t for t in pool if fields_of(t) <= values.keys() and fields_of(t)]
+    usable, full = _candidates(pool, frozenset(values))
     if not usable:
         return None
+    tpl = rng.choice(full if rng.random() < P_FULL else usable)
+    return tpl.format(**values), tpl
+
+
+@functools.lru_cache(maxsize=4096)
+def _candidates(
+    pool: tuple[str, ...], known: frozenset[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The templates of ``pool`` that ``known`` fields fill (all, and those using the most)."""
+    usable = [t for t in pool if fields_of(t) <= known and fields_of(t)]
+    if not usable:
+        return (), ()
     # "transcript" must be said when known: a caption of speech that drops the words is weaker.
-    if "transcript" in values:
+    if "transcript" in known:
         with_words = [t for t in usable if "transcript" in fields_of(t)]
         usable = with_words or usable
     most = max(len(fields_of(t)) for t in usable)
-    full = [t for t in usable if len(fields_of(t)) == most]
-    tpl = rng.choice(full if rng.random() < P_FULL else usable)
-    return tpl.format(**values), tpl
+    return tuple(usable), tuple(t for t in usable if len(fields_of(t)) == most)
 
 
 class TemplateCaptioner:

@@ -111,6 +111,7 @@ def protect_regex(script: str) -> str:
     return f".*[^\\W\\d_{_LETTERS[script]}].*"
 
 
+@functools.lru_cache(maxsize=8192)  # captions, labels and fixed corpus sentences repeat
 def plan(name: str, text: str, lang: str | None) -> tuple[str, str] | None:
     """``(variant, script)`` to apply augmenter ``name`` to ``text``, or None when unsafe.
 

@@ -234,6 +234,16 @@ def canonical_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _canon(t, meta.get(k)) for k, t in META_SCHEMA.items()}
 
 
+def canonical_update(canon: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`canonical_meta` of ``canon`` (already canonical) with ``changes``: only the
+    changed fields are typed again; the others are shared with ``canon`` (an audio view's
+    json is its clip's but for four fields; its texts are not canonicalized twice)."""
+    extra = set(changes) - set(META_SCHEMA)
+    if extra:
+        raise ValueError(f"sample json keys outside META_SCHEMA: {sorted(extra)}")
+    return {**canon, **{k: _canon(META_SCHEMA[k], v) for k, v in changes.items()}}
+
+
 def _hf_feature(name: str | None, kind: Any) -> dict[str, Any]:
     out: dict[str, Any] = {} if name is None else {"name": name}
     if isinstance(kind, list):

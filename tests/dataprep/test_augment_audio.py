@@ -135,3 +135,31 @@ def test_band_pass_passes_its_band_and_cuts_outside() -> None:
             if 20 < far_hz < 0.95 * SR / 2:
                 assert at(far_hz) < -3 - rolloff, (seed, p, far_hz, at(far_hz))
     assert orders == {12, 18, 24}
+
+
+def test_room_convolution_equals_scipy(clips: dict[str, np.ndarray]) -> None:
+    """The batched overlap-add the ``room`` step runs equals scipy's full convolution, cut to
+    the clip, for every room of the bank and clip lengths around the block size (shorter than
+    one block, an exact multiple, one sample over, a real clip)."""
+    from scipy.signal import fftconvolve
+
+    from dataprep.augment.audio import N_ROOMS, _rir_spectrum, reverberate, room_bank
+
+    bank = room_bank(0, SR)
+    real = next(iter(clips.values()))
+    rng = np.random.default_rng(0)
+    rir0 = bank[0][0]
+    step = 4096 - len(rir0) + 1
+    for n in (1, 100, step, 2 * step, 2 * step + 1):
+        wave = rng.standard_normal(n).astype(np.float32) * 0.1
+        ref = fftconvolve(wave.astype(np.float64), rir0.astype(np.float64))[:n]
+        got = reverberate(wave, rir0, _rir_spectrum(0, SR, 0))
+        assert got.dtype == np.float32 and got.shape == (n,)
+        np.testing.assert_allclose(got, ref, atol=2e-6 * np.abs(ref).max() + 1e-9)
+    for idx in range(N_ROOMS):
+        rir = bank[idx][0]
+        ref = fftconvolve(real.astype(np.float64), rir.astype(np.float64))[: len(real)]
+        got = reverberate(real, rir, _rir_spectrum(0, SR, idx))
+        np.testing.assert_allclose(got, ref, atol=2e-6 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="too long"):
+        reverberate(real, np.ones(3000, np.float32), _rir_spectrum(0, SR, 0))
