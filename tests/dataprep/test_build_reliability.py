@@ -114,6 +114,24 @@ def test_every_sample_json_has_the_same_keys_and_types(clones: list[Path]) -> No
     assert n > 0
 
 
+def test_canonical_update_types_only_the_changed_fields() -> None:
+    """An audio view's json: its clip's canonical json with four fields changed equals the
+    canonical json of the merged fields; unknown keys are refused as by canonical_meta."""
+    from dataprep.core.sample import canonical_update
+
+    clip = canonical_meta(
+        {"id": "c-1", "corpus": "c", "lang": None, "duration": 2, "labels": ["dog"],
+         "texts": [{"text": "a dog", "lang": None, "kind": "original", "provenance": None}]}
+    )  # fmt: skip
+    changes = {"id": "c-1v1", "augment": [{"transform": "gain", "gain_db": -3.0}],
+               "audio_sha1": "ab" * 20, "audio_fp": None}  # fmt: skip
+    view = canonical_update(clip, changes)
+    assert view == canonical_meta({**clip, **changes})
+    assert view["audio_fp"] == "" and view["texts"] == clip["texts"] and clip["id"] == "c-1"
+    with pytest.raises(ValueError, match="outside META_SCHEMA"):
+        canonical_update(clip, {"colour": "red"})
+
+
 def test_hugging_face_datasets_reads_the_shard_set(clones: list[Path], tmp_path: Path) -> None:
     import datasets
 
