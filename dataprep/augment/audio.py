@@ -15,9 +15,9 @@ name               what                                                         
                    cropped/padded to the original length
 ``band_pass``      a band-pass of 2-4 pre-warped second-order sections, 300..3000 Hz       0.4
                    centre, drawn like audiomentations' ``BandPassFilter``
-``room``           a room impulse response from a bank of 16 rooms simulated once per      1.2
+``room``           a room impulse response from a bank of 16 rooms simulated once per      0.6
                    process by audiomentations ``RoomSimulator`` (pyroomacoustics), then
-                   convolved; simulating a room per clip costs 10-30 ms
+                   convolved (:func:`reverberate`); simulating a room per clip costs 10-30 ms
 ``pitch_shift``    audiomentations ``PitchShift`` ±3 semitones (signalsmith)               9.3
 ``time_stretch``   audiomentations ``TimeStretch`` 0.85..1.15, length kept                 8.2
 ``mp3``            MP3 round trip through libsndfile (bundled with soundfile;              17
